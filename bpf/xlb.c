@@ -1,0 +1,564 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * xlb XDP datapath: L4 services are steered per packet to a backend chosen from
+ * the connection table or the service's Maglev ring, and forwarded by L2 direct
+ * server return (only the Ethernet addresses change). Everything else is passed
+ * to the kernel. Every return is counted with its reason (enum reason).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "xlb.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_MAX_SVC_KEYS);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} services SEC(".maps");
+
+/*
+ * rings[service id] -> ARRAY of M backend ids. The loader swaps a whole inner
+ * map per update, so a packet sees the old table or the new one, never a mix.
+ * BPF_F_INNER_MAP lets inner maps differ in size (M is configurable).
+ */
+struct ring {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65537);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, XLB_MAX_SERVICES);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct ring);
+} rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XLB_CONNTRACK_SIZE);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+/* Egress interfaces other than the receiving one, keyed by ifindex. */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, XLB_MAX_TX_PORTS);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tx_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} service_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} backend_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_R_MAX);
+	__type(key, __u32);
+	__type(value, struct counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} reason_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct svc_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} service_info SEC(".maps");
+
+/* Keep the enums in BTF so bpf2go can emit them. */
+const enum reason *unused_reason __attribute__((unused));
+const enum svc_kind *unused_kind __attribute__((unused));
+const enum hash_mode *unused_hash __attribute__((unused));
+const enum backend_state *unused_state __attribute__((unused));
+const enum family *unused_family __attribute__((unused));
+const enum limits *unused_limits __attribute__((unused));
+const struct svc_info *unused_info __attribute__((unused));
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define IPV6_FRAG_OFFSET 0xfff8
+#define IPV6_FRAG_MF 0x0001
+#define IPV6_MAX_EXT_HEADERS 6
+#define CT_REFRESH_NS 1000000000ULL
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct ipv6_frag_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 identification;
+};
+
+/* The parsed packet: what the steering decision needs. */
+struct packet {
+	struct flow_key flow;
+	__u64 len;
+	__u8 tcp_flags; /* FIN/RST of the client */
+	__u8 fragment;  /* any fragment */
+	__u8 later_fragment; /* no transport header in this packet */
+	__u8 l4_truncated;
+};
+
+static __always_inline void count(void *map, __u32 idx, __u64 len, __u64 new_flow)
+{
+	struct counters *c = bpf_map_lookup_elem(map, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+		c->new_flows += new_flow;
+	}
+}
+
+static __always_inline int verdict(__u32 reason, __u64 len, int action)
+{
+	count(&reason_stats, reason, len, 0);
+	return action;
+}
+
+/* xlb hash v1: murmur3_x86_32 over 32-bit words read little-endian. */
+static __always_inline __u32 rotl32(__u32 x, __u32 r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 le32(__u32 w)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+	return __builtin_bswap32(w);
+#else
+	return w;
+#endif
+}
+
+static __always_inline __u32 murmur_round(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = rotl32(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = rotl32(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+static __always_inline __u32 murmur_final(__u32 h, __u32 len)
+{
+	h ^= len;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 hash_addr(__u32 h, const __u8 *addr, __u8 family)
+{
+	const __u32 *w = (const __u32 *)addr;
+
+	h = murmur_round(h, le32(w[0]));
+	if (family == XLB_FAMILY_V6) {
+		h = murmur_round(h, le32(w[1]));
+		h = murmur_round(h, le32(w[2]));
+		h = murmur_round(h, le32(w[3]));
+	}
+	return h;
+}
+
+static __always_inline __u32 flow_hash(const struct flow_key *f, __u8 mode)
+{
+	__u32 alen = f->family == XLB_FAMILY_V6 ? 16 : 4;
+	__u32 h = hash_addr(XLB_HASH_SEED, f->src, f->family);
+	__u32 ports;
+
+	if (mode == XLB_HASH_IP)
+		return murmur_final(h, alen);
+
+	h = hash_addr(h, f->dst, f->family);
+	__builtin_memcpy(&ports, &f->sport, sizeof(ports));
+	h = murmur_round(h, le32(ports));
+	h = murmur_round(h, f->proto);
+	return murmur_final(h, 2 * alen + 8);
+}
+
+/* Reads the transport ports; returns 0 if the header is complete. */
+static __always_inline int parse_l4(struct packet *p, void *l4, void *end)
+{
+	if (p->flow.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = l4;
+
+		if ((void *)(tcp + 1) > end || tcp->doff < 5)
+			return -1;
+		p->flow.sport = tcp->source;
+		p->flow.dport = tcp->dest;
+		p->tcp_flags = tcp->fin | tcp->rst;
+		return 0;
+	}
+	struct udphdr *udp = l4;
+
+	if ((void *)(udp + 1) > end)
+		return -1;
+	p->flow.sport = udp->source;
+	p->flow.dport = udp->dest;
+	return 0;
+}
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_NOT_IP,
+	PARSE_MALFORMED,
+	PARSE_OTHER_PROTO,
+};
+
+static __always_inline int parse_ipv4(struct packet *p, void *data, void *end)
+{
+	struct iphdr *ip = data;
+
+	if ((void *)(ip + 1) > end)
+		return PARSE_MALFORMED;
+	__u32 hlen = ip->ihl * 4;
+	if (ip->version != 4 || hlen < sizeof(*ip) || bpf_ntohs(ip->tot_len) < hlen)
+		return PARSE_MALFORMED;
+	if (data + hlen > end)
+		return PARSE_MALFORMED;
+
+	p->flow.family = XLB_FAMILY_V4;
+	p->flow.proto = ip->protocol;
+	__builtin_memcpy(p->flow.src, &ip->saddr, 4);
+	__builtin_memcpy(p->flow.dst, &ip->daddr, 4);
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return PARSE_OTHER_PROTO;
+
+	__u16 frag = bpf_ntohs(ip->frag_off);
+	if (frag & (IP_MF | IP_OFFSET)) {
+		p->fragment = 1;
+		if (frag & IP_OFFSET) {
+			p->later_fragment = 1;
+			return PARSE_OK;
+		}
+	}
+	if (parse_l4(p, data + hlen, end))
+		p->l4_truncated = 1;
+	return PARSE_OK;
+}
+
+static __always_inline int parse_ipv6(struct packet *p, void *data, void *end)
+{
+	struct ipv6hdr *ip6 = data;
+
+	if ((void *)(ip6 + 1) > end)
+		return PARSE_MALFORMED;
+	if (ip6->version != 6)
+		return PARSE_MALFORMED;
+
+	p->flow.family = XLB_FAMILY_V6;
+	__builtin_memcpy(p->flow.src, &ip6->saddr, 16);
+	__builtin_memcpy(p->flow.dst, &ip6->daddr, 16);
+
+	__u8 next = ip6->nexthdr;
+	void *cur = ip6 + 1;
+
+#pragma unroll
+	for (int i = 0; i < IPV6_MAX_EXT_HEADERS; i++) {
+		switch (next) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS: {
+			struct ipv6_opt_hdr *opt = cur;
+
+			if ((void *)(opt + 1) > end)
+				goto truncated;
+			next = opt->nexthdr;
+			cur += (opt->hdrlen + 1) * 8;
+			break;
+		}
+		case IPPROTO_AH: {
+			struct ipv6_opt_hdr *opt = cur;
+
+			if ((void *)(opt + 1) > end)
+				goto truncated;
+			next = opt->nexthdr;
+			cur += (opt->hdrlen + 2) * 4;
+			break;
+		}
+		case IPPROTO_FRAGMENT: {
+			struct ipv6_frag_hdr *fh = cur;
+
+			if ((void *)(fh + 1) > end)
+				goto truncated;
+			next = fh->nexthdr;
+			cur = fh + 1;
+			__u16 off = bpf_ntohs(fh->frag_off);
+			if (off & (IPV6_FRAG_OFFSET | IPV6_FRAG_MF)) {
+				p->fragment = 1;
+				if (off & IPV6_FRAG_OFFSET)
+					p->later_fragment = 1;
+			}
+			break;
+		}
+		default:
+			goto done;
+		}
+	}
+	/* Too many extension headers to find the transport header. */
+	if (next == IPPROTO_TCP || next == IPPROTO_UDP)
+		p->flow.proto = next;
+	else
+		p->flow.proto = IPPROTO_TCP; /* marker lookup: any L4 VIP */
+	p->l4_truncated = 1;
+	return PARSE_OK;
+
+truncated:
+	/* The extension chain is cut: the transport protocol is unknown. */
+	p->flow.proto = IPPROTO_TCP;
+	p->l4_truncated = 1;
+	return PARSE_OK;
+
+done:
+	p->flow.proto = next;
+	if (next != IPPROTO_TCP && next != IPPROTO_UDP)
+		return PARSE_OTHER_PROTO;
+	if (p->later_fragment)
+		return PARSE_OK;
+	if (parse_l4(p, cur, end))
+		p->l4_truncated = 1;
+	return PARSE_OK;
+}
+
+static __always_inline int parse(struct xdp_md *ctx, struct packet *p, struct ethhdr **eth_out)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return PARSE_MALFORMED;
+	*eth_out = eth;
+
+	__be16 proto = eth->h_proto;
+	void *l3 = eth + 1;
+
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
+		struct vlan_hdr *vlan = l3;
+
+		if ((void *)(vlan + 1) > end)
+			return PARSE_MALFORMED;
+		proto = vlan->proto;
+		l3 = vlan + 1;
+	}
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(p, l3, end);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(p, l3, end);
+	return PARSE_NOT_IP;
+}
+
+static __always_inline struct svc_value *lookup_vip_marker(struct packet *p)
+{
+	struct svc_key key = {};
+
+	__builtin_memcpy(key.addr, p->flow.dst, 16);
+	key.proto = p->flow.proto;
+	key.family = p->flow.family;
+	return bpf_map_lookup_elem(&services, &key);
+}
+
+static __always_inline struct svc_value *lookup_service(struct packet *p)
+{
+	struct svc_key key = {};
+
+	__builtin_memcpy(key.addr, p->flow.dst, 16);
+	key.port = p->flow.dport;
+	key.proto = p->flow.proto;
+	key.family = p->flow.family;
+	return bpf_map_lookup_elem(&services, &key);
+}
+
+/* The service's Maglev pick, or XLB_NO_ID when its ring is empty. */
+static __always_inline __u32 ring_pick(struct svc_value *svc, struct packet *p)
+{
+	__u32 id = svc->id;
+	void *ring = bpf_map_lookup_elem(&rings, &id);
+
+	if (!ring || svc->ring_size == 0)
+		return XLB_NO_ID;
+	__u32 slot = flow_hash(&p->flow, svc->hash) % svc->ring_size;
+	__u32 *be = bpf_map_lookup_elem(ring, &slot);
+
+	return be ? *be : XLB_NO_ID;
+}
+
+static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, struct svc_value *svc,
+				   __u32 be_id, struct backend *be, struct packet *p, __u64 new_flow)
+{
+	__u32 reason = XLB_R_TX;
+	int action = XDP_TX;
+
+	if (be->ifindex != ctx->ingress_ifindex) {
+		/* Only records the target; fails when the port is missing. */
+		action = bpf_redirect_map(&tx_ports, be->ifindex, XDP_DROP);
+		if (action != XDP_REDIRECT)
+			return verdict(XLB_R_DROP_NO_TX_PORT, p->len, XDP_DROP);
+		reason = XLB_R_REDIRECT;
+	}
+
+	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, be->smac, ETH_ALEN);
+	count(&service_stats, svc->id, p->len, new_flow);
+	count(&backend_stats, be_id, p->len, new_flow);
+	return verdict(reason, p->len, action);
+}
+
+static __always_inline int steer_l4(struct xdp_md *ctx, struct ethhdr *eth, struct svc_value *svc,
+				    struct packet *p)
+{
+	struct backend *be;
+	__u32 be_id;
+	__u64 now = 0;
+
+	/* Non-first fragments carry no ports: the ring alone places them. */
+	if (p->later_fragment) {
+		be_id = ring_pick(svc, p);
+		be = bpf_map_lookup_elem(&backends, &be_id);
+		if (!be || be->state != XLB_BE_UP)
+			return verdict(XLB_R_DROP_NO_BACKEND, p->len, XDP_DROP);
+		return forward(ctx, eth, svc, be_id, be, p, 0);
+	}
+
+	struct flow_value *ct = bpf_map_lookup_elem(&conntrack, &p->flow);
+	if (ct) {
+		be_id = ct->backend_id;
+		be = bpf_map_lookup_elem(&backends, &be_id);
+		if (be && (be->state == XLB_BE_UP || be->state == XLB_BE_DRAINING)) {
+			now = bpf_ktime_get_coarse_ns();
+			if (now - ct->last_seen_ns > CT_REFRESH_NS)
+				ct->last_seen_ns = now;
+			if (p->tcp_flags && !(ct->flags & XLB_FLOW_CLOSING))
+				ct->flags |= XLB_FLOW_CLOSING;
+			return forward(ctx, eth, svc, be_id, be, p, 0);
+		}
+	}
+
+	be_id = ring_pick(svc, p);
+	be = bpf_map_lookup_elem(&backends, &be_id);
+	if (!be || be->state != XLB_BE_UP)
+		return verdict(XLB_R_DROP_NO_BACKEND, p->len, XDP_DROP);
+
+	struct flow_value fresh = {
+		.backend_id = be_id,
+		.flags = p->tcp_flags ? XLB_FLOW_CLOSING : 0,
+		.last_seen_ns = bpf_ktime_get_coarse_ns(),
+	};
+	bpf_map_update_elem(&conntrack, &p->flow, &fresh, BPF_ANY);
+	return forward(ctx, eth, svc, be_id, be, p, 1);
+}
+
+SEC("xdp.frags")
+int xlb_xdp(struct xdp_md *ctx)
+{
+	struct packet p = {};
+	struct ethhdr *eth = NULL;
+	struct svc_value *svc;
+
+	p.len = bpf_xdp_get_buff_len(ctx);
+
+	switch (parse(ctx, &p, &eth)) {
+	case PARSE_NOT_IP:
+		return verdict(XLB_R_PASS_NOT_IP, p.len, XDP_PASS);
+	case PARSE_MALFORMED:
+		return verdict(XLB_R_PASS_MALFORMED, p.len, XDP_PASS);
+	case PARSE_OTHER_PROTO:
+		return verdict(XLB_R_PASS_OTHER_PROTO, p.len, XDP_PASS);
+	}
+	if (!eth)
+		return verdict(XLB_R_PASS_MALFORMED, p.len, XDP_PASS);
+
+	if (p.later_fragment || p.l4_truncated) {
+		/* No port to read: only the VIP can be recognised. */
+		svc = lookup_vip_marker(&p);
+		if (!svc)
+			return verdict(XLB_R_PASS_NO_SERVICE, p.len, XDP_PASS);
+		if (p.l4_truncated)
+			return verdict(XLB_R_DROP_TRUNCATED, p.len, XDP_DROP);
+		__u32 id = svc->id;
+		if (id == XLB_NO_ID)
+			return verdict(XLB_R_DROP_FRAGMENT, p.len, XDP_DROP);
+		/* The marker names the VIP's only service, an ip_hash one. */
+		struct svc_value target = *svc;
+		target.kind = XLB_SVC_L4;
+		return steer_l4(ctx, eth, &target, &p);
+	}
+
+	svc = lookup_service(&p);
+	if (!svc)
+		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XDP_PASS);
+	if (svc->kind == XLB_SVC_L7) {
+		count(&service_stats, svc->id, p.len, 0);
+		return verdict(XLB_R_PASS_L7, p.len, XDP_PASS);
+	}
+	if (svc->kind != XLB_SVC_L4)
+		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XDP_PASS);
+	if (p.fragment && svc->hash != XLB_HASH_IP)
+		return verdict(XLB_R_DROP_FRAGMENT, p.len, XDP_DROP);
+	return steer_l4(ctx, eth, svc, &p);
+}
+
+/*
+ * Returns XDP_PASS. Attached to the peer of a veth that uses native XDP_TX (the
+ * kernel needs an XDP program there), and the floor of `make bench-xdp`.
+ */
+SEC("xdp.frags")
+int xlb_noop(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}

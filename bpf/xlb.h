@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types shared between the XDP datapath and the Go loader. bpf2go generates the
+ * Go side of every struct and enum here (-type), so this file is the single
+ * definition of the user/kernel boundary.
+ */
+#ifndef XLB_H
+#define XLB_H
+
+#include <linux/types.h>
+
+/* Sizes and constants; an enum so bpf2go hands them to Go too. */
+enum limits {
+	XLB_MAX_SERVICES = 1024, /* service ids: [0, XLB_MAX_SERVICES) */
+	XLB_MAX_BACKENDS = 4096, /* backend ids: [0, XLB_MAX_BACKENDS) */
+	XLB_MAX_SVC_KEYS = 4096, /* services map: services plus VIP markers */
+	XLB_CONNTRACK_SIZE = 262144,
+	XLB_MAX_TX_PORTS = 64,
+	XLB_NAME_LEN = 48,
+	/* murmur3_x86_32 seed of "xlb hash v1"; maglev.HashSeed in Go. */
+	XLB_HASH_SEED = 0x786c6231,
+	XLB_NO_ID = 0xffffffff, /* no service / backend */
+};
+
+enum family {
+	XLB_FAMILY_V4 = 4,
+	XLB_FAMILY_V6 = 6,
+};
+
+/* What a services map entry is. */
+enum svc_kind {
+	/* Forwarded by XDP to a backend. */
+	XLB_SVC_L4 = 1,
+	/* Passed to the local stack, where the Go proxy listens. */
+	XLB_SVC_L7 = 2,
+	/*
+	 * A (VIP, port 0, protocol) marker written for every VIP and protocol that
+	 * has an L4 service. It lets the datapath recognise packets for an L4 VIP
+	 * whose port it cannot read: non-first fragments and truncated transport
+	 * headers. id is the service such fragments belong to, or XLB_NO_ID when
+	 * that is ambiguous (several services) or unsafe (flow_hash).
+	 */
+	XLB_SVC_VIP = 3,
+};
+
+enum hash_mode {
+	XLB_HASH_IP = 0,   /* source address only */
+	XLB_HASH_FLOW = 1, /* 5-tuple */
+};
+
+enum backend_state {
+	XLB_BE_UNUSED = 0,     /* free id */
+	XLB_BE_UP = 1,         /* in the rings, gets new and old flows */
+	XLB_BE_DRAINING = 2,   /* out of the rings, keeps its conntrack flows */
+	XLB_BE_DOWN = 3,       /* out of the rings, its conntrack entries ignored */
+	XLB_BE_UNRESOLVED = 4, /* no MAC/egress known: treated as down */
+};
+
+
+/*
+ * Why the program returned what it returned. The verdict follows from the
+ * reason (see xlb_reason_verdict in Go). Indexes into reason_stats.
+ */
+enum reason {
+	XLB_R_TX = 0,             /* XDP_TX to a backend on the receiving interface */
+	XLB_R_REDIRECT = 1,       /* XDP_REDIRECT to a backend via tx_ports */
+	XLB_R_PASS_NOT_IP = 2,    /* not IPv4/IPv6 (ARP, LLDP, double VLAN tag, ...) */
+	XLB_R_PASS_MALFORMED = 3, /* truncated or malformed L2/L3 header */
+	XLB_R_PASS_OTHER_PROTO = 4, /* neither TCP nor UDP (ICMP, ...) */
+	XLB_R_PASS_NO_SERVICE = 5,  /* not addressed to a service */
+	XLB_R_PASS_L7 = 6,          /* L7 service: handed to the local proxy */
+	XLB_R_DROP_NO_BACKEND = 7,  /* L4 service without a usable backend */
+	XLB_R_DROP_TRUNCATED = 8,   /* L4 VIP, transport header truncated/malformed */
+	XLB_R_DROP_FRAGMENT = 9,    /* L4 VIP fragment that cannot be steered safely */
+	XLB_R_DROP_NO_TX_PORT = 10, /* egress interface missing from tx_ports */
+	XLB_R_MAX = 11,
+};
+
+struct svc_key {
+	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest zero */
+	__be16 port;   /* 0 for a VIP marker */
+	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;   /* enum family */
+};
+
+struct svc_value {
+	__u32 id;        /* index into rings, service_stats, service_info */
+	__u32 ring_size; /* Maglev M of this service's ring */
+	__u8 kind;       /* enum svc_kind */
+	__u8 hash;       /* enum hash_mode */
+	__u8 pad[2];
+};
+
+struct backend {
+	__u8 addr[16];
+	__u32 ifindex;    /* egress interface */
+	__u32 service_id; /* owning service (for tooling) */
+	__u16 weight;     /* configured weight (for tooling) */
+	__u8 mac[6];      /* destination MAC */
+	__u8 smac[6];     /* source MAC: the egress interface's */
+	__u8 family;
+	__u8 state;       /* enum backend_state */
+};
+
+struct flow_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u8 pad[2];
+};
+
+#define XLB_FLOW_CLOSING 1 /* client sent FIN or RST */
+
+struct flow_value {
+	__u32 backend_id;
+	__u32 flags;
+	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns, refreshed at most once a second */
+};
+
+struct counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows; /* conntrack entries created */
+};
+
+/* Not read by the datapath: lets `xlb status` and bpftool name things. */
+struct svc_info {
+	char name[XLB_NAME_LEN];
+	struct svc_key key;
+	__u32 ring_size;
+	__u8 kind;
+	__u8 hash;
+	__u8 pad[2];
+};
+
+#endif

@@ -1,0 +1,28 @@
+// Package config reads, defaults and validates the xlb TOML configuration.
+//
+// The file has one [daemon] table and any number of [[service]] tables, each
+// with its [[service.backend]] tables; examples/xlb.toml documents every key.
+// Decoding is strict: an unknown key is an error, as is a value of the wrong
+// type, so a typo never silently falls back to a default.
+//
+// Parsing happens in three steps, each in its own file:
+//
+//   - parse.go decodes the TOML into a generic tree and reads it into the
+//     typed Config, reporting syntax, type and unknown-key errors;
+//   - config.go fills in defaults (ApplyDefaults);
+//   - validate.go checks the meaning of the values (Validate).
+//
+// BurntSushi/toml does not expose where a key was written, so keylines.go
+// scans the source once more to map every key path to its line.
+//
+// Every problem is reported as an *Error that names the file, the line of the
+// offending key (or of its table header when the key is missing), the field
+// path and what is wrong:
+//
+//	xlb.toml:14: service[0].backend[1].address: invalid IP address "198.18.0.300": IPv4 field has value >255
+//
+// Field paths use 0-based indexes for array tables: service[1] is the second
+// [[service]], service[1].backend[0] its first [[service.backend]]. Parse
+// collects as many errors as it can and returns them together as Errors; both
+// *Error and Errors match ErrInvalid with errors.Is.
+package config

@@ -1,0 +1,324 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+)
+
+// Validate checks a Config built or changed in code (Parse already validates
+// what it returns). Call ApplyDefaults first if unset keys should take their
+// defaults. Errors carry the Line fields of services and backends, if any.
+func (c *Config) Validate() error {
+	errs := newCollector("")
+	validate(c, nil, errs)
+	return errs.err()
+}
+
+// validator checks the meaning of a decoded and defaulted Config. It never
+// reports a value that is zero because decoding already rejected it: the
+// collector keeps one error per field.
+type validator struct {
+	lines keyLines
+	errs  *collector
+}
+
+func validate(c *Config, lines keyLines, errs *collector) {
+	v := &validator{lines: lines, errs: errs}
+	v.daemon(&c.Daemon)
+	v.services(c)
+}
+
+// errorf reports a problem with the field at path; fallback is the line used
+// when the key itself was not written (usually its table's header).
+func (v *validator) errorf(path string, fallback int, format string, args ...any) {
+	v.errs.add(v.lines.line(path, fallback), path, fmt.Sprintf(format, args...))
+}
+
+func (v *validator) daemon(d *Daemon) {
+	line := v.lines.line("daemon", 0)
+	if d.Interface != "" && !validInterfaceName(d.Interface) {
+		v.errorf("daemon.interface", line,
+			"invalid interface name %q (at most %d characters, no '/', ':' or whitespace)", d.Interface, maxInterfaceNameLen)
+	}
+	checkEnum(v, "daemon.xdp_mode", line, d.XDPMode, xdpModes)
+	if !filepath.IsAbs(d.BPFFSDir) {
+		v.errorf("daemon.bpffs_dir", line, "must be an absolute path, got %q", d.BPFFSDir)
+	}
+	v.maglevTableSize(d.MaglevTableSize, line)
+	checkEnum(v, "daemon.log_format", line, d.LogFormat, logFormats)
+	checkEnum(v, "daemon.log_level", line, d.LogLevel, logLevels)
+}
+
+func (v *validator) maglevTableSize(m uint32, line int) {
+	const path = "daemon.maglev_table_size"
+	switch {
+	case m < 2 || m > MaxMaglevTableSize:
+		v.errorf(path, line, "must be %d..%d, got %d", 2, MaxMaglevTableSize, m)
+	case !isPrime(m):
+		below, above := prevPrime(m), nextPrime(m)
+		if above > MaxMaglevTableSize {
+			v.errorf(path, line, "%d is not prime (nearest: %d)", m, below)
+		} else {
+			v.errorf(path, line, "%d is not prime (nearest: %d or %d)", m, below, above)
+		}
+	}
+}
+
+// serviceKey is what the datapath looks a service up by.
+type serviceKey struct {
+	vip   netip.Addr
+	port  uint16
+	proto Protocol
+}
+
+func (v *validator) services(c *Config) {
+	byName := map[string]int{}
+	byKey := map[serviceKey]int{}
+	for i := range c.Services {
+		s := &c.Services[i]
+		p := indexPath("service", i)
+		v.service(s, p, c.Daemon.MaglevTableSize)
+
+		if s.Name != "" {
+			if j, dup := byName[s.Name]; dup {
+				v.errorf(p+".name", s.Line, "service name %q is already used by %s", s.Name, v.where(c, j, false))
+			} else {
+				byName[s.Name] = i
+			}
+		}
+		if s.VIP.IsValid() && s.Port != 0 {
+			k := serviceKey{s.VIP, s.Port, s.Protocol}
+			if j, dup := byKey[k]; dup {
+				v.errorf(p+".vip", s.Line, "%s/%s is already used by %s",
+					netip.AddrPortFrom(s.VIP, s.Port), s.Protocol, v.where(c, j, true))
+			} else {
+				byKey[k] = i
+			}
+		}
+	}
+}
+
+// where names service j for a "first defined here" reference.
+func (v *validator) where(c *Config, j int, withName bool) string {
+	p := indexPath("service", j)
+	s := p
+	if withName && c.Services[j].Name != "" {
+		s += fmt.Sprintf(" %q", c.Services[j].Name)
+	}
+	if l := v.lines.line(p, c.Services[j].Line); l > 0 {
+		s += fmt.Sprintf(" (line %d)", l)
+	}
+	return s
+}
+
+func (v *validator) service(s *Service, p string, tableSize uint32) {
+	line := s.Line
+	if !validServiceName(s.Name) {
+		if s.Name == "" {
+			v.errorf(p+".name", line, "required")
+		} else {
+			v.errorf(p+".name", line, "invalid name %q (want 1 to %d characters from A-Z a-z 0-9 _ . -)", s.Name, MaxServiceNameLen)
+		}
+	}
+	v.address(p+".vip", line, s.VIP)
+	if s.Port == 0 {
+		v.errorf(p+".port", line, "must be 1..65535, got 0")
+	}
+	protoOK := checkEnum(v, p+".protocol", line, s.Protocol, protocols)
+	modeOK := checkEnum(v, p+".mode", line, s.Mode, modes)
+
+	l4 := modeOK && s.Mode == ModeL4
+	l7 := modeOK && s.Mode == ModeL7
+	switch {
+	case l4:
+		checkEnum(v, p+".hash", line, s.Hash, hashModes)
+		if s.Forwarding == forwardNAT {
+			v.errorf(p+".forwarding", line, "%q is not supported yet (allowed: %s)", s.Forwarding, joinValues(forwardings))
+		} else {
+			checkEnum(v, p+".forwarding", line, s.Forwarding, forwardings)
+		}
+	case l7:
+		if protoOK && s.Protocol != ProtoTCP {
+			v.errorf(p+".protocol", line, "l7 services must use tcp, got %q", s.Protocol)
+		}
+		if s.Hash != "" {
+			v.errorf(p+".hash", line, "applies to l4 services only")
+		}
+		if s.Forwarding != "" {
+			v.errorf(p+".forwarding", line, "applies to l4 services only")
+		}
+	}
+
+	v.backends(s, p, tableSize, l7)
+}
+
+func (v *validator) backends(s *Service, p string, tableSize uint32, l7 bool) {
+	bp := p + ".backend"
+	if len(s.Backends) == 0 {
+		v.errorf(bp, s.Line, "no backends: add at least one [[service.backend]]")
+		return
+	}
+	if tableSize >= 2 && uint32(len(s.Backends)) > tableSize {
+		v.errorf(bp, s.Line, "%d backends do not fit in a Maglev table of %d entries (daemon.maglev_table_size)",
+			len(s.Backends), tableSize)
+	}
+
+	seen := map[netip.Addr]int{}
+	usable := 0
+	for i := range s.Backends {
+		b := &s.Backends[i]
+		ep := indexPath(bp, i)
+		if v.address(ep+".address", b.Line, b.Address) {
+			switch {
+			case s.VIP.IsValid() && b.Address.Is4() != s.VIP.Is4():
+				v.errorf(ep+".address", b.Line, "%s address %s in an %s service (vip %s)",
+					family(b.Address), b.Address, family(s.VIP), s.VIP)
+			case b.Address == s.VIP:
+				v.errorf(ep+".address", b.Line, "%s is the service's own vip", b.Address)
+			default:
+				if j, dup := seen[b.Address]; dup {
+					v.errorf(ep+".address", b.Line, "duplicate backend %s (also %s)", b.Address, v.backendWhere(s, bp, j))
+				} else {
+					seen[b.Address] = i
+				}
+			}
+		}
+		if b.Weight > MaxWeight {
+			v.errorf(ep+".weight", b.Line, "must be 0..%d, got %d", MaxWeight, b.Weight)
+		}
+		if b.Weight > 0 {
+			usable++
+		}
+		if b.MAC != nil {
+			switch {
+			case l7:
+				v.errorf(ep+".mac", b.Line, "applies to l4 services only")
+			case len(b.MAC) != 6:
+				v.errorf(ep+".mac", b.Line, "must be a 6-byte Ethernet address, got %d bytes (%s)", len(b.MAC), b.MAC)
+			case b.MAC[0]&1 != 0:
+				v.errorf(ep+".mac", b.Line, "must be a unicast address, got %s", b.MAC)
+			case isZero(b.MAC):
+				v.errorf(ep+".mac", b.Line, "must not be all zeros")
+			}
+		}
+	}
+	if usable == 0 {
+		if len(s.Backends) == 1 {
+			v.errorf(bp+"[0].weight", s.Backends[0].Line, "weight 0 with no other backend: the service would take no new flows")
+		} else {
+			v.errorf(bp, v.lines.line(bp+"[0]", s.Backends[0].Line),
+				"all %d backends have weight 0: the service would take no new flows", len(s.Backends))
+		}
+	}
+}
+
+func (v *validator) backendWhere(s *Service, bp string, j int) string {
+	p := indexPath(bp, j)
+	if l := v.lines.line(p, s.Backends[j].Line); l > 0 {
+		return fmt.Sprintf("%s at line %d", p, l)
+	}
+	return p
+}
+
+// address checks a VIP or backend address and reports whether it is usable
+// for the further checks.
+func (v *validator) address(path string, line int, a netip.Addr) bool {
+	switch {
+	case !a.IsValid():
+		v.errorf(path, line, "required")
+	case a.Zone() != "":
+		v.errorf(path, line, "must not have a zone, got %s", a)
+	case a.IsUnspecified():
+		v.errorf(path, line, "must be a specific address, got %s", a)
+	case a.IsMulticast():
+		v.errorf(path, line, "must not be a multicast address, got %s", a)
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		v.errorf(path, line, "must not be the broadcast address")
+	default:
+		return true
+	}
+	return false
+}
+
+// checkEnum reports a value outside allowed and says whether it was inside.
+func checkEnum[T ~string](v *validator, path string, line int, val T, allowed []T) bool {
+	for _, a := range allowed {
+		if val == a {
+			return true
+		}
+	}
+	v.errorf(path, line, "invalid value %q (allowed: %s)", val, joinValues(allowed))
+	return false
+}
+
+func joinValues[T ~string](vals []T) string {
+	s := make([]string, len(vals))
+	for i, v := range vals {
+		s[i] = string(v)
+	}
+	return strings.Join(s, ", ")
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func validServiceName(s string) bool {
+	if len(s) == 0 || len(s) > MaxServiceNameLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(isBareKeyByte(c) || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// validInterfaceName follows the kernel's dev_valid_name.
+func validInterfaceName(s string) bool {
+	if len(s) > maxInterfaceNameLen || s == "." || s == ".." {
+		return false
+	}
+	return !strings.ContainsAny(s, "/: \t\n\r\v\f")
+}
+
+// isPrime is trial division; table sizes are at most ~2^20.
+func isPrime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= uint64(n); d++ {
+		if uint64(n)%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func nextPrime(n uint32) uint32 {
+	for n++; !isPrime(n); n++ {
+	}
+	return n
+}
+
+func prevPrime(n uint32) uint32 {
+	for n--; n > 2 && !isPrime(n); n-- {
+	}
+	return n
+}

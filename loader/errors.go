@@ -1,0 +1,22 @@
+package loader
+
+import "errors"
+
+var (
+	// ErrNotRoot: loading XDP needs CAP_BPF and CAP_NET_ADMIN.
+	ErrNotRoot = errors.New("xlb needs root (CAP_BPF and CAP_NET_ADMIN) to load XDP")
+	// ErrNoInterface: the configured interface does not exist.
+	ErrNoInterface = errors.New("no such interface")
+	// ErrNoBPFFS: the pin directory is not on a mounted bpffs.
+	ErrNoBPFFS = errors.New("not on a bpf filesystem")
+	// ErrVerifier: the kernel's verifier rejected the program.
+	ErrVerifier = errors.New("verifier rejected the XDP program")
+	// ErrNotPinned: no pinned xlb datapath in the directory.
+	ErrNotPinned = errors.New("no pinned xlb datapath")
+	// ErrNotOnLink: a DSR backend must be on the LB's L2 segment.
+	ErrNotOnLink = errors.New("backend is not on a directly connected network")
+	// ErrUnresolved: the backend's MAC address could not be learnt.
+	ErrUnresolved = errors.New("backend MAC address unresolved")
+	// ErrFull: no free service or backend id.
+	ErrFull = errors.New("map full")
+)

@@ -1,0 +1,186 @@
+package loader
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/xlb-dev/xlb/bpf"
+	"github.com/xlb-dev/xlb/maglev"
+)
+
+const (
+	xdpDrop     = 1
+	xdpPass     = 2
+	xdpTX       = 3
+	xdpRedirect = 4
+	loIfIndex   = 1 // BPF_PROG_TEST_RUN's packets arrive on the test netns's lo
+	protoTCP    = 6
+	protoUDP    = 17
+)
+
+var (
+	vip4 = netip.MustParseAddr("198.19.0.10")
+	vip6 = netip.MustParseAddr("2001:db8:19::10")
+	be4  = []netip.Addr{
+		netip.MustParseAddr("198.18.0.11"),
+		netip.MustParseAddr("198.18.0.12"),
+		netip.MustParseAddr("198.18.0.13"),
+	}
+	be6 = []netip.Addr{
+		netip.MustParseAddr("2001:db8:18::11"),
+		netip.MustParseAddr("2001:db8:18::12"),
+		netip.MustParseAddr("2001:db8:18::13"),
+	}
+	client4 = netip.MustParseAddr("198.18.0.100")
+	client6 = netip.MustParseAddr("2001:db8:18::100")
+)
+
+// requireRoot fails in CI (which runs as root, so a skip would hide a broken
+// test) and skips elsewhere.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("this test needs root and CI runs as root")
+	}
+	t.Skip("needs root")
+}
+
+// backendMAC is the fixtures' MAC for a backend address: 02:be:00:00:xx:yy
+// with the address's last two bytes.
+func backendMAC(a netip.Addr) net.HardwareAddr {
+	s := a.AsSlice()
+	return net.HardwareAddr{0x02, 0xbe, 0, 0, s[len(s)-2], s[len(s)-1]}
+}
+
+// staticResolver puts every backend on one interface with a derived MAC; the
+// netlink resolver is exercised by the end-to-end tests.
+type staticResolver struct {
+	ifindex int
+	missing map[netip.Addr]bool
+}
+
+func (r staticResolver) Resolve(_ context.Context, a netip.Addr, mac net.HardwareAddr) (Neighbour, error) {
+	if r.missing[a] {
+		return Neighbour{}, fmt.Errorf("%s: %w", a, ErrUnresolved)
+	}
+	if mac == nil {
+		mac = backendMAC(a)
+	}
+	return Neighbour{IfIndex: r.ifindex, MAC: mac, SrcMAC: lbMAC}, nil
+}
+
+type fixture struct {
+	t   testing.TB
+	dp  *Datapath
+	rec *Reconciler
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func newFixture(t testing.TB, d Desired) *fixture {
+	t.Helper()
+	requireRoot(t)
+	dp, err := Open(Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatalf("load datapath: %v", err)
+	}
+	t.Cleanup(func() { dp.Close(false) })
+	rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: loIfIndex}, loIfIndex, quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, dp: dp, rec: rec}
+	f.apply(d)
+	return f
+}
+
+func (f *fixture) apply(d Desired) Change {
+	f.t.Helper()
+	ch, err := f.rec.Apply(context.Background(), d)
+	if err != nil {
+		f.t.Fatalf("apply: %v", err)
+	}
+	return ch
+}
+
+// run runs the XDP program once on data.
+func (f *fixture) run(data []byte) (uint32, []byte) {
+	f.t.Helper()
+	out := make([]byte, len(data)+256)
+	ret, err := f.dp.Program.Run(&ebpf.RunOptions{Data: data, DataOut: out, Repeat: 1})
+	if err != nil {
+		f.t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
+	}
+	return ret, out[:len(data)]
+}
+
+func (f *fixture) serviceID(vip netip.Addr, port uint16, proto uint8) uint32 {
+	f.t.Helper()
+	id, ok := f.rec.ServiceID(vip, port, proto)
+	if !ok {
+		f.t.Fatalf("no service %s:%d/%d", vip, port, proto)
+	}
+	return id
+}
+
+// predict says which backend the Go side expects for a new flow, from the
+// ring in the map and the Go hash.
+func (f *fixture) predict(svc ServiceSpec, src netip.Addr, sport uint16) netip.Addr {
+	f.t.Helper()
+	id := f.serviceID(svc.VIP, svc.Port, svc.Proto)
+	ring, err := f.dp.Ring(id)
+	if err != nil || ring == nil {
+		f.t.Fatalf("ring of %s: %v", svc.Name, err)
+	}
+	h := maglev.SourceHash(src)
+	if svc.Hash == HashFlow {
+		h = maglev.FlowHash(src, svc.VIP, sport, svc.Port, svc.Proto)
+	}
+	var be bpf.XlbBackend
+	if err := f.dp.Backends.Lookup(ring[h%uint32(len(ring))], &be); err != nil {
+		f.t.Fatal(err)
+	}
+	return BackendAddr(be)
+}
+
+// backendOf returns which fixture backend an XDP_TX'd frame was sent to, by
+// its destination MAC.
+func backendOf(t testing.TB, out []byte, candidates []netip.Addr) netip.Addr {
+	t.Helper()
+	for _, a := range candidates {
+		if bytes.Equal(out[0:6], backendMAC(a)) {
+			return a
+		}
+	}
+	t.Fatalf("frame sent to unknown MAC %s", net.HardwareAddr(out[0:6]))
+	return netip.Addr{}
+}
+
+func webService(vip netip.Addr, port uint16, proto uint8, hash HashMode, bes []netip.Addr) ServiceSpec {
+	s := ServiceSpec{Name: fmt.Sprintf("svc-%s-%d-%d", vip, port, proto), VIP: vip, Port: port, Proto: proto, Kind: KindL4, Hash: hash}
+	for _, a := range bes {
+		s.Backends = append(s.Backends, BackendSpec{Address: a, Weight: 1, State: StateUp})
+	}
+	return s
+}
+
+func (f *fixture) reasons() []Counters {
+	f.t.Helper()
+	rc, err := f.dp.ReasonCounters()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return rc
+}

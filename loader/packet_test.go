@@ -1,0 +1,172 @@
+package loader
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+)
+
+// pkt describes a test packet; build() renders it to wire bytes with valid
+// IPv4 header checksums (the datapath never touches checksums, but real
+// packets carry them, so the fixtures do too).
+type pkt struct {
+	srcMAC, dstMAC net.HardwareAddr
+	vlan           uint16 // 0: untagged
+	src, dst       netip.Addr
+	proto          uint8
+	sport, dport   uint16
+	ipOptions      int    // 4-byte words of IPv4 options
+	fragOffset     uint16 // in 8-byte units
+	moreFragments  bool
+	tcpFlags       uint8
+	payload        int
+	etherType      uint16 // overrides the L3 type (e.g. ARP)
+	proto6Ext      []uint8
+}
+
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+var (
+	clientMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x64}
+	lbMAC     = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x02}
+)
+
+func (p pkt) build() []byte {
+	var b []byte
+	src, dst := p.srcMAC, p.dstMAC
+	if src == nil {
+		src = clientMAC
+	}
+	if dst == nil {
+		dst = lbMAC
+	}
+	b = append(b, dst...)
+	b = append(b, src...)
+	if p.vlan != 0 {
+		b = binary.BigEndian.AppendUint16(b, 0x8100)
+		b = binary.BigEndian.AppendUint16(b, p.vlan)
+	}
+	if p.etherType != 0 {
+		b = binary.BigEndian.AppendUint16(b, p.etherType)
+		return append(b, make([]byte, 28)...)
+	}
+	l4 := p.l4()
+	if p.src.Is4() {
+		b = binary.BigEndian.AppendUint16(b, 0x0800)
+		hl := 20 + 4*p.ipOptions
+		ip := make([]byte, hl)
+		ip[0] = 0x40 | byte(hl/4)
+		binary.BigEndian.PutUint16(ip[2:], uint16(hl+len(l4)))
+		binary.BigEndian.PutUint16(ip[4:], 0x1234)
+		frag := p.fragOffset & 0x1fff
+		if p.moreFragments {
+			frag |= 0x2000
+		}
+		binary.BigEndian.PutUint16(ip[6:], frag)
+		ip[8] = 64
+		ip[9] = p.proto
+		s, d := p.src.As4(), p.dst.As4()
+		copy(ip[12:], s[:])
+		copy(ip[16:], d[:])
+		for i := 20; i < hl; i++ {
+			ip[i] = 1 // NOP options
+		}
+		binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip))
+		b = append(b, ip...)
+		return append(b, l4...)
+	}
+	b = binary.BigEndian.AppendUint16(b, 0x86dd)
+	var ext []byte
+	next := p.proto
+	if p.fragOffset != 0 || p.moreFragments {
+		fh := make([]byte, 8)
+		fh[0] = next
+		off := p.fragOffset << 3
+		if p.moreFragments {
+			off |= 1
+		}
+		binary.BigEndian.PutUint16(fh[2:], off)
+		binary.BigEndian.PutUint32(fh[4:], 0xabcd)
+		ext = append(fh, ext...)
+		next = 44
+	}
+	for i := len(p.proto6Ext) - 1; i >= 0; i-- {
+		oh := make([]byte, 8)
+		oh[0] = next
+		ext = append(oh, ext...)
+		next = p.proto6Ext[i]
+	}
+	ip := make([]byte, 40)
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(ext)+len(l4)))
+	ip[6] = next
+	ip[7] = 64
+	s, d := p.src.As16(), p.dst.As16()
+	copy(ip[8:], s[:])
+	copy(ip[24:], d[:])
+	b = append(b, ip...)
+	b = append(b, ext...)
+	return append(b, l4...)
+}
+
+// l4 is the transport header and payload (or just payload for later fragments).
+func (p pkt) l4() []byte {
+	payload := make([]byte, p.payload)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	if p.fragOffset != 0 {
+		return payload
+	}
+	switch p.proto {
+	case 6:
+		h := make([]byte, 20)
+		binary.BigEndian.PutUint16(h[0:], p.sport)
+		binary.BigEndian.PutUint16(h[2:], p.dport)
+		binary.BigEndian.PutUint32(h[4:], 1000)
+		h[12] = 5 << 4
+		h[13] = p.tcpFlags
+		binary.BigEndian.PutUint16(h[14:], 65535)
+		binary.BigEndian.PutUint16(h[16:], 0xbeef) // not a real checksum: nothing checks it
+		return append(h, payload...)
+	case 17:
+		h := make([]byte, 8)
+		binary.BigEndian.PutUint16(h[0:], p.sport)
+		binary.BigEndian.PutUint16(h[2:], p.dport)
+		binary.BigEndian.PutUint16(h[4:], uint16(8+len(payload)))
+		return append(h, payload...)
+	}
+	return payload
+}
+
+// l4Offset is where the transport header starts in build()'s output.
+func (p pkt) l4Offset() int {
+	off := 14
+	if p.vlan != 0 {
+		off += 4
+	}
+	if p.src.Is4() {
+		return off + 20 + 4*p.ipOptions
+	}
+	off += 40 + 8*len(p.proto6Ext)
+	if p.fragOffset != 0 || p.moreFragments {
+		off += 8
+	}
+	return off
+}
+
+func ipChecksum(h []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(h); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}

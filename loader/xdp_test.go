@@ -1,0 +1,595 @@
+package loader
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+
+	"github.com/xlb-dev/xlb/bpf"
+)
+
+// The standard fixture: L4 and L7 services on shared VIPs, both families.
+func standardDesired() Desired {
+	return Desired{RingSize: 65537, Services: []ServiceSpec{
+		webService(vip4, 80, protoTCP, HashIP, be4),
+		webService(vip4, 53, protoUDP, HashFlow, be4),
+		{Name: "web-l7", VIP: vip4, Port: 443, Proto: protoTCP, Kind: KindL7},
+		webService(vip6, 80, protoTCP, HashIP, be6),
+		webService(vip6, 53, protoUDP, HashIP, be6),
+	}}
+}
+
+func reason(r bpf.XlbReason) int { return int(r) }
+
+var (
+	rTX          = reason(bpf.XlbReasonXLB_R_TX)
+	rNotIP       = reason(bpf.XlbReasonXLB_R_PASS_NOT_IP)
+	rMalformed   = reason(bpf.XlbReasonXLB_R_PASS_MALFORMED)
+	rOtherProto  = reason(bpf.XlbReasonXLB_R_PASS_OTHER_PROTO)
+	rNoService   = reason(bpf.XlbReasonXLB_R_PASS_NO_SERVICE)
+	rL7          = reason(bpf.XlbReasonXLB_R_PASS_L7)
+	rNoBackend   = reason(bpf.XlbReasonXLB_R_DROP_NO_BACKEND)
+	rTruncated   = reason(bpf.XlbReasonXLB_R_DROP_TRUNCATED)
+	rFragment    = reason(bpf.XlbReasonXLB_R_DROP_FRAGMENT)
+	rRedirect    = reason(bpf.XlbReasonXLB_R_REDIRECT)
+	rNoTxPort    = reason(bpf.XlbReasonXLB_R_DROP_NO_TX_PORT)
+	verdictNames = map[uint32]string{xdpDrop: "DROP", xdpPass: "PASS", xdpTX: "TX", xdpRedirect: "REDIRECT"}
+)
+
+// expectOne runs p and checks the verdict, that exactly one packet was counted
+// under wantReason, and for XDP_TX that only the MACs changed.
+func (f *fixture) expectOne(t *testing.T, data []byte, wantVerdict uint32, wantReason int) []byte {
+	t.Helper()
+	before := f.reasons()
+	ret, out := f.run(data)
+	if ret != wantVerdict {
+		t.Fatalf("verdict %s, want %s", verdictNames[ret], verdictNames[wantVerdict])
+	}
+	after := f.reasons()
+	for i := range after {
+		d := after[i].Packets - before[i].Packets
+		want := uint64(0)
+		if i == wantReason {
+			want = 1
+		}
+		if d != want {
+			t.Fatalf("reason %s counted %d packets, want %d", ReasonName(i), d, want)
+		}
+	}
+	if after[wantReason].Bytes-before[wantReason].Bytes != uint64(len(data)) {
+		t.Fatalf("reason %s bytes grew by %d, want %d", ReasonName(wantReason),
+			after[wantReason].Bytes-before[wantReason].Bytes, len(data))
+	}
+	if wantVerdict == xdpTX || wantVerdict == xdpRedirect {
+		if !bytes.Equal(out[6:12], lbMAC) {
+			t.Fatalf("source MAC %s, want the interface's %s", net.HardwareAddr(out[6:12]), lbMAC)
+		}
+		if !bytes.Equal(out[12:], data[12:]) {
+			t.Fatalf("bytes past the MACs changed:\n got %x\nwant %x", out[12:], data[12:])
+		}
+	} else if !bytes.Equal(out, data) {
+		t.Fatalf("packet modified on %s", verdictNames[ret])
+	}
+	return out
+}
+
+func TestXDPFixtures(t *testing.T) {
+	d := standardDesired()
+	f := newFixture(t, d)
+	tcp4 := d.Services[0]
+	udp4 := d.Services[1]
+	tcp6 := d.Services[3]
+	udp6 := d.Services[4]
+	other4 := netip.MustParseAddr("198.19.0.99")
+
+	cases := []struct {
+		name    string
+		p       pkt
+		verdict uint32
+		reason  int
+		svc     *ServiceSpec // when set: TX to the backend Go predicts
+	}{
+		{"ipv4 tcp syn", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 40000, dport: 80, tcpFlags: tcpSYN}, xdpTX, rTX, &tcp4},
+		{"ipv4 tcp data", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 40001, dport: 80, tcpFlags: tcpACK, payload: 100}, xdpTX, rTX, &tcp4},
+		{"ipv4 udp flow_hash", pkt{src: client4, dst: vip4, proto: protoUDP, sport: 5353, dport: 53, payload: 30}, xdpTX, rTX, &udp4},
+		{"ipv6 tcp", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 40000, dport: 80, tcpFlags: tcpSYN}, xdpTX, rTX, &tcp6},
+		{"ipv6 udp", pkt{src: client6, dst: vip6, proto: protoUDP, sport: 5353, dport: 53, payload: 12}, xdpTX, rTX, &udp6},
+		{"vlan tagged ipv4", pkt{vlan: 42, src: client4, dst: vip4, proto: protoTCP, sport: 40002, dport: 80, tcpFlags: tcpSYN}, xdpTX, rTX, &tcp4},
+		{"vlan tagged ipv6", pkt{vlan: 7, src: client6, dst: vip6, proto: protoUDP, sport: 1, dport: 53}, xdpTX, rTX, &udp6},
+		{"ipv4 with options", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 40003, dport: 80, ipOptions: 3, tcpFlags: tcpSYN}, xdpTX, rTX, &tcp4},
+		{"ipv4 max options", pkt{src: client4, dst: vip4, proto: protoUDP, sport: 40003, dport: 53, ipOptions: 10}, xdpTX, rTX, &udp4},
+		{"ipv6 ext headers", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 40004, dport: 80, proto6Ext: []uint8{0, 60}}, xdpTX, rTX, &tcp6},
+		{"non-VIP ipv4", pkt{src: client4, dst: other4, proto: protoTCP, sport: 1, dport: 80}, xdpPass, rNoService, nil},
+		{"non-VIP ipv6", pkt{src: client6, dst: netip.MustParseAddr("2001:db8:19::99"), proto: protoUDP, sport: 1, dport: 53}, xdpPass, rNoService, nil},
+		{"wrong port", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 81}, xdpPass, rNoService, nil},
+		{"wrong protocol for port", pkt{src: client4, dst: vip4, proto: protoUDP, sport: 1, dport: 80}, xdpPass, rNoService, nil},
+		{"port 0 is not a service", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 0}, xdpPass, rNoService, nil},
+		{"L7 VIP port", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 40000, dport: 443, tcpFlags: tcpSYN}, xdpPass, rL7, nil},
+		{"ICMP to VIP", pkt{src: client4, dst: vip4, proto: 1, payload: 16}, xdpPass, rOtherProto, nil},
+		{"ARP", pkt{etherType: 0x0806}, xdpPass, rNotIP, nil},
+		{"double VLAN tag", pkt{vlan: 5, etherType: 0x8100}, xdpPass, rNotIP, nil},
+		{"ipv4 first fragment ip_hash", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 40005, dport: 80, moreFragments: true, payload: 64}, xdpTX, rTX, &tcp4},
+		{"ipv4 later fragment, VIP shared by two tcp services", pkt{src: client4, dst: vip4, proto: protoTCP, fragOffset: 10, payload: 64}, xdpDrop, rFragment, nil},
+		{"ipv4 first fragment flow_hash", pkt{src: client4, dst: vip4, proto: protoUDP, sport: 1, dport: 53, moreFragments: true, payload: 64}, xdpDrop, rFragment, nil},
+		{"ipv4 later fragment flow_hash", pkt{src: client4, dst: vip4, proto: protoUDP, fragOffset: 185, payload: 64}, xdpDrop, rFragment, nil},
+		{"ipv4 later fragment non-VIP", pkt{src: client4, dst: other4, proto: protoUDP, fragOffset: 185, payload: 64}, xdpPass, rNoService, nil},
+		{"ipv6 first fragment ip_hash", pkt{src: client6, dst: vip6, proto: protoUDP, sport: 1, dport: 53, moreFragments: true, payload: 64}, xdpTX, rTX, &udp6},
+		{"ipv6 later fragment ip_hash", pkt{src: client6, dst: vip6, proto: protoUDP, fragOffset: 100, payload: 64}, xdpTX, rTX, &udp6},
+		{"ipv6 later last fragment tcp", pkt{src: client6, dst: vip6, proto: protoTCP, fragOffset: 100, payload: 8}, xdpTX, rTX, &tcp6},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			data := tc.p.build()
+			out := f.expectOne(t, data, tc.verdict, tc.reason)
+			if tc.svc != nil {
+				want := f.predict(*tc.svc, tc.p.src, tc.p.sport)
+				if got := backendOf(t, out, append(be4, be6...)); got != want {
+					t.Fatalf("went to %s, Go predicts %s", got, want)
+				}
+			}
+		})
+	}
+}
+
+// Fragments of one datagram to an ip_hash service land on one backend.
+func TestXDPFragmentsFollowSource(t *testing.T) {
+	d := standardDesired()
+	f := newFixture(t, d)
+	for i := range 50 {
+		src := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0x18, 14: byte(i), 15: 7})
+		first := pkt{src: src, dst: vip6, proto: protoUDP, sport: 9, dport: 53, moreFragments: true, payload: 40}
+		later := pkt{src: src, dst: vip6, proto: protoUDP, fragOffset: 6, payload: 40}
+		_, o1 := f.run(first.build())
+		_, o2 := f.run(later.build())
+		if !bytes.Equal(o1[:6], o2[:6]) {
+			t.Fatalf("%s: first fragment to %s, later one to %s", src, net.HardwareAddr(o1[:6]), net.HardwareAddr(o2[:6]))
+		}
+	}
+}
+
+// Every prefix of a valid packet gets a defined verdict: PASS while the L2/L3
+// headers are incomplete, DROP once it is known to be for an L4 VIP but its
+// transport header is cut, TX when the transport header is complete.
+func TestXDPTruncation(t *testing.T) {
+	f := newFixture(t, standardDesired())
+	bases := []struct {
+		name string
+		p    pkt
+	}{
+		{"ipv4 tcp", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1000, dport: 80, payload: 10}},
+		{"ipv4 udp", pkt{src: client4, dst: vip4, proto: protoUDP, sport: 1000, dport: 53, payload: 10}},
+		{"ipv4 options tcp", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1000, dport: 80, ipOptions: 2}},
+		{"vlan ipv4 tcp", pkt{vlan: 9, src: client4, dst: vip4, proto: protoTCP, sport: 1000, dport: 80}},
+		{"ipv6 tcp", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1000, dport: 80, payload: 10}},
+		{"ipv6 udp", pkt{src: client6, dst: vip6, proto: protoUDP, sport: 1000, dport: 53}},
+		{"ipv6 ext tcp", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1000, dport: 80, proto6Ext: []uint8{0}}},
+	}
+	for _, b := range bases {
+		full := b.p.build()
+		l3 := 14
+		if b.p.vlan != 0 {
+			l3 = 18
+		}
+		l3min := l3 + 20 + 4*b.p.ipOptions
+		if b.p.src.Is6() {
+			l3min = l3 + 40
+		}
+		l4 := b.p.l4Offset()
+		l4min := l4 + 20
+		if b.p.proto == protoUDP {
+			l4min = l4 + 8
+		}
+		for n := 14; n <= len(full); n++ {
+			want, reasonWant := uint32(xdpTX), rTX
+			switch {
+			case n < l3min:
+				want, reasonWant = xdpPass, rMalformed
+			case n < l4min:
+				want, reasonWant = xdpDrop, rTruncated
+			}
+			t.Run(fmt.Sprintf("%s/%d", b.name, n), func(t *testing.T) {
+				f.expectOne(t, full[:n], want, reasonWant)
+			})
+		}
+	}
+}
+
+// Malformed headers get defined verdicts too.
+func TestXDPMalformed(t *testing.T) {
+	f := newFixture(t, standardDesired())
+	base := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1000, dport: 80}
+	mutate := func(fn func(b []byte)) []byte {
+		b := base.build()
+		fn(b)
+		return b
+	}
+	cases := []struct {
+		name    string
+		data    []byte
+		verdict uint32
+		reason  int
+	}{
+		{"ihl below 5", mutate(func(b []byte) { b[14] = 0x44 }), xdpPass, rMalformed},
+		{"ihl beyond packet", mutate(func(b []byte) { b[14] = 0x4f }), xdpPass, rMalformed},
+		{"version 6 in ipv4 frame", mutate(func(b []byte) { b[14] = 0x65 }), xdpPass, rMalformed},
+		{"total length below header", mutate(func(b []byte) { b[16], b[17] = 0, 10 }), xdpPass, rMalformed},
+		{"tcp data offset below 5", mutate(func(b []byte) { b[14+20+12] = 0x40 }), xdpDrop, rTruncated},
+		{"ipv6 version mismatch", func() []byte {
+			b := pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1, dport: 80}.build()
+			b[14] = 0x40
+			return b
+		}(), xdpPass, rMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { f.expectOne(t, tc.data, tc.verdict, tc.reason) })
+	}
+}
+
+// The backend the datapath picks equals the one the Go side predicts.
+func TestXDPMatchesGoPrediction(t *testing.T) {
+	d := standardDesired()
+	f := newFixture(t, d)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 3000 {
+		var p pkt
+		var svc ServiceSpec
+		switch i % 3 {
+		case 0:
+			p = pkt{src: random4(rng), dst: vip4, proto: protoTCP, sport: uint16(rng.Uint32()), dport: 80, tcpFlags: tcpSYN}
+			svc = d.Services[0]
+		case 1:
+			p = pkt{src: random4(rng), dst: vip4, proto: protoUDP, sport: uint16(rng.Uint32()), dport: 53}
+			svc = d.Services[1]
+		case 2:
+			p = pkt{src: random6(rng), dst: vip6, proto: protoTCP, sport: uint16(rng.Uint32()), dport: 80, tcpFlags: tcpSYN}
+			svc = d.Services[3]
+		}
+		ret, out := f.run(p.build())
+		if ret != xdpTX {
+			t.Fatalf("%s: verdict %s", p.src, verdictNames[ret])
+		}
+		got := backendOf(t, out, append(be4, be6...))
+		if want := f.predict(svc, p.src, p.sport); got != want {
+			t.Fatalf("%s:%d -> %s, Go predicts %s", p.src, p.sport, got, want)
+		}
+	}
+}
+
+func random4(rng *rand.Rand) netip.Addr {
+	v := rng.Uint32()
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+func random6(rng *rand.Rand) netip.Addr {
+	var b [16]byte
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	b[0] = 0x20
+	return netip.AddrFrom16(b)
+}
+
+// A flow stays on its backend when the ring changes under it; a new flow from
+// the same client follows the new ring.
+func TestXDPConntrackSurvivesRingSwap(t *testing.T) {
+	d := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}}
+	f := newFixture(t, d)
+	four := append(append([]netip.Addr{}, be4...), netip.MustParseAddr("198.18.0.14"))
+	d2 := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, four)}}
+
+	// Sources whose backend changes once the fourth backend joins.
+	var moved []netip.Addr
+	before := map[netip.Addr]netip.Addr{}
+	for i := 0; i < 4000 && len(moved) < 20; i++ {
+		src := netip.AddrFrom4([4]byte{198, 18, byte(1 + i/250), byte(i % 250)})
+		p := pkt{src: src, dst: vip4, proto: protoTCP, sport: 33000, dport: 80, tcpFlags: tcpSYN}
+		_, out := f.run(p.build())
+		before[src] = backendOf(t, out, four)
+		moved = append(moved, src)
+	}
+	f.apply(d2)
+	changed := 0
+	for _, src := range moved {
+		// The established flow keeps its backend...
+		p := pkt{src: src, dst: vip4, proto: protoTCP, sport: 33000, dport: 80, tcpFlags: tcpACK}
+		_, out := f.run(p.build())
+		if got := backendOf(t, out, four); got != before[src] {
+			t.Fatalf("%s: established flow moved from %s to %s after the ring swap", src, before[src], got)
+		}
+		// ...while a new one from the same client follows the new ring.
+		np := pkt{src: src, dst: vip4, proto: protoTCP, sport: 33001, dport: 80, tcpFlags: tcpSYN}
+		_, out = f.run(np.build())
+		got := backendOf(t, out, four)
+		if want := f.predict(d2.Services[0], src, 33001); got != want {
+			t.Fatalf("%s: new flow to %s, new ring says %s", src, got, want)
+		}
+		if got != before[src] {
+			changed++
+		}
+	}
+	if changed == 0 {
+		t.Fatal("no sampled client changed backend with the new ring: the test proves nothing")
+	}
+}
+
+// No packet ever reaches a down backend: neither new flows nor flows it had.
+func TestXDPDownBackendGetsNothing(t *testing.T) {
+	d := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}}
+	f := newFixture(t, d)
+	rng := rand.New(rand.NewPCG(3, 4))
+	var onB2 []pkt
+	for len(onB2) < 50 {
+		p := pkt{src: random4(rng), dst: vip4, proto: protoTCP, sport: uint16(rng.Uint32()), dport: 80, tcpFlags: tcpSYN}
+		_, out := f.run(p.build())
+		if backendOf(t, out, be4) == be4[1] {
+			onB2 = append(onB2, p)
+		}
+	}
+	d.Services[0].Backends[1].State = StateDown
+	f.apply(d)
+	for _, p := range onB2 {
+		p.tcpFlags = tcpACK
+		ret, out := f.run(p.build())
+		if ret != xdpTX || backendOf(t, out, be4) == be4[1] {
+			t.Fatalf("established flow of %s still sent to the down backend", p.src)
+		}
+	}
+	for range 10000 {
+		p := pkt{src: random4(rng), dst: vip4, proto: protoTCP, sport: uint16(rng.Uint32()), dport: 80, tcpFlags: tcpSYN}
+		ret, out := f.run(p.build())
+		if ret != xdpTX {
+			t.Fatalf("verdict %s with two healthy backends", verdictNames[ret])
+		}
+		if backendOf(t, out, be4) == be4[1] {
+			t.Fatalf("%s sent to the down backend", p.src)
+		}
+	}
+}
+
+// A draining backend keeps its flows and gets no new ones.
+func TestXDPDrainingKeepsFlows(t *testing.T) {
+	d := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip6, 80, protoTCP, HashIP, be6)}}
+	f := newFixture(t, d)
+	rng := rand.New(rand.NewPCG(5, 6))
+	var onB2 []pkt
+	for len(onB2) < 50 {
+		p := pkt{src: random6(rng), dst: vip6, proto: protoTCP, sport: uint16(rng.Uint32()), dport: 80, tcpFlags: tcpSYN}
+		_, out := f.run(p.build())
+		if backendOf(t, out, be6) == be6[1] {
+			onB2 = append(onB2, p)
+		}
+	}
+	d.Services[0].Backends[1].State = StateDraining
+	f.apply(d)
+	for _, p := range onB2 {
+		p.tcpFlags = tcpACK
+		if _, out := f.run(p.build()); backendOf(t, out, be6) != be6[1] {
+			t.Fatalf("flow of %s left its draining backend", p.src)
+		}
+		// A new connection from the same client is a new flow.
+		p.sport++
+		p.tcpFlags = tcpSYN
+		if _, out := f.run(p.build()); backendOf(t, out, be6) == be6[1] {
+			t.Fatalf("new flow of %s landed on the draining backend", p.src)
+		}
+	}
+	for range 2000 {
+		p := pkt{src: random6(rng), dst: vip6, proto: protoTCP, sport: uint16(rng.Uint32()), dport: 80, tcpFlags: tcpSYN}
+		if _, out := f.run(p.build()); backendOf(t, out, be6) == be6[1] {
+			t.Fatalf("new flow of %s landed on the draining backend", p.src)
+		}
+	}
+}
+
+// With every backend down the service's packets are dropped and counted.
+func TestXDPNoUsableBackend(t *testing.T) {
+	d := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}}
+	f := newFixture(t, d)
+	for i := range d.Services[0].Backends {
+		d.Services[0].Backends[i].State = StateDown
+	}
+	f.apply(d)
+	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpSYN}
+	f.expectOne(t, p.build(), xdpDrop, rNoBackend)
+	d.Services[0].Backends[2].State = StateUp
+	f.apply(d)
+	out := f.expectOne(t, p.build(), xdpTX, rTX)
+	if got := backendOf(t, out, be4); got != be4[2] {
+		t.Fatalf("recovered to %s, want the only healthy one %s", got, be4[2])
+	}
+}
+
+// Unresolved backends stay out of the rings.
+func TestXDPUnresolvedBackendExcluded(t *testing.T) {
+	requireRoot(t)
+	dp, err := Open(Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close(false)
+	res := staticResolver{ifindex: loIfIndex, missing: map[netip.Addr]bool{be4[0]: true}}
+	rec, err := NewReconciler(&dp.Maps, res, loIfIndex, quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, dp: dp, rec: rec}
+	ch := f.apply(Desired{Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}})
+	if len(ch.Unresolved) != 1 {
+		t.Fatalf("unresolved reported: %v", ch.Unresolved)
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	for range 1000 {
+		p := pkt{src: random4(rng), dst: vip4, proto: protoTCP, sport: 1, dport: 80}
+		if _, out := f.run(p.build()); backendOf(t, out, be4) == be4[0] {
+			t.Fatal("packet sent to an unresolved backend")
+		}
+	}
+}
+
+// Backends behind another interface are reached with XDP_REDIRECT through
+// tx_ports, which the reconciler fills.
+func TestXDPRedirect(t *testing.T) {
+	requireRoot(t)
+	dummy := newDummyLink(t, "xlbt-redir0")
+	dp, err := Open(Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close(false)
+	rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: dummy}, loIfIndex, quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, dp: dp, rec: rec}
+	f.apply(Desired{Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}})
+	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpSYN}
+	f.expectOne(t, p.build(), xdpRedirect, rRedirect)
+
+	// An egress interface missing from tx_ports is a counted drop.
+	if err := dp.TxPorts.Delete(uint32(dummy)); err != nil {
+		t.Fatal(err)
+	}
+	f.expectOne(t, p.build(), xdpDrop, rNoTxPort)
+}
+
+// Counters match what was sent, per reason, service and backend.
+func TestXDPCounters(t *testing.T) {
+	d := standardDesired()
+	f := newFixture(t, d)
+	svcID := f.serviceID(vip4, 80, protoTCP)
+	l7ID := f.serviceID(vip4, 443, protoTCP)
+	rng := rand.New(rand.NewPCG(9, 10))
+
+	perBackend := map[netip.Addr]Counters{}
+	var tx, pass Counters
+	flows := map[string]bool{}
+	for i := range 500 {
+		p := pkt{src: random4(rng), dst: vip4, proto: protoTCP, sport: uint16(i % 7), dport: 80, payload: i % 64}
+		if i%5 == 0 {
+			p.dport = 443
+		}
+		data := p.build()
+		ret, out := f.run(data)
+		key := fmt.Sprint(p.src, p.sport, p.dport)
+		switch ret {
+		case xdpTX:
+			be := backendOf(t, out, be4)
+			c := perBackend[be]
+			c.Packets++
+			c.Bytes += uint64(len(data))
+			if !flows[key] {
+				c.NewFlows++
+				flows[key] = true
+			}
+			perBackend[be] = c
+			tx.Packets++
+			tx.Bytes += uint64(len(data))
+		case xdpPass:
+			pass.Packets++
+			pass.Bytes += uint64(len(data))
+		default:
+			t.Fatalf("verdict %s", verdictNames[ret])
+		}
+	}
+	rc := f.reasons()
+	if got := rc[rTX]; got.Packets != tx.Packets || got.Bytes != tx.Bytes {
+		t.Fatalf("tx counters %+v, sent %+v", got, tx)
+	}
+	if got := rc[rL7]; got.Packets != pass.Packets || got.Bytes != pass.Bytes {
+		t.Fatalf("l7 counters %+v, sent %+v", got, pass)
+	}
+	sc, _ := f.dp.ServiceCounters(svcID)
+	if sc.Packets != tx.Packets || sc.Bytes != tx.Bytes || sc.NewFlows != uint64(len(flows)) {
+		t.Fatalf("service counters %+v, sent %+v with %d flows", sc, tx, len(flows))
+	}
+	if lc, _ := f.dp.ServiceCounters(l7ID); lc.Packets != pass.Packets {
+		t.Fatalf("l7 service counters %+v, sent %+v", lc, pass)
+	}
+	for be, want := range perBackend {
+		id, _ := f.rec.BackendID(svcID, be)
+		got, _ := f.dp.BackendCounters(id)
+		if got != want {
+			t.Fatalf("backend %s counters %+v, want %+v", be, got, want)
+		}
+	}
+}
+
+// The C hash equals the Go one on the shared vectors: with ring entry i
+// pointing at backend i, the chosen backend's MAC reveals hash % M; two
+// coprime M pin the hash down modulo their product.
+func TestXDPHashVectors(t *testing.T) {
+	requireRoot(t)
+	raw, err := os.ReadFile("../maglev/testdata/hash_vectors.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vectors []struct {
+		Kind         string
+		Src, Dst     string
+		Sport, Dport uint16
+		Proto        uint8
+		Hash         uint32
+	}
+	if err := json.Unmarshal(raw, &vectors); err != nil {
+		t.Fatal(err)
+	}
+	dp, err := Open(Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close(false)
+	const maxM = 4093
+	for id := uint32(0); id < maxM; id++ {
+		be := bpf.XlbBackend{State: uint8(StateUp), Ifindex: loIfIndex, Family: 4}
+		be.Mac = [6]byte{0x02, 0, 0, 0, byte(id >> 8), byte(id)}
+		if err := dp.Backends.Put(id, be); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := &fixture{t: t, dp: dp}
+	for _, m := range []uint32{4093, 4091} {
+		entries := make([]uint32, m)
+		for i := range entries {
+			entries[i] = uint32(i)
+		}
+		ring, err := newRing(entries)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := dp.Rings.Put(uint32(0), ring); err != nil {
+			t.Fatal(err)
+		}
+		ring.Close()
+		for _, v := range vectors {
+			src, dst := netip.MustParseAddr(v.Src), netip.MustParseAddr(v.Dst)
+			hash := HashIP
+			if v.Kind == "flow" {
+				hash = HashFlow
+			}
+			key := ServiceKey(dst, v.Dport, v.Proto)
+			if err := dp.Services.Put(key, bpf.XlbSvcValue{Id: 0, RingSize: m, Kind: uint8(KindL4), Hash: uint8(hash)}); err != nil {
+				t.Fatal(err)
+			}
+			p := pkt{src: src, dst: dst, proto: v.Proto, sport: v.Sport, dport: v.Dport, tcpFlags: tcpSYN}
+			ret, out := f.run(p.build())
+			if ret != xdpTX {
+				t.Fatalf("vector %+v: verdict %s", v, verdictNames[ret])
+			}
+			slot := uint32(out[4])<<8 | uint32(out[5])
+			if slot != v.Hash%m {
+				t.Fatalf("vector %s %s->%s: C hash %% %d = %d, Go hash %d %% %d = %d", v.Kind, v.Src, v.Dst, m, slot, v.Hash, m, v.Hash%m)
+			}
+			if err := dp.Services.Delete(key); err != nil {
+				t.Fatal(err)
+			}
+			if err := dp.Conntrack.Delete(FlowKey(src, dst, v.Sport, v.Dport, v.Proto)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
