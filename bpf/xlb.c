@@ -114,6 +114,7 @@ const enum hash_mode *unused_hash __attribute__((unused));
 const enum backend_state *unused_state __attribute__((unused));
 const enum family *unused_family __attribute__((unused));
 const enum limits *unused_limits __attribute__((unused));
+const enum flow_flags *unused_flow_flags __attribute__((unused));
 const struct svc_info *unused_info __attribute__((unused));
 
 #define IP_MF 0x2000

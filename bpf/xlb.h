@@ -112,7 +112,9 @@ struct flow_key {
 	__u8 pad[2];
 };
 
-#define XLB_FLOW_CLOSING 1 /* client sent FIN or RST */
+enum flow_flags {
+	XLB_FLOW_CLOSING = 1, /* the client sent FIN or RST */
+};
 
 struct flow_value {
 	__u32 backend_id;

@@ -58,6 +58,12 @@ const (
 	XlbFamilyXLB_FAMILY_V6 XlbFamily = 6
 )
 
+type XlbFlowFlags uint32
+
+const (
+	XlbFlowFlagsXLB_FLOW_CLOSING XlbFlowFlags = 1
+)
+
 type XlbFlowKey struct {
 	_      structs.HostLayout
 	Src    [16]uint8
@@ -152,24 +158,25 @@ type XlbSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	XlbMapBackendStats = "backend_stats"
-	XlbMapBackends     = "backends"
-	XlbMapConntrack    = "conntrack"
-	XlbMapReasonStats  = "reason_stats"
-	XlbMapRings        = "rings"
-	XlbMapServiceInfo  = "service_info"
-	XlbMapServiceStats = "service_stats"
-	XlbMapServices     = "services"
-	XlbMapTxPorts      = "tx_ports"
-	XlbProgXlbNoop     = "xlb_noop"
-	XlbProgXlbXdp      = "xlb_xdp"
-	XlbVarUnusedFamily = "unused_family"
-	XlbVarUnusedHash   = "unused_hash"
-	XlbVarUnusedInfo   = "unused_info"
-	XlbVarUnusedKind   = "unused_kind"
-	XlbVarUnusedLimits = "unused_limits"
-	XlbVarUnusedReason = "unused_reason"
-	XlbVarUnusedState  = "unused_state"
+	XlbMapBackendStats    = "backend_stats"
+	XlbMapBackends        = "backends"
+	XlbMapConntrack       = "conntrack"
+	XlbMapReasonStats     = "reason_stats"
+	XlbMapRings           = "rings"
+	XlbMapServiceInfo     = "service_info"
+	XlbMapServiceStats    = "service_stats"
+	XlbMapServices        = "services"
+	XlbMapTxPorts         = "tx_ports"
+	XlbProgXlbNoop        = "xlb_noop"
+	XlbProgXlbXdp         = "xlb_xdp"
+	XlbVarUnusedFamily    = "unused_family"
+	XlbVarUnusedFlowFlags = "unused_flow_flags"
+	XlbVarUnusedHash      = "unused_hash"
+	XlbVarUnusedInfo      = "unused_info"
+	XlbVarUnusedKind      = "unused_kind"
+	XlbVarUnusedLimits    = "unused_limits"
+	XlbVarUnusedReason    = "unused_reason"
+	XlbVarUnusedState     = "unused_state"
 )
 
 // LoadXlb returns the embedded CollectionSpec for Xlb.
@@ -237,13 +244,14 @@ type XlbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type XlbVariableSpecs struct {
-	UnusedFamily *ebpf.VariableSpec `ebpf:"unused_family"`
-	UnusedHash   *ebpf.VariableSpec `ebpf:"unused_hash"`
-	UnusedInfo   *ebpf.VariableSpec `ebpf:"unused_info"`
-	UnusedKind   *ebpf.VariableSpec `ebpf:"unused_kind"`
-	UnusedLimits *ebpf.VariableSpec `ebpf:"unused_limits"`
-	UnusedReason *ebpf.VariableSpec `ebpf:"unused_reason"`
-	UnusedState  *ebpf.VariableSpec `ebpf:"unused_state"`
+	UnusedFamily    *ebpf.VariableSpec `ebpf:"unused_family"`
+	UnusedFlowFlags *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
+	UnusedHash      *ebpf.VariableSpec `ebpf:"unused_hash"`
+	UnusedInfo      *ebpf.VariableSpec `ebpf:"unused_info"`
+	UnusedKind      *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedLimits    *ebpf.VariableSpec `ebpf:"unused_limits"`
+	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedState     *ebpf.VariableSpec `ebpf:"unused_state"`
 }
 
 // XlbObjects contains all objects after they have been loaded into the kernel.
@@ -295,13 +303,14 @@ func (m *XlbMaps) Close() error {
 //
 // It can be passed to LoadXlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type XlbVariables struct {
-	UnusedFamily *ebpf.Variable `ebpf:"unused_family"`
-	UnusedHash   *ebpf.Variable `ebpf:"unused_hash"`
-	UnusedInfo   *ebpf.Variable `ebpf:"unused_info"`
-	UnusedKind   *ebpf.Variable `ebpf:"unused_kind"`
-	UnusedLimits *ebpf.Variable `ebpf:"unused_limits"`
-	UnusedReason *ebpf.Variable `ebpf:"unused_reason"`
-	UnusedState  *ebpf.Variable `ebpf:"unused_state"`
+	UnusedFamily    *ebpf.Variable `ebpf:"unused_family"`
+	UnusedFlowFlags *ebpf.Variable `ebpf:"unused_flow_flags"`
+	UnusedHash      *ebpf.Variable `ebpf:"unused_hash"`
+	UnusedInfo      *ebpf.Variable `ebpf:"unused_info"`
+	UnusedKind      *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedLimits    *ebpf.Variable `ebpf:"unused_limits"`
+	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedState     *ebpf.Variable `ebpf:"unused_state"`
 }
 
 // XlbPrograms contains all programs after they have been loaded into the kernel.

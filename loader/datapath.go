@@ -89,7 +89,7 @@ func Open(opts Options) (*Datapath, error) {
 			m.Pinning = ebpf.PinNone
 		}
 	} else {
-		if err := checkBPFFS(opts.PinDir); err != nil {
+		if err := ensureBPFFS(opts.PinDir, log); err != nil {
 			return nil, err
 		}
 		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
@@ -228,16 +228,28 @@ func (d *Datapath) Close(keep bool) error {
 	return errors.Join(errs...)
 }
 
-// checkBPFFS makes sure dir is (or will be created) on a mounted bpffs.
-func checkBPFFS(dir string) error {
-	p := dir
+// bpffsRoot is the conventional bpffs mount point. Like bpftool and Cilium,
+// xlb mounts it when it is missing (fresh hosts often lack it); any other pin
+// directory must already be on a bpffs.
+const bpffsRoot = "/sys/fs/bpf"
+
+// ensureBPFFS makes sure dir is (or will be created) on a mounted bpffs.
+func ensureBPFFS(dir string, log *slog.Logger) error {
+	p := filepath.Clean(dir)
 	for {
 		var st unix.Statfs_t
 		if err := unix.Statfs(p, &st); err == nil {
-			if st.Type != unix.BPF_FS_MAGIC {
-				return fmt.Errorf("%s: %w (mount one: mount -t bpf bpf /sys/fs/bpf)", dir, ErrNoBPFFS)
+			if st.Type == unix.BPF_FS_MAGIC {
+				return nil
 			}
-			return nil
+			if p == bpffsRoot {
+				if err := unix.Mount("bpf", bpffsRoot, "bpf", 0, "mode=0700"); err != nil {
+					return fmt.Errorf("%s: %w: mount bpffs on %s: %v", dir, ErrNoBPFFS, bpffsRoot, err)
+				}
+				log.Info("mounted bpffs", "path", bpffsRoot)
+				return nil
+			}
+			return fmt.Errorf("%s: %w (mount one: mount -t bpf bpf %s)", dir, ErrNoBPFFS, p)
 		}
 		parent := filepath.Dir(p)
 		if parent == p {

@@ -1,0 +1,208 @@
+package loader
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/xlb-dev/xlb/bpf"
+)
+
+// Snapshot is what the maps say right now: services, their backends with
+// state and Maglev share, and the counters. It needs no daemon.
+type Snapshot struct {
+	Services []ServiceStatus `json:"services"`
+	Verdicts []VerdictStatus `json:"verdicts"`
+}
+
+// ServiceStatus is one service as the datapath sees it.
+type ServiceStatus struct {
+	ID       uint32          `json:"id"`
+	Name     string          `json:"name"`
+	VIP      netip.Addr      `json:"vip"`
+	Port     uint16          `json:"port"`
+	Protocol string          `json:"protocol"`
+	Mode     string          `json:"mode"`
+	Hash     string          `json:"hash,omitempty"`
+	RingSize uint32          `json:"ring_size,omitempty"`
+	Packets  uint64          `json:"packets"`
+	Bytes    uint64          `json:"bytes"`
+	NewFlows uint64          `json:"new_flows"`
+	Backends []BackendStatus `json:"backends,omitempty"`
+}
+
+// BackendStatus is one backend of a service.
+type BackendStatus struct {
+	ID      uint32     `json:"id"`
+	Address netip.Addr `json:"address"`
+	State   string     `json:"state"`
+	Weight  uint16     `json:"weight"`
+	MAC     string     `json:"mac"`
+	IfIndex uint32     `json:"ifindex"`
+	// Slots is how many Maglev table entries point at the backend, Share
+	// the fraction of the table that is.
+	Slots    uint32  `json:"slots"`
+	Share    float64 `json:"share"`
+	Packets  uint64  `json:"packets"`
+	Bytes    uint64  `json:"bytes"`
+	NewFlows uint64  `json:"new_flows"`
+	// Flows counts its conntrack entries seen within FlowActiveWindow
+	// (closing ones excluded): the flows a drain waits for.
+	Flows int `json:"active_flows"`
+}
+
+// VerdictStatus is one reason counter.
+type VerdictStatus struct {
+	Verdict string `json:"verdict"`
+	Reason  string `json:"reason"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// FlowActiveWindow: a conntrack entry not refreshed for this long is treated
+// as an ended flow (the datapath refreshes at most once a second).
+const FlowActiveWindow = 60 * time.Second
+
+// TakeSnapshot reads the maps.
+func (m *Maps) TakeSnapshot() (*Snapshot, error) {
+	snap := &Snapshot{}
+	byID := map[uint32]*ServiceStatus{}
+	var key bpf.XlbSvcKey
+	var val bpf.XlbSvcValue
+	it := m.Services.Iterate()
+	for it.Next(&key, &val) {
+		if val.Kind == uint8(bpf.XlbSvcKindXLB_SVC_VIP) {
+			continue
+		}
+		var info bpf.XlbSvcInfo
+		if err := m.ServiceInfo.Lookup(val.Id, &info); err != nil {
+			return nil, fmt.Errorf("service info %d: %w", val.Id, err)
+		}
+		vip, port, proto := KeyAddr(key)
+		s := &ServiceStatus{
+			ID: val.Id, Name: cString(info.Name[:]), VIP: vip, Port: port,
+			Protocol: protoName(proto), Mode: "l4", RingSize: val.RingSize,
+		}
+		if val.Kind == uint8(KindL7) {
+			s.Mode = "l7"
+		} else {
+			s.Hash = HashMode(val.Hash).String()
+		}
+		c, err := m.ServiceCounters(val.Id)
+		if err != nil {
+			return nil, err
+		}
+		s.Packets, s.Bytes, s.NewFlows = c.Packets, c.Bytes, c.NewFlows
+		byID[val.Id] = s
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read services: %w", err)
+	}
+
+	flows, err := m.activeFlows()
+	if err != nil {
+		return nil, err
+	}
+	var be bpf.XlbBackend
+	for id := uint32(0); id < MaxBackends; id++ {
+		if err := m.Backends.Lookup(id, &be); err != nil {
+			return nil, fmt.Errorf("backend %d: %w", id, err)
+		}
+		s := byID[be.ServiceId]
+		if be.State == uint8(bpf.XlbBackendStateXLB_BE_UNUSED) || s == nil {
+			continue
+		}
+		c, err := m.BackendCounters(id)
+		if err != nil {
+			return nil, err
+		}
+		s.Backends = append(s.Backends, BackendStatus{
+			ID: id, Address: BackendAddr(be), State: State(be.State).String(), Weight: be.Weight,
+			MAC: macString(be.Mac), IfIndex: be.Ifindex,
+			Packets: c.Packets, Bytes: c.Bytes, NewFlows: c.NewFlows, Flows: flows[id],
+		})
+	}
+	for _, s := range byID {
+		if err := m.fillShares(s); err != nil {
+			return nil, err
+		}
+		sort.Slice(s.Backends, func(i, j int) bool { return s.Backends[i].Address.Less(s.Backends[j].Address) })
+		snap.Services = append(snap.Services, *s)
+	}
+	sort.Slice(snap.Services, func(i, j int) bool { return snap.Services[i].Name < snap.Services[j].Name })
+
+	rc, err := m.ReasonCounters()
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range rc {
+		snap.Verdicts = append(snap.Verdicts, VerdictStatus{
+			Verdict: Reasons[i].Verdict, Reason: Reasons[i].Name, Packets: c.Packets, Bytes: c.Bytes,
+		})
+	}
+	return snap, nil
+}
+
+func (m *Maps) fillShares(s *ServiceStatus) error {
+	if s.Mode != "l4" {
+		return nil
+	}
+	ring, err := m.Ring(s.ID)
+	if err != nil || ring == nil {
+		return err
+	}
+	slots := map[uint32]uint32{}
+	for _, id := range ring {
+		slots[id]++
+	}
+	for i := range s.Backends {
+		b := &s.Backends[i]
+		b.Slots = slots[b.ID]
+		b.Share = float64(b.Slots) / float64(len(ring))
+	}
+	return nil
+}
+
+// activeFlows counts live conntrack entries per backend id.
+func (m *Maps) activeFlows() (map[uint32]int, error) {
+	now, err := monotonicNow()
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint32]int{}
+	var k bpf.XlbFlowKey
+	var v bpf.XlbFlowValue
+	it := m.Conntrack.Iterate()
+	for it.Next(&k, &v) {
+		if v.Flags&uint32(bpf.XlbFlowFlagsXLB_FLOW_CLOSING) != 0 || now-v.LastSeenNs > uint64(FlowActiveWindow) {
+			continue
+		}
+		out[v.BackendId]++
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read conntrack: %w", err)
+	}
+	return out, nil
+}
+
+// monotonicNow is the clock bpf_ktime_get_coarse_ns reads.
+func monotonicNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, err
+	}
+	return uint64(ts.Nano()), nil
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	}
+	return fmt.Sprint(p)
+}
