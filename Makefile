@@ -1,0 +1,62 @@
+# xlb: eBPF-accelerated L4/L7 load balancer. `make demo` shows it, `make test` proves it.
+GO      ?= go
+BIN     := bin
+PKGS    := ./...
+# Packages whose tests need root, the real kernel and network namespaces run
+# one at a time: they share the machine's two cores and its bpffs.
+TESTFLAGS ?= -count=1 -timeout 40m
+
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux
+
+.PHONY: all deps generate build test test-unit e2e bench bench-xdp demo fmt vet clean check-generate
+
+all: build
+
+## deps: install the system packages xlb builds and tests with (Debian/Ubuntu, root)
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "deps: all present"; fi
+	$(GO) mod download
+
+## generate: compile bpf/xlb.c with bpf2go (output is committed)
+generate:
+	cd bpf && $(GO) generate ./...
+
+## check-generate: fail if `make generate` changes a committed file
+check-generate: generate
+	@git diff --exit-code --stat -- bpf/ || { echo "bpf2go output differs from the committed files: run 'make generate' and commit"; exit 1; }
+
+## build: bin/xlb and the test tool bin/xlbtest
+build:
+	$(GO) build -o $(BIN)/xlb ./cmd/xlb
+	$(GO) build -o $(BIN)/xlbtest ./scripts/xlbtest
+
+vet:
+	$(GO) vet $(PKGS)
+
+## test: every test, including the root-only datapath and namespace tests
+test: build vet
+	XLB_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test $(TESTFLAGS) -p 1 $(PKGS)
+
+## test-unit: the tests that need neither root nor namespaces
+test-unit:
+	$(GO) test -count=1 ./maglev/ ./config/ ./scripts/...
+
+## bench-xdp: ns/packet of the XDP program under BPF_PROG_TEST_RUN vs a no-op program
+bench-xdp:
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkXDP' -benchtime 1x ./loader/
+
+bench: bench-xdp
+
+## demo: namespaces, three backends, xlb, traffic, the spread, teardown
+demo: build
+	./scripts/demo.sh
+
+fmt:
+	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfel.go$$')
+
+clean:
+	rm -rf $(BIN)

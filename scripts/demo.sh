@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# make demo: a client with 155 addresses, an xlb host and three backends in
+# network namespaces on one bridge; xlb steers HTTP connections to the VIP by
+# client address and the backends answer the client directly (DSR). Prints how
+# the clients spread, from xlb's counters and from the backends' answers, then
+# tears everything down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+P=xdemo
+CONF=examples/demo.toml
+PINS=/sys/fs/bpf/xlb-demo
+CONNS=${CONNS:-620}
+WORK=$(mktemp -d /tmp/xlb-demo.XXXXXX)
+PIDS=()
+
+[ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces, XDP)" >&2; exit 1; }
+[ -x bin/xlb ] && [ -x bin/xlbtest ] || { echo "demo: run 'make build' first" >&2; exit 1; }
+
+cleanup() {
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+	scripts/topology.sh down "$P" >/dev/null 2>&1 || true
+	rm -rf "$PINS" "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "topology: client (155 addresses), lb, backends b1..b3 on a bridge"
+NCLIENTS=155 scripts/topology.sh up "$P"
+
+step "backends: HTTP on the VIP held on lo (198.19.0.10, 2001:db8:19::10)"
+for i in 1 2 3; do
+	ip netns exec "$P-b$i" bin/xlbtest serve --name "b$i" --listen "198.19.0.10:80,[2001:db8:19::10]:80" --body-bytes 16384 \
+		>"$WORK/b$i.log" 2>&1 &
+	PIDS+=($!)
+done
+
+step "xlb run -c $CONF (in the lb's network namespace)"
+nsenter --net="/run/netns/$P-lb" bin/xlb run -c "$CONF" >"$WORK/xlb.log" 2>&1 &
+XLB=$!
+PIDS+=("$XLB")
+for _ in $(seq 50); do grep -q 'xlb running' "$WORK/xlb.log" && break; sleep 0.1; done
+grep -q 'xlb running' "$WORK/xlb.log" || { cat "$WORK/xlb.log"; echo "demo: xlb did not start" >&2; exit 1; }
+sed 's/^/  xlb: /' "$WORK/xlb.log"
+
+spread() { # family target sources
+	local out
+	out=$(ip netns exec "$P-cl" bin/xlbtest load --target "$2" --sources "$3" --conns "$CONNS" --timeout 3s || true)
+	python3 - "$1" "$out" <<'PY'
+import json, sys
+fam, d = sys.argv[1], json.loads(sys.argv[2])
+clients = {}
+for src, bes in d["by_source"].items():
+    clients.setdefault(bes[0], set()).add(src)
+    if len(set(bes)) != 1:
+        print(f"  !! {src} reached several backends: {sorted(set(bes))}")
+n = sum(len(v) for v in clients.values())
+print(f"  {fam}: {d['ok']} connections ok, {d['failed']} failed, from {n} client addresses")
+print("  as the backends answered:")
+for be in sorted(d["by_backend"]):
+    print(f"    {be}: {d['by_backend'][be]:4d} connections, {len(clients.get(be, ())):3d} clients ({100*len(clients.get(be, ()))/max(n,1):.1f}%), each client always on the same backend")
+PY
+}
+
+step "traffic: $CONNS new connections over IPv4 from 198.18.0.100-254"
+spread IPv4 http://198.19.0.10/ range:198.18.0.100-198.18.0.254
+step "traffic: $CONNS new connections over IPv6 from 2001:db8:18::100-19a"
+spread IPv6 "http://[2001:db8:19::10]/" range:2001:db8:18::100-2001:db8:18::19a
+
+step "xlb status (read from the pinned maps: xlb's own counters)"
+bin/xlb status --bpffs "$PINS" | sed 's/^/  /'
+
+step "replies went straight from the backends to the client: the lb saw only requests"
+ip netns exec "$P-lb" sh -c 'echo "  lb eth0: rx $(cat /sys/class/net/eth0/statistics/rx_bytes) bytes, tx $(cat /sys/class/net/eth0/statistics/tx_bytes) bytes"'
+for i in 1 2 3; do
+	ip netns exec "$P-b$i" sh -c "echo \"  b$i eth0: tx \$(cat /sys/class/net/eth0/statistics/tx_bytes) bytes\""
+done
+
+step "stop xlb (SIGTERM): XDP detached, pins removed"
+kill -TERM "$XLB"
+wait "$XLB" || true
+ip -n "$P-lb" -d link show eth0 | grep -q xdp && echo "  !! XDP still attached" || echo "  no XDP program on the lb's eth0"
+[ -e "$PINS" ] && echo "  !! pins remain in $PINS" || echo "  no pins left in $PINS"
+step "teardown"
