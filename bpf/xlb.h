@@ -17,6 +17,8 @@ enum limits {
 	XLB_CONNTRACK_SIZE = 262144,
 	XLB_MAX_TX_PORTS = 64,
 	XLB_NAME_LEN = 48,
+	/* vip_filter: 2^16 bits, one per hash of a VIP address */
+	XLB_VIP_FILTER_WORDS = 1024,
 	/* murmur3_x86_32 seed of "xlb hash v1"; maglev.HashSeed in Go. */
 	XLB_HASH_SEED = 0x786c6231,
 	XLB_NO_ID = 0xffffffff, /* no service / backend */
@@ -118,8 +120,15 @@ enum flow_flags {
 
 struct flow_value {
 	__u32 backend_id;
-	__u32 flags;
-	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns, refreshed at most once a second */
+	__u16 service_id; /* for the counters of an established flow */
+	__u16 flags;      /* enum flow_flags */
+	/*
+	 * Packets seen, wrapping. Readers tell an active flow from an idle one
+	 * by watching it change: cheaper per packet than reading a clock.
+	 */
+	__u32 packets;
+	__u32 pad;
+	__u64 created_ns; /* bpf_ktime_get_coarse_ns at the first packet */
 };
 
 struct counters {

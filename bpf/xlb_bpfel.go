@@ -76,10 +76,13 @@ type XlbFlowKey struct {
 }
 
 type XlbFlowValue struct {
-	_          structs.HostLayout
-	BackendId  uint32
-	Flags      uint32
-	LastSeenNs uint64
+	_         structs.HostLayout
+	BackendId uint32
+	ServiceId uint16
+	Flags     uint16
+	Packets   uint32
+	Pad       uint32
+	CreatedNs uint64
 }
 
 type XlbHashMode uint32
@@ -92,14 +95,15 @@ const (
 type XlbLimits uint32
 
 const (
-	XlbLimitsXLB_MAX_SERVICES   XlbLimits = 1024
-	XlbLimitsXLB_MAX_BACKENDS   XlbLimits = 4096
-	XlbLimitsXLB_MAX_SVC_KEYS   XlbLimits = 4096
-	XlbLimitsXLB_CONNTRACK_SIZE XlbLimits = 262144
-	XlbLimitsXLB_MAX_TX_PORTS   XlbLimits = 64
-	XlbLimitsXLB_NAME_LEN       XlbLimits = 48
-	XlbLimitsXLB_HASH_SEED      XlbLimits = 2020368945
-	XlbLimitsXLB_NO_ID          XlbLimits = 4294967295
+	XlbLimitsXLB_MAX_SERVICES     XlbLimits = 1024
+	XlbLimitsXLB_MAX_BACKENDS     XlbLimits = 4096
+	XlbLimitsXLB_MAX_SVC_KEYS     XlbLimits = 4096
+	XlbLimitsXLB_CONNTRACK_SIZE   XlbLimits = 262144
+	XlbLimitsXLB_MAX_TX_PORTS     XlbLimits = 64
+	XlbLimitsXLB_NAME_LEN         XlbLimits = 48
+	XlbLimitsXLB_VIP_FILTER_WORDS XlbLimits = 1024
+	XlbLimitsXLB_HASH_SEED        XlbLimits = 2020368945
+	XlbLimitsXLB_NO_ID            XlbLimits = 4294967295
 )
 
 type XlbReason uint32
@@ -167,6 +171,7 @@ const (
 	XlbMapServiceStats    = "service_stats"
 	XlbMapServices        = "services"
 	XlbMapTxPorts         = "tx_ports"
+	XlbMapVipFilter       = "vip_filter"
 	XlbProgXlbNoop        = "xlb_noop"
 	XlbProgXlbXdp         = "xlb_xdp"
 	XlbVarUnusedFamily    = "unused_family"
@@ -238,6 +243,7 @@ type XlbMapSpecs struct {
 	ServiceStats *ebpf.MapSpec `ebpf:"service_stats"`
 	Services     *ebpf.MapSpec `ebpf:"services"`
 	TxPorts      *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
 }
 
 // XlbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -283,6 +289,7 @@ type XlbMaps struct {
 	ServiceStats *ebpf.Map `ebpf:"service_stats"`
 	Services     *ebpf.Map `ebpf:"services"`
 	TxPorts      *ebpf.Map `ebpf:"tx_ports"`
+	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
 }
 
 func (m *XlbMaps) Close() error {
@@ -296,6 +303,7 @@ func (m *XlbMaps) Close() error {
 		m.ServiceStats,
 		m.Services,
 		m.TxPorts,
+		m.VipFilter,
 	)
 }
 

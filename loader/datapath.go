@@ -41,6 +41,10 @@ type Options struct {
 	// ConntrackSize overrides the connection table's capacity (0: default).
 	ConntrackSize uint32
 	Logger        *slog.Logger
+
+	// spec loads the collection; nil means bpf.LoadXlb. The XDP benchmark
+	// swaps in its new-flow build.
+	spec func() (*ebpf.CollectionSpec, error)
 }
 
 // Datapath is a loaded (and usually attached and pinned) XDP datapath.
@@ -76,7 +80,11 @@ func Open(opts Options) (*Datapath, error) {
 		iface = l
 	}
 
-	spec, err := bpf.LoadXlb()
+	loadSpec := opts.spec
+	if loadSpec == nil {
+		loadSpec = bpf.LoadXlb
+	}
+	spec, err := loadSpec()
 	if err != nil {
 		return nil, fmt.Errorf("load embedded XDP object: %w", err)
 	}

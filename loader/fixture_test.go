@@ -91,8 +91,14 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 func newFixture(t testing.TB, d Desired) *fixture {
 	t.Helper()
+	return newFixtureWith(t, d, nil)
+}
+
+// newFixtureWith loads the collection spec returns (nil: the production one).
+func newFixtureWith(t testing.TB, d Desired, spec func() (*ebpf.CollectionSpec, error)) *fixture {
+	t.Helper()
 	requireRoot(t)
-	dp, err := Open(Options{Logger: quietLogger()})
+	dp, err := Open(Options{Logger: quietLogger(), spec: spec})
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
 	}

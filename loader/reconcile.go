@@ -130,6 +130,7 @@ type Reconciler struct {
 	markers  map[svcIdent]bpf.XlbSvcValue
 	backends map[beIdent]*beState
 	txPorts  map[uint32]bool
+	vipBits  map[uint32]uint64 // vip_filter words with bits set
 	svcIDs   idPool
 	beIDs    idPool
 }
@@ -353,6 +354,9 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 	if err := r.writeMarkers(want); err != nil {
 		return ch, err
 	}
+	if err := r.writeVIPFilter(want); err != nil {
+		return ch, err
+	}
 
 	// Phase 3: backends that stop taking new flows, then removed ones.
 	for ident, e := range newEntries {
@@ -538,6 +542,47 @@ func (r *Reconciler) writeMarkers(want map[svcIdent]*ServiceSpec) error {
 		}
 	}
 	r.markers = next
+	return nil
+}
+
+// VIPFilterBit is the vip_filter word and bit of a VIP address (see
+// maybe_vip in xlb.c).
+func VIPFilterBit(vip netip.Addr) (word uint32, bit uint64) {
+	h := maglev.SourceHash(vip)
+	return (h >> 6) % uint32(bpf.XlbLimitsXLB_VIP_FILTER_WORDS), 1 << (h & 63)
+}
+
+// writeVIPFilter sets the filter bits of every VIP (adding before removing is
+// not needed: a bit is only cleared when no VIP uses it any more, and a VIP's
+// services are already gone from the services map by then).
+func (r *Reconciler) writeVIPFilter(want map[svcIdent]*ServiceSpec) error {
+	next := map[uint32]uint64{}
+	for ident := range want {
+		w, b := VIPFilterBit(ident.vip)
+		next[w] |= b
+	}
+	if r.vipBits == nil {
+		// Unknown after a restart: rewrite every word once.
+		r.vipBits = map[uint32]uint64{}
+		for w := uint32(0); w < uint32(bpf.XlbLimitsXLB_VIP_FILTER_WORDS); w++ {
+			r.vipBits[w] = ^uint64(0)
+		}
+	}
+	for w, bits := range r.vipBits {
+		if next[w] != bits {
+			if err := r.maps.VipFilter.Put(w, next[w]); err != nil {
+				return fmt.Errorf("vip filter: %w", err)
+			}
+		}
+	}
+	for w, bits := range next {
+		if _, seen := r.vipBits[w]; !seen {
+			if err := r.maps.VipFilter.Put(w, bits); err != nil {
+				return fmt.Errorf("vip filter: %w", err)
+			}
+		}
+	}
+	r.vipBits = next
 	return nil
 }
 

@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/xlb-dev/xlb/bpf"
 )
@@ -49,9 +46,10 @@ type BackendStatus struct {
 	Packets  uint64  `json:"packets"`
 	Bytes    uint64  `json:"bytes"`
 	NewFlows uint64  `json:"new_flows"`
-	// Flows counts its conntrack entries seen within FlowActiveWindow
-	// (closing ones excluded): the flows a drain waits for.
-	Flows int `json:"active_flows"`
+	// OpenFlows counts its connection table entries whose client has not
+	// sent FIN or RST: the flows a drain waits for. Idle entries stay until
+	// the LRU table evicts them.
+	OpenFlows int `json:"open_flows"`
 }
 
 // VerdictStatus is one reason counter.
@@ -61,10 +59,6 @@ type VerdictStatus struct {
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`
 }
-
-// FlowActiveWindow: a conntrack entry not refreshed for this long is treated
-// as an ended flow (the datapath refreshes at most once a second).
-const FlowActiveWindow = 60 * time.Second
 
 // TakeSnapshot reads the maps.
 func (m *Maps) TakeSnapshot() (*Snapshot, error) {
@@ -102,7 +96,7 @@ func (m *Maps) TakeSnapshot() (*Snapshot, error) {
 		return nil, fmt.Errorf("read services: %w", err)
 	}
 
-	flows, err := m.activeFlows()
+	flows, err := m.openFlows()
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +116,7 @@ func (m *Maps) TakeSnapshot() (*Snapshot, error) {
 		s.Backends = append(s.Backends, BackendStatus{
 			ID: id, Address: BackendAddr(be), State: State(be.State).String(), Weight: be.Weight,
 			MAC: macString(be.Mac), IfIndex: be.Ifindex,
-			Packets: c.Packets, Bytes: c.Bytes, NewFlows: c.NewFlows, Flows: flows[id],
+			Packets: c.Packets, Bytes: c.Bytes, NewFlows: c.NewFlows, OpenFlows: flows[id],
 		})
 	}
 	for _, s := range byID {
@@ -166,35 +160,22 @@ func (m *Maps) fillShares(s *ServiceStatus) error {
 	return nil
 }
 
-// activeFlows counts live conntrack entries per backend id.
-func (m *Maps) activeFlows() (map[uint32]int, error) {
-	now, err := monotonicNow()
-	if err != nil {
-		return nil, err
-	}
+// openFlows counts connection table entries per backend id whose client has
+// not closed them.
+func (m *Maps) openFlows() (map[uint32]int, error) {
 	out := map[uint32]int{}
 	var k bpf.XlbFlowKey
 	var v bpf.XlbFlowValue
 	it := m.Conntrack.Iterate()
 	for it.Next(&k, &v) {
-		if v.Flags&uint32(bpf.XlbFlowFlagsXLB_FLOW_CLOSING) != 0 || now-v.LastSeenNs > uint64(FlowActiveWindow) {
-			continue
+		if v.Flags&uint16(bpf.XlbFlowFlagsXLB_FLOW_CLOSING) == 0 {
+			out[v.BackendId]++
 		}
-		out[v.BackendId]++
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read conntrack: %w", err)
 	}
 	return out, nil
-}
-
-// monotonicNow is the clock bpf_ktime_get_coarse_ns reads.
-func monotonicNow() (uint64, error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0, err
-	}
-	return uint64(ts.Nano()), nil
 }
 
 func protoName(p uint8) string {

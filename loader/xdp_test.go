@@ -572,6 +572,14 @@ func TestXDPHashVectors(t *testing.T) {
 				hash = HashFlow
 			}
 			key := ServiceKey(dst, v.Dport, v.Proto)
+			w, bit := VIPFilterBit(dst)
+			var bits uint64
+			if err := dp.VipFilter.Lookup(w, &bits); err != nil {
+				t.Fatal(err)
+			}
+			if err := dp.VipFilter.Put(w, bits|bit); err != nil {
+				t.Fatal(err)
+			}
 			if err := dp.Services.Put(key, bpf.XlbSvcValue{Id: 0, RingSize: m, Kind: uint8(KindL4), Hash: uint8(hash)}); err != nil {
 				t.Fatal(err)
 			}
@@ -591,5 +599,94 @@ func TestXDPHashVectors(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+// A VIP's filter bit follows its services: traffic passes untouched once the
+// VIP is gone and is steered again when it returns.
+func TestXDPVIPFilterFollowsServices(t *testing.T) {
+	d := standardDesired()
+	f := newFixture(t, d)
+	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 7, dport: 80, tcpFlags: tcpSYN}
+	f.expectOne(t, p.build(), xdpTX, rTX)
+	f.apply(Desired{RingSize: d.RingSize, Services: d.Services[3:]})
+	p.sport++
+	f.expectOne(t, p.build(), xdpPass, rNoService)
+	f.apply(d)
+	p.sport++
+	f.expectOne(t, p.build(), xdpTX, rTX)
+}
+
+// Apply is idempotent: the same desired state twice writes nothing the second time.
+func TestReconcileIdempotent(t *testing.T) {
+	d := standardDesired()
+	f := newFixture(t, d)
+	if ch := f.apply(d); !ch.Empty() {
+		t.Fatalf("second apply changed %+v", ch)
+	}
+}
+
+// A restart that adopts the pins keeps ids, rings and flows: the first Apply
+// after it changes nothing, and an established flow keeps its backend.
+func TestAdoptPinnedState(t *testing.T) {
+	requireRoot(t)
+	dir := fmt.Sprintf("/sys/fs/bpf/xlb-test-%d", os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	open := func() *fixture {
+		dp, err := Open(Options{PinDir: dir, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: loIfIndex}, loIfIndex, quietLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &fixture{t: t, dp: dp, rec: rec}
+	}
+	d := standardDesired()
+	f := open()
+	if f.dp.Adopted {
+		t.Fatal("fresh pin directory reported as adopted")
+	}
+	f.apply(d)
+	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 4242, dport: 80, tcpFlags: tcpSYN}
+	_, out := f.run(p.build())
+	first := backendOf(t, out, be4)
+	id := f.serviceID(vip4, 80, protoTCP)
+	if err := f.dp.Close(true); err != nil {
+		t.Fatal(err)
+	}
+
+	// Move the flow's slot away: the restarted daemon's ring differs, but
+	// the flow must stay where it was.
+	g := open()
+	defer g.dp.Close(false)
+	if !g.dp.Adopted {
+		t.Fatal("pinned maps not adopted")
+	}
+	if got := g.serviceID(vip4, 80, protoTCP); got != id {
+		t.Fatalf("service id %d after restart, was %d", got, id)
+	}
+	if ch := g.apply(d); !ch.Empty() {
+		t.Fatalf("first apply after adoption changed %+v", ch)
+	}
+	var others []BackendSpec
+	for _, b := range d.Services[0].Backends {
+		if b.Address != first {
+			others = append(others, b)
+		}
+	}
+	d.Services[0].Backends = append(others, BackendSpec{Address: first, Weight: 0, State: StateUp})
+	g.apply(d)
+	p.tcpFlags = tcpACK
+	_, out = g.run(p.build())
+	if got := backendOf(t, out, be4); got != first {
+		t.Fatalf("established flow moved from %s to %s across the restart", first, got)
+	}
+	if err := g.dp.Close(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("pin directory left behind: %v", err)
 	}
 }

@@ -46,10 +46,10 @@ func printStatus(out io.Writer, snap *loader.Snapshot) {
 		if s.Mode != "l4" {
 			continue
 		}
-		fmt.Fprintf(w, "  BACKEND\tSTATE\tWEIGHT\tSHARE\tMAC\tPACKETS\tBYTES\tNEW FLOWS\tACTIVE FLOWS\n")
+		fmt.Fprintf(w, "  BACKEND\tSTATE\tWEIGHT\tSHARE\tMAC\tPACKETS\tBYTES\tNEW FLOWS\tOPEN FLOWS\n")
 		for _, b := range s.Backends {
 			fmt.Fprintf(w, "  %s\t%s\t%d\t%.1f%%\t%s\t%d\t%d\t%d\t%d\n",
-				b.Address, b.State, b.Weight, 100*b.Share, b.MAC, b.Packets, b.Bytes, b.NewFlows, b.Flows)
+				b.Address, b.State, b.Weight, 100*b.Share, b.MAC, b.Packets, b.Bytes, b.NewFlows, b.OpenFlows)
 		}
 		if len(s.Backends) == 0 || allZero(s.Backends) {
 			fmt.Fprintf(w, "  (no usable backend: packets to this service are dropped)\n")
