@@ -243,14 +243,14 @@ static __always_inline __u32 flow_hash(const struct flow_key *f, __u8 mode)
 {
 	__u32 alen = f->family == XLB_FAMILY_V6 ? 16 : 4;
 	__u32 h = hash_addr(XLB_HASH_SEED, f->src, f->family);
-	__u32 ports;
 
 	if (mode == XLB_HASH_IP)
 		return murmur_final(h, alen);
 
 	h = hash_addr(h, f->dst, f->family);
-	__builtin_memcpy(&ports, &f->sport, sizeof(ports));
-	h = murmur_round(h, le32(ports));
+	/* The ports as on the wire (big endian), read as a little-endian word. */
+	__u32 ports = __builtin_bswap16(f->sport) | (__u32)__builtin_bswap16(f->dport) << 16;
+	h = murmur_round(h, ports);
 	h = murmur_round(h, f->proto);
 	return murmur_final(h, 2 * alen + 8);
 }
@@ -263,8 +263,8 @@ static __always_inline int parse_l4(struct packet *p, void *l4, void *end)
 
 		if ((void *)(tcp + 1) > end || tcp->doff < 5)
 			return -1;
-		p->flow.sport = tcp->source;
-		p->flow.dport = tcp->dest;
+		p->flow.sport = bpf_ntohs(tcp->source);
+		p->flow.dport = bpf_ntohs(tcp->dest);
 		p->tcp_flags = tcp->fin | tcp->rst;
 		return 0;
 	}
@@ -272,8 +272,8 @@ static __always_inline int parse_l4(struct packet *p, void *l4, void *end)
 
 	if ((void *)(udp + 1) > end)
 		return -1;
-	p->flow.sport = udp->source;
-	p->flow.dport = udp->dest;
+	p->flow.sport = bpf_ntohs(udp->source);
+	p->flow.dport = bpf_ntohs(udp->dest);
 	return 0;
 }
 

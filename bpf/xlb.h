@@ -80,7 +80,7 @@ enum reason {
 
 struct svc_key {
 	__u8 addr[16]; /* IPv4 in the first 4 bytes, rest zero */
-	__be16 port;   /* 0 for a VIP marker */
+	__u16 port;    /* host byte order (bpftool shows 80 as 80); 0: VIP marker */
 	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
 	__u8 family;   /* enum family */
 };
@@ -107,8 +107,8 @@ struct backend {
 struct flow_key {
 	__u8 src[16];
 	__u8 dst[16];
-	__be16 sport;
-	__be16 dport;
+	__u16 sport; /* host byte order */
+	__u16 dport;
 	__u8 proto;
 	__u8 family;
 	__u8 pad[2];

@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -83,24 +82,15 @@ func addrFromBytes(b [16]uint8, family uint8) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// htons returns port in network byte order as the datapath stores it.
-func htons(port uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], port)
-	return binary.NativeEndian.Uint16(b[:])
-}
-
-func ntohs(port uint16) uint16 { return htons(port) }
-
 // ServiceKey builds the services map key; port 0 is the VIP marker.
 func ServiceKey(vip netip.Addr, port uint16, proto uint8) bpf.XlbSvcKey {
 	addr, family := addrBytes(vip)
-	return bpf.XlbSvcKey{Addr: addr, Port: htons(port), Proto: proto, Family: family}
+	return bpf.XlbSvcKey{Addr: addr, Port: port, Proto: proto, Family: family}
 }
 
 // KeyAddr returns the VIP, port and protocol of a services map key.
 func KeyAddr(k bpf.XlbSvcKey) (netip.Addr, uint16, uint8) {
-	return addrFromBytes(k.Addr, k.Family), ntohs(k.Port), k.Proto
+	return addrFromBytes(k.Addr, k.Family), k.Port, k.Proto
 }
 
 // BackendAddr returns a backend entry's address.
@@ -122,7 +112,7 @@ func NewBackend(addr netip.Addr, serviceID uint32, weight uint16, state State, n
 func FlowKey(src, dst netip.Addr, sport, dport uint16, proto uint8) bpf.XlbFlowKey {
 	s, family := addrBytes(src)
 	d, _ := addrBytes(dst)
-	return bpf.XlbFlowKey{Src: s, Dst: d, Sport: htons(sport), Dport: htons(dport), Proto: proto, Family: family}
+	return bpf.XlbFlowKey{Src: s, Dst: d, Sport: sport, Dport: dport, Proto: proto, Family: family}
 }
 
 // Counters are summed over CPUs.
