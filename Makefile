@@ -38,7 +38,7 @@ vet:
 	$(GO) vet $(PKGS)
 
 ## test: every test, including the root-only datapath and namespace tests
-test: build vet
+test: deps build vet
 	XLB_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test $(TESTFLAGS) -p 1 $(PKGS)
 
 ## test-unit: the tests that need neither root nor namespaces
@@ -52,7 +52,7 @@ bench-xdp:
 bench: bench-xdp
 
 ## demo: namespaces, three backends, xlb, traffic, the spread, teardown
-demo: build
+demo: deps build
 	./scripts/demo.sh
 
 fmt:
