@@ -124,6 +124,8 @@ type Reconciler struct {
 
 	// ResolveTimeout bounds the neighbour resolution of one backend.
 	ResolveTimeout time.Duration
+	// Metrics, when set, counts table rebuilds and times Apply.
+	Metrics *Metrics
 
 	mu       sync.Mutex
 	services map[svcIdent]*svcState
@@ -257,6 +259,9 @@ func (r *Reconciler) BackendID(serviceID uint32, addr netip.Addr) (uint32, bool)
 func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.Metrics != nil {
+		defer prometheusTimer(r.Metrics.reconcile)()
+	}
 	var ch Change
 	if d.RingSize == 0 {
 		d.RingSize = maglev.DefaultTableSize
@@ -486,6 +491,9 @@ func (r *Reconciler) swapRing(s *ServiceSpec, st *svcState, m uint32, entries ma
 	}
 	st.ringSum = sum
 	ch.RingsSwapped++
+	if r.Metrics != nil {
+		r.Metrics.rebuilds.Inc()
+	}
 	r.log.Info("maglev table swapped", "service", s.Name, "backends", len(names), "size", m)
 	return nil
 }
