@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"net/netip"
+	"time"
 )
 
 // XDPMode selects how the XDP program is attached to the interface.
@@ -61,6 +62,48 @@ const (
 // supported yet" message instead of "invalid value".
 const forwardNAT Forwarding = "nat"
 
+// Algorithm is how an L7 service picks a backend for a request.
+type Algorithm string
+
+const (
+	AlgoRoundRobin       Algorithm = "round_robin"       // smooth weighted round robin
+	AlgoLeastConnections Algorithm = "least_connections" // fewest in-flight requests
+	AlgoIPHash           Algorithm = "ip_hash"           // client address through the Maglev table, as at L4
+	AlgoRandom           Algorithm = "random"            // power of two random choices on in-flight requests
+)
+
+// Values of HealthCheck.Type and HealthCheck.InitialState.
+const (
+	CheckHTTP = "http" // GET Path, expect a status in ExpectStatus
+	CheckTCP  = "tcp"  // a TCP connect succeeds
+
+	StateUp   = "up"   // a backend counts as healthy until checks say otherwise
+	StateDown = "down" // a backend takes traffic only after HealthyThreshold successes
+)
+
+// Health check defaults and bounds.
+const (
+	DefaultCheckPath          = "/"
+	DefaultExpectStatus       = "2xx"
+	DefaultCheckInterval      = 5 * time.Second
+	DefaultCheckTimeout       = 2 * time.Second
+	DefaultUnhealthyThreshold = 3
+	DefaultHealthyThreshold   = 2
+	MaxCheckThreshold         = 1000
+	// MinDuration and MaxCheckDuration bound interval and timeout; below a
+	// millisecond is almost certainly a wrong unit.
+	MinDuration      = time.Millisecond
+	MaxCheckDuration = time.Hour
+)
+
+// Admin defaults and bounds.
+const (
+	DefaultAdminListen   = "127.0.0.1:9090"
+	DefaultAdminTokenEnv = "XLB_ADMIN_TOKEN"
+	DefaultDrainTimeout  = 60 * time.Second
+	MaxDrainTimeout      = 300 * time.Second
+)
+
 // Defaults and bounds.
 const (
 	DefaultBPFFSDir        = "/sys/fs/bpf/xlb"
@@ -84,17 +127,25 @@ var (
 	modes       = []Mode{ModeL4, ModeL7}
 	hashModes   = []HashMode{HashIP, HashFlow}
 	forwardings = []Forwarding{ForwardDSR}
+	algorithms  = []Algorithm{AlgoRoundRobin, AlgoLeastConnections, AlgoIPHash, AlgoRandom}
+	checkTypes  = []string{CheckHTTP, CheckTCP}
+	initStates  = []string{StateUp, StateDown}
 	logFormats  = []string{"text", "json"}
 	logLevels   = []string{"debug", "info", "warn", "error"}
 )
 
 // Config is a whole xlb configuration file.
 type Config struct {
-	Daemon   Daemon
-	Services []Service
+	Daemon Daemon
+	// HealthCheck is the [health_check] table with every default applied:
+	// what a service without its own [service.health_check] uses.
+	HealthCheck HealthCheck
+	Admin       Admin
+	Services    []Service
 }
 
-// Daemon holds the [daemon] table: host-wide settings.
+// Daemon holds the [daemon] table: host-wide settings. It holds no slices or
+// maps, so that a reload can compare the old and new Daemon with ==.
 type Daemon struct {
 	Interface       string // XDP interface; "" runs the L7 tier alone
 	XDPMode         XDPMode
@@ -104,33 +155,131 @@ type Daemon struct {
 	LogLevel        string // debug | info | warn | error
 }
 
+// HealthCheck is how the backends of a service are checked. In a parsed
+// Config every field is set: Config.HealthCheck is the [health_check] table
+// over the defaults, Service.HealthCheck that merged with the service's own
+// [service.health_check]. Use Service.BackendCheck for one backend's check.
+type HealthCheck struct {
+	Enabled      bool
+	Type         string // CheckHTTP or CheckTCP
+	Path         string // http only: the path (and query) to GET
+	ExpectStatus string // http only: e.g. "2xx", "200,204", "200-399"; see StatusExpected
+	Interval     time.Duration
+	Timeout      time.Duration // at most Interval
+	// A backend turns unhealthy after UnhealthyThreshold consecutive failures
+	// and healthy again after HealthyThreshold consecutive successes.
+	UnhealthyThreshold int
+	HealthyThreshold   int
+	InitialState       string // StateUp or StateDown: the state before the first verdict
+	// Port is the port checked; 0 means the service port (L4) or the
+	// backend port (L7). BackendCheck resolves it.
+	Port uint16
+}
+
+// DefaultHealthCheck is the check used where the configuration says nothing.
+func DefaultHealthCheck() HealthCheck {
+	return HealthCheck{
+		Enabled:            true,
+		Type:               CheckHTTP,
+		Path:               DefaultCheckPath,
+		ExpectStatus:       DefaultExpectStatus,
+		Interval:           DefaultCheckInterval,
+		Timeout:            DefaultCheckTimeout,
+		UnhealthyThreshold: DefaultUnhealthyThreshold,
+		HealthyThreshold:   DefaultHealthyThreshold,
+		InitialState:       StateUp,
+	}
+}
+
+// Admin holds the [admin] table: the control-surface listener.
+type Admin struct {
+	// Listen is "IP:PORT" or "unix:/absolute/path"; "" disables the admin
+	// listener.
+	Listen string
+	// TokenFile and TokenEnv name where the bearer token for mutating
+	// endpoints is; the daemon reads it, and TokenFile wins when both give
+	// one. With no token at all the mutating endpoints are disabled.
+	TokenFile string
+	TokenEnv  string
+	// DrainTimeout bounds how long a removed backend drains before it is
+	// dropped even with flows still open; at most MaxDrainTimeout.
+	DrainTimeout time.Duration
+}
+
+// DefaultAdmin is the [admin] table an empty configuration gets.
+func DefaultAdmin() Admin {
+	return Admin{Listen: DefaultAdminListen, TokenEnv: DefaultAdminTokenEnv, DrainTimeout: DefaultDrainTimeout}
+}
+
 // Service is one [[service]] table: a VIP, port and protocol with its backends.
 type Service struct {
-	Name       string
+	Name string
+	// VIP is the address clients connect to. An L7 service may use the
+	// unspecified address (0.0.0.0 or ::): its proxy then listens on all
+	// addresses.
 	VIP        netip.Addr
 	Port       uint16
 	Protocol   Protocol
 	Mode       Mode
 	Hash       HashMode   // L4 only; empty for L7 services
 	Forwarding Forwarding // L4 only; empty for L7 services
-	Backends   []Backend
-	Line       int // line of the [[service]] header; 0 if not from a file
+	Algorithm  Algorithm  // L7 only; empty for L4 services
+	// HealthCheck is the global [health_check] merged with this service's
+	// overrides, every default applied.
+	HealthCheck HealthCheck
+	Backends    []Backend
+	// Line is the line of the [[service]] header (of [loadbalancer] for the
+	// compatibility form); 0 if not from a file.
+	Line int
 }
 
 // Backend is one [[service.backend]] table.
 type Backend struct {
 	Address netip.Addr
+	// Port is where an L7 service's proxy connects; it defaults to the
+	// service port. 0 for L4 services: DSR keeps the destination port.
+	Port uint16
 	// Weight is the backend's share of the Maglev table; 0 keeps it out of
 	// the table (no new flows) while existing flows stay.
 	Weight uint32
 	MAC    net.HardwareAddr // optional; set, it skips neighbour resolution
-	Line   int              // line of the [[service.backend]] header; 0 if not from a file
+	// HealthCheckPath and HealthCheckPort override the service's check path
+	// and port for this backend; "" and 0 keep the service's.
+	HealthCheckPath string
+	HealthCheckPort uint16
+	Line            int // line of the [[service.backend]] header; 0 if not from a file
+}
+
+// BackendCheck returns the check to run against backend b of s: the
+// service's check with b's path and port overrides, and Port resolved (never
+// 0: the check port, else the backend port for L7, else the service port).
+func (s Service) BackendCheck(b Backend) HealthCheck {
+	h := s.HealthCheck
+	if b.HealthCheckPath != "" {
+		h.Path = b.HealthCheckPath
+	}
+	if b.HealthCheckPort != 0 {
+		h.Port = b.HealthCheckPort
+	}
+	if h.Port == 0 {
+		h.Port = s.Port
+		if s.Mode == ModeL7 && b.Port != 0 {
+			h.Port = b.Port
+		}
+	}
+	return h
 }
 
 // ApplyDefaults fills every unset key with its default and canonicalises
 // addresses (IPv4-mapped IPv6 becomes IPv4). It is idempotent. Backend weights
 // are not touched: 0 is a meaningful weight, so Parse applies the default
 // weight while decoding, where it can tell a missing key from weight = 0.
+//
+// The same goes for HealthCheck.Enabled and Admin.Listen, whose zero values
+// mean "disabled": ApplyDefaults sets them only in a HealthCheck or Admin
+// that is entirely zero, which it replaces with the default (for a service's
+// check: with Config.HealthCheck). In a partly filled one it fills the other
+// zero fields, from Config.HealthCheck for a service's check.
 func (c *Config) ApplyDefaults() {
 	d := &c.Daemon
 	setDefault(&d.XDPMode, XDPAuto)
@@ -140,6 +289,8 @@ func (c *Config) ApplyDefaults() {
 	}
 	setDefault(&d.LogFormat, DefaultLogFormat)
 	setDefault(&d.LogLevel, DefaultLogLevel)
+	c.HealthCheck.fillFrom(DefaultHealthCheck())
+	c.Admin.applyDefaults()
 
 	for i := range c.Services {
 		s := &c.Services[i]
@@ -152,10 +303,52 @@ func (c *Config) ApplyDefaults() {
 			setDefault(&s.Hash, HashIP)
 			setDefault(&s.Forwarding, ForwardDSR)
 		}
+		if s.Mode == ModeL7 {
+			setDefault(&s.Algorithm, AlgoRoundRobin)
+		}
+		s.HealthCheck.fillFrom(c.HealthCheck)
 		for j := range s.Backends {
 			b := &s.Backends[j]
 			b.Address = b.Address.Unmap()
+			if s.Mode == ModeL7 && b.Port == 0 {
+				b.Port = s.Port
+			}
 		}
+	}
+}
+
+// fillFrom makes a zero h a copy of base, and otherwise fills the fields of h
+// whose zero value is not meaningful (all but Enabled and Port) from base.
+func (h *HealthCheck) fillFrom(base HealthCheck) {
+	if *h == (HealthCheck{}) {
+		*h = base
+		return
+	}
+	setDefault(&h.Type, base.Type)
+	setDefault(&h.Path, base.Path)
+	setDefault(&h.ExpectStatus, base.ExpectStatus)
+	setZero(&h.Interval, base.Interval)
+	setZero(&h.Timeout, base.Timeout)
+	setZero(&h.UnhealthyThreshold, base.UnhealthyThreshold)
+	setZero(&h.HealthyThreshold, base.HealthyThreshold)
+	setDefault(&h.InitialState, base.InitialState)
+}
+
+// applyDefaults makes a zero a the default Admin; otherwise it fills only the
+// fields whose zero value is not meaningful ("" Listen disables the listener
+// and "" TokenFile means no file).
+func (a *Admin) applyDefaults() {
+	if *a == (Admin{}) {
+		*a = DefaultAdmin()
+		return
+	}
+	setDefault(&a.TokenEnv, DefaultAdminTokenEnv)
+	setZero(&a.DrainTimeout, DefaultDrainTimeout)
+}
+
+func setZero[T int | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
 	}
 }
 

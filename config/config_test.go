@@ -36,10 +36,13 @@ func TestParseValid(t *testing.T) {
 			LogFormat:       "json",
 			LogLevel:        "debug",
 		},
+		HealthCheck: DefaultHealthCheck(),
+		Admin:       DefaultAdmin(),
 		Services: []Service{
 			{
 				Name: "web", VIP: netip.MustParseAddr("198.19.0.10"), Port: 80,
 				Protocol: ProtoTCP, Mode: ModeL4, Hash: HashIP, Forwarding: ForwardDSR, Line: 12,
+				HealthCheck: DefaultHealthCheck(),
 				Backends: []Backend{
 					{Address: netip.MustParseAddr("198.18.0.11"), Weight: 1, MAC: mustMAC("02:00:00:00:00:11"), Line: 21},
 					{Address: netip.MustParseAddr("198.18.0.12"), Weight: 2, Line: 26},
@@ -49,6 +52,7 @@ func TestParseValid(t *testing.T) {
 			{
 				Name: "dns6", VIP: netip.MustParseAddr("2001:db8:19::10"), Port: 53,
 				Protocol: ProtoUDP, Mode: ModeL4, Hash: HashFlow, Forwarding: ForwardDSR, Line: 34,
+				HealthCheck: DefaultHealthCheck(),
 				Backends: []Backend{
 					{Address: netip.MustParseAddr("2001:db8:18::11"), Weight: 1, Line: 41},
 					{Address: netip.MustParseAddr("2001:db8:18::12"), Weight: 1, MAC: mustMAC("02:00:00:00:00:12"), Line: 44},
@@ -56,10 +60,11 @@ func TestParseValid(t *testing.T) {
 			},
 			{
 				Name: "api.v1", VIP: netip.MustParseAddr("198.19.0.10"), Port: 8080,
-				Protocol: ProtoTCP, Mode: ModeL7, Line: 48,
+				Protocol: ProtoTCP, Mode: ModeL7, Algorithm: AlgoRoundRobin, Line: 48,
+				HealthCheck: DefaultHealthCheck(),
 				Backends: []Backend{
-					{Address: netip.MustParseAddr("198.18.0.11"), Weight: 3, Line: 54},
-					{Address: netip.MustParseAddr("198.18.0.12"), Weight: 1, Line: 55},
+					{Address: netip.MustParseAddr("198.18.0.11"), Port: 8080, Weight: 3, Line: 54},
+					{Address: netip.MustParseAddr("198.18.0.12"), Port: 8080, Weight: 1, Line: 55},
 				},
 			},
 		},
@@ -131,8 +136,20 @@ func TestExampleConfig(t *testing.T) {
 		"interface", "xdp_mode", "bpffs_dir", "maglev_table_size", "log_format", "log_level",
 		"name", "vip", "port", "protocol", "mode", "hash", "forwarding",
 		"address", "weight", "mac",
+		"enabled", "type", "path", "expect_status", "interval", "interval_secs", "timeout", "timeout_secs",
+		"unhealthy_threshold", "healthy_threshold", "initial_state",
+		"listen", "token_file", "token_env", "drain_timeout",
+		"algorithm", "health_check_path", "health_check_port",
 	} {
 		if !strings.Contains(string(src), "\n"+key+" = ") && !strings.Contains(string(src), "  "+key+" = ") {
+			t.Errorf("examples/xlb.toml does not show key %q", key)
+		}
+	}
+	// Only one form of a duration can be set in one table, so the other may
+	// be shown in a comment; so is the compatibility form (TestLegacyExample
+	// parses it).
+	for _, key := range []string{"drain_timeout_secs", "listen_address", "listen_port"} {
+		if !strings.Contains(string(src), "# "+key+" = ") {
 			t.Errorf("examples/xlb.toml does not show key %q", key)
 		}
 	}
@@ -346,7 +363,7 @@ func TestIsPrime(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	seeds, _ := filepath.Glob("testdata/bad/*.toml")
-	seeds = append(seeds, "testdata/valid.toml", "../examples/xlb.toml")
+	seeds = append(seeds, "testdata/valid.toml", "testdata/health.toml", "testdata/legacy.toml", "../examples/xlb.toml")
 	for _, s := range seeds {
 		data, err := os.ReadFile(s)
 		if err != nil {

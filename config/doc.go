@@ -1,16 +1,25 @@
 // Package config reads, defaults and validates the xlb TOML configuration.
 //
-// The file has one [daemon] table and any number of [[service]] tables, each
-// with its [[service.backend]] tables; examples/xlb.toml documents every key.
-// Decoding is strict: an unknown key is an error, as is a value of the wrong
-// type, so a typo never silently falls back to a default.
+// The file has one [daemon], [health_check] and [admin] table and any number
+// of [[service]] tables, each with its [[service.backend]] tables and an
+// optional [service.health_check] that overrides the global one key by key;
+// examples/xlb.toml documents every key. The compatibility form of the
+// original specification ([loadbalancer] with [[backends]]) is read as one L7
+// service (legacy.go). Decoding is strict: an unknown key is an error, as is a
+// value of the wrong type, so a typo never silently falls back to a default.
 //
 // Parsing happens in three steps, each in its own file:
 //
 //   - parse.go decodes the TOML into a generic tree and reads it into the
-//     typed Config, reporting syntax, type and unknown-key errors;
+//     typed Config, reporting syntax, type and unknown-key errors; it also
+//     merges each service's health check over the global one
+//     (healthcheck.go), since only the decoder knows which keys were written;
 //   - config.go fills in defaults (ApplyDefaults);
-//   - validate.go checks the meaning of the values (Validate).
+//   - validate.go checks the meaning of the values (Validate), with
+//     healthcheck.go and admin.go for their tables.
+//
+// Durations are written as strings ("1500ms", "5s") or, with the _secs form
+// of the key, as plain seconds (interval_secs = 1.5); giving both is an error.
 //
 // BurntSushi/toml does not expose where a key was written, so keylines.go
 // scans the source once more to map every key path to its line.

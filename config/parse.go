@@ -42,9 +42,9 @@ func Parse(data []byte, filename string) (*Config, error) {
 	}
 
 	lines := scanKeyLines(data)
-	cfg := decodeConfig(&table{errs: errs, lines: lines, m: tree})
+	cfg, legacy := decodeConfig(&table{errs: errs, lines: lines, m: tree})
 	cfg.ApplyDefaults()
-	validate(cfg, lines, errs)
+	validate(cfg, lines, errs, legacy)
 	if err := errs.err(); err != nil {
 		return nil, err
 	}
@@ -52,17 +52,31 @@ func Parse(data []byte, filename string) (*Config, error) {
 }
 
 // decodeConfig reads the top level. A new section is one more case here and
-// one more decode function.
-func decodeConfig(root *table) *Config {
-	cfg := &Config{}
+// one more decode function. legacy reports the compatibility form
+// ([loadbalancer] and [[backends]], see legacy.go).
+func decodeConfig(root *table) (cfg *Config, legacy bool) {
+	cfg = &Config{}
 	if t := root.table("daemon"); t != nil {
 		cfg.Daemon = decodeDaemon(t)
 	}
-	for _, t := range root.tables("service") {
-		cfg.Services = append(cfg.Services, decodeService(t))
+	global := decodeHealthCheck(root.table("health_check"))
+	cfg.HealthCheck = global.resolve(DefaultHealthCheck())
+	cfg.Admin = decodeAdmin(root.table("admin"))
+
+	services := root.tables("service")
+	if legacyForm(root) {
+		if len(services) > 0 {
+			mixedForms(root, services[0])
+		} else {
+			cfg.Services = []Service{decodeLegacy(root, cfg.HealthCheck)}
+			legacy = true
+		}
+	}
+	for _, t := range services {
+		cfg.Services = append(cfg.Services, decodeService(t, cfg.HealthCheck))
 	}
 	root.finish()
-	return cfg
+	return cfg, legacy
 }
 
 func decodeDaemon(t *table) Daemon {
@@ -77,7 +91,9 @@ func decodeDaemon(t *table) Daemon {
 	return d
 }
 
-func decodeService(t *table) Service {
+// decodeService reads one [[service]]; global is the resolved
+// [health_check] its own health check overrides.
+func decodeService(t *table, global HealthCheck) Service {
 	s := Service{Line: t.line}
 	t.required("name")
 	t.str("name", &s.Name)
@@ -89,19 +105,28 @@ func decodeService(t *table) Service {
 	enum(t, "mode", &s.Mode)
 	enum(t, "hash", &s.Hash)
 	enum(t, "forwarding", &s.Forwarding)
+	enum(t, "algorithm", &s.Algorithm)
+	s.HealthCheck = decodeHealthCheck(t.table("health_check")).resolve(global)
 	for _, bt := range t.tables("backend") {
-		s.Backends = append(s.Backends, decodeBackend(bt))
+		s.Backends = append(s.Backends, decodeBackend(bt, s.HealthCheck))
 	}
 	t.finish()
 	return s
 }
 
-func decodeBackend(t *table) Backend {
+// decodeBackend reads one backend table; check is its service's resolved
+// health check.
+func decodeBackend(t *table, check HealthCheck) Backend {
 	b := Backend{Line: t.line, Weight: DefaultWeight}
 	t.required("address")
 	t.addr("address", &b.Address)
+	t.uint16("port", 1, math.MaxUint16, &b.Port)
 	t.uint32("weight", 0, MaxWeight, &b.Weight)
 	t.mac("mac", &b.MAC)
+	if nonEmpty(t, "health_check_path", &b.HealthCheckPath) && check.Type == CheckTCP {
+		t.errorf("health_check_path", "applies to http checks only (this service's check type is %q)", check.Type)
+	}
+	t.uint16("health_check_port", 1, math.MaxUint16, &b.HealthCheckPort)
 	t.finish()
 	return b
 }
@@ -153,19 +178,143 @@ func (t *table) str(key string, dst *string) bool {
 	return true
 }
 
-// enum reads a string for a key with a fixed set of values. The set itself is
-// checked by validate; here an empty string is refused, because after
-// ApplyDefaults it would be indistinguishable from the default.
-func enum[T ~string](t *table, key string, dst *T) {
+// enum reads a string for a key with a fixed set of values and reports
+// whether it set dst. The set itself is checked by validate; here an empty
+// string is refused, because after ApplyDefaults it would be
+// indistinguishable from the default.
+func enum[T ~string](t *table, key string, dst *T) bool {
+	return nonEmpty(t, key, dst)
+}
+
+// nonEmpty reads a string that must not be empty and reports whether it set
+// dst.
+func nonEmpty[T ~string](t *table, key string, dst *T) bool {
 	var s string
 	if !t.str(key, &s) {
-		return
+		return false
 	}
 	if s == "" {
 		t.errorf(key, "must not be empty (leave the key out for the default)")
-		return
+		return false
 	}
 	*dst = T(s)
+	return true
+}
+
+func (t *table) boolean(key string, dst *bool) bool {
+	v, ok := t.get(key)
+	if !ok {
+		return false
+	}
+	b, isBool := v.(bool)
+	if !isBool {
+		t.errorf(key, "must be true or false, got %s", describe(v))
+		return false
+	}
+	*dst = b
+	return true
+}
+
+// has reports whether key is present, without marking it as known.
+func (t *table) has(key string) bool {
+	_, ok := t.m[key]
+	return ok
+}
+
+// duration reads a duration written either as key = "1500ms" (a Go duration
+// string) or as key_secs = 1.5 (seconds, integer or float), but not both. It
+// reports whether it set dst; a value outside lo..hi is an error.
+func (t *table) duration(key string, lo, hi time.Duration, dst *time.Duration) bool {
+	secsKey := key + "_secs"
+	sv, hasStr := t.get(key)
+	nv, hasSecs := t.get(secsKey)
+	switch {
+	case hasStr && hasSecs:
+		first, second := key, secsKey
+		if t.lineOf(secsKey) < t.lineOf(key) {
+			first, second = secsKey, key
+		}
+		t.errorf(second, "conflicts with %s (line %d): give either %s (a duration string) or %s (seconds), not both",
+			first, t.lineOf(first), key, secsKey)
+		return false
+	case hasStr:
+		s, isStr := sv.(string)
+		if !isStr {
+			hint := ""
+			if n, isNum := asSeconds(sv); isNum {
+				hint = fmt.Sprintf(" (or write %s = %v)", secsKey, n)
+			}
+			t.errorf(key, "must be a duration string like \"1500ms\" or \"5s\", got %s%s", describe(sv), hint)
+			return false
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.errorf(key, "invalid duration %q (want a number and a unit, like \"1500ms\", \"5s\" or \"1m\")", s)
+			return false
+		}
+		if msg := durationRange(d, lo, hi); msg != "" {
+			t.errorf(key, "%s, got %q", msg, s)
+			return false
+		}
+		*dst = d
+		return true
+	case hasSecs:
+		f, isNum := asSeconds(nv)
+		if !isNum {
+			hint := ""
+			if s, isStr := nv.(string); isStr {
+				hint = fmt.Sprintf(" (or write %s = %q)", key, s)
+			}
+			t.errorf(secsKey, "must be a number of seconds, got %s%s", describe(nv), hint)
+			return false
+		}
+		switch {
+		case math.IsNaN(f) || f < lo.Seconds():
+			t.errorf(secsKey, "must be at least %v seconds, got %v", lo.Seconds(), nv)
+		case f > hi.Seconds():
+			t.errorf(secsKey, "must be at most %v seconds, got %v", hi.Seconds(), nv)
+		default:
+			*dst = time.Duration(math.Round(f * float64(time.Second)))
+			return true
+		}
+	}
+	return false
+}
+
+// asSeconds returns an integer or float TOML value as a float.
+func asSeconds(v any) (float64, bool) {
+	switch n := v.(type) {
+	case int64:
+		return float64(n), true
+	case float64:
+		return n, true
+	}
+	return 0, false
+}
+
+// durationRange says what is wrong with d, or "" if it is within lo..hi.
+func durationRange(d, lo, hi time.Duration) string {
+	switch {
+	case d < lo:
+		return "must be at least " + fmtDuration(lo)
+	case d > hi:
+		return "must be at most " + fmtDuration(hi)
+	}
+	return ""
+}
+
+// fmtDuration writes whole hours as "1h" and whole seconds as "300s",
+// rather than "1h0m0s" and "5m0s".
+func fmtDuration(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "0s"
+	case d%time.Hour == 0:
+		return fmt.Sprintf("%dh", d/time.Hour)
+	case d%time.Second == 0:
+		return fmt.Sprintf("%ds", d/time.Second)
+	}
+	return d.String()
 }
 
 func (t *table) integer(key string, lo, hi int64) (int64, bool) {

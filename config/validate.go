@@ -12,7 +12,7 @@ import (
 // defaults. Errors carry the Line fields of services and backends, if any.
 func (c *Config) Validate() error {
 	errs := newCollector("")
-	validate(c, nil, errs)
+	validate(c, nil, errs, false)
 	return errs.err()
 }
 
@@ -20,20 +20,33 @@ func (c *Config) Validate() error {
 // reports a value that is zero because decoding already rejected it: the
 // collector keeps one error per field.
 type validator struct {
-	lines keyLines
-	errs  *collector
+	lines  keyLines
+	errs   *collector
+	legacy bool // the config is in the compatibility form (legacy.go)
 }
 
-func validate(c *Config, lines keyLines, errs *collector) {
-	v := &validator{lines: lines, errs: errs}
+func validate(c *Config, lines keyLines, errs *collector, legacy bool) {
+	v := &validator{lines: lines, errs: errs, legacy: legacy}
 	v.daemon(&c.Daemon)
+	v.healthCheck("health_check", 0, &c.HealthCheck, nil)
+	v.admin(&c.Admin)
 	v.services(c)
 }
 
 // errorf reports a problem with the field at path; fallback is the line used
 // when the key itself was not written (usually its table's header).
 func (v *validator) errorf(path string, fallback int, format string, args ...any) {
+	path = v.name(path)
 	v.errs.add(v.lines.line(path, fallback), path, fmt.Sprintf(format, args...))
+}
+
+// name turns a field path of the Config into the path of the key in the
+// file, which differs only for the compatibility form.
+func (v *validator) name(path string) string {
+	if v.legacy {
+		return legacyPath(path)
+	}
+	return path
 }
 
 func (v *validator) daemon(d *Daemon) {
@@ -79,7 +92,7 @@ func (v *validator) services(c *Config) {
 	for i := range c.Services {
 		s := &c.Services[i]
 		p := indexPath("service", i)
-		v.service(s, p, c.Daemon.MaglevTableSize)
+		v.service(s, p, c.Daemon.MaglevTableSize, &c.HealthCheck)
 
 		if s.Name != "" {
 			if j, dup := byName[s.Name]; dup {
@@ -98,6 +111,31 @@ func (v *validator) services(c *Config) {
 			}
 		}
 	}
+	v.wildcardListeners(c)
+}
+
+// wildcardListeners reports two L7 services on the same port where one
+// listens on all addresses (0.0.0.0, or :: which also takes IPv4): the
+// second listener could not bind. Equal VIPs are reported as duplicates.
+func (v *validator) wildcardListeners(c *Config) {
+	covers := func(a, b netip.Addr) bool { return a.IsUnspecified() && (a.Is6() || b.Is4()) }
+	for j := range c.Services {
+		sj := &c.Services[j]
+		if sj.Mode != ModeL7 || !sj.VIP.IsValid() {
+			continue
+		}
+		for i := 0; i < j; i++ {
+			si := &c.Services[i]
+			if si.Mode != ModeL7 || si.Port != sj.Port || !si.VIP.IsValid() || si.VIP == sj.VIP ||
+				!covers(si.VIP, sj.VIP) && !covers(sj.VIP, si.VIP) {
+				continue
+			}
+			v.errorf(indexPath("service", j)+".vip", sj.Line,
+				"l7 listener %s overlaps %s on %s (an unspecified address listens on all addresses)",
+				netip.AddrPortFrom(sj.VIP, sj.Port), v.where(c, i, true), netip.AddrPortFrom(si.VIP, si.Port))
+			break
+		}
+	}
 }
 
 // where names service j for a "first defined here" reference.
@@ -113,7 +151,7 @@ func (v *validator) where(c *Config, j int, withName bool) string {
 	return s
 }
 
-func (v *validator) service(s *Service, p string, tableSize uint32) {
+func (v *validator) service(s *Service, p string, tableSize uint32, global *HealthCheck) {
 	line := s.Line
 	if !validServiceName(s.Name) {
 		if s.Name == "" {
@@ -122,7 +160,6 @@ func (v *validator) service(s *Service, p string, tableSize uint32) {
 			v.errorf(p+".name", line, "invalid name %q (want 1 to %d characters from A-Z a-z 0-9 _ . -)", s.Name, MaxServiceNameLen)
 		}
 	}
-	v.address(p+".vip", line, s.VIP)
 	if s.Port == 0 {
 		v.errorf(p+".port", line, "must be 1..65535, got 0")
 	}
@@ -131,6 +168,8 @@ func (v *validator) service(s *Service, p string, tableSize uint32) {
 
 	l4 := modeOK && s.Mode == ModeL4
 	l7 := modeOK && s.Mode == ModeL7
+	// An L7 proxy may listen on all addresses; the XDP datapath needs one.
+	v.address(p+".vip", line, s.VIP, l7)
 	switch {
 	case l4:
 		checkEnum(v, p+".hash", line, s.Hash, hashModes)
@@ -139,7 +178,11 @@ func (v *validator) service(s *Service, p string, tableSize uint32) {
 		} else {
 			checkEnum(v, p+".forwarding", line, s.Forwarding, forwardings)
 		}
+		if s.Algorithm != "" {
+			v.errorf(p+".algorithm", line, "applies to l7 services only (l4 services pick backends by hash)")
+		}
 	case l7:
+		checkEnum(v, p+".algorithm", line, s.Algorithm, algorithms)
 		if protoOK && s.Protocol != ProtoTCP {
 			v.errorf(p+".protocol", line, "l7 services must use tcp, got %q", s.Protocol)
 		}
@@ -151,10 +194,11 @@ func (v *validator) service(s *Service, p string, tableSize uint32) {
 		}
 	}
 
-	v.backends(s, p, tableSize, l7)
+	v.healthCheck(p+".health_check", line, &s.HealthCheck, global)
+	v.backends(s, p, tableSize, l4, l7)
 }
 
-func (v *validator) backends(s *Service, p string, tableSize uint32, l7 bool) {
+func (v *validator) backends(s *Service, p string, tableSize uint32, l4, l7 bool) {
 	bp := p + ".backend"
 	if len(s.Backends) == 0 {
 		v.errorf(bp, s.Line, "no backends: add at least one [[service.backend]]")
@@ -165,24 +209,47 @@ func (v *validator) backends(s *Service, p string, tableSize uint32, l7 bool) {
 			len(s.Backends), tableSize)
 	}
 
-	seen := map[netip.Addr]int{}
+	// An L4 backend is an address (DSR keeps the port); an L7 one an
+	// address and a port.
+	seen := map[netip.AddrPort]int{}
 	usable := 0
 	for i := range s.Backends {
 		b := &s.Backends[i]
 		ep := indexPath(bp, i)
-		if v.address(ep+".address", b.Line, b.Address) {
+		key := netip.AddrPortFrom(b.Address, 0)
+		if l7 {
+			key = netip.AddrPortFrom(b.Address, b.Port)
+		}
+		if v.address(ep+".address", b.Line, b.Address, false) {
 			switch {
-			case s.VIP.IsValid() && b.Address.Is4() != s.VIP.Is4():
+			case s.VIP.IsValid() && b.Address.Is4() != s.VIP.Is4() && !(l7 && s.VIP.IsUnspecified()):
 				v.errorf(ep+".address", b.Line, "%s address %s in an %s service (vip %s)",
 					family(b.Address), b.Address, family(s.VIP), s.VIP)
-			case b.Address == s.VIP:
+			case !l7 && b.Address == s.VIP:
 				v.errorf(ep+".address", b.Line, "%s is the service's own vip", b.Address)
+			case l7 && b.Address == s.VIP && b.Port == s.Port:
+				v.errorf(ep+".address", b.Line, "%s is the service's own vip and port", key)
 			default:
-				if j, dup := seen[b.Address]; dup {
-					v.errorf(ep+".address", b.Line, "duplicate backend %s (also %s)", b.Address, v.backendWhere(s, bp, j))
+				if j, dup := seen[key]; dup {
+					what := b.Address.String()
+					if l7 {
+						what = key.String()
+					}
+					v.errorf(ep+".address", b.Line, "duplicate backend %s (also %s)", what, v.backendWhere(s, bp, j))
 				} else {
-					seen[b.Address] = i
+					seen[key] = i
 				}
+			}
+		}
+		if b.Port != 0 && l4 {
+			v.errorf(ep+".port", b.Line, "applies to l7 services only (dsr forwarding keeps the service port %d)", s.Port)
+		}
+		if b.HealthCheckPath != "" {
+			switch {
+			case s.HealthCheck.Type == CheckTCP:
+				v.errorf(ep+".health_check_path", b.Line, "applies to http checks only (this service's check type is %q)", s.HealthCheck.Type)
+			case !validCheckPath(b.HealthCheckPath):
+				v.errorf(ep+".health_check_path", b.Line, "must start with '/' and have no spaces or control characters, got %q", b.HealthCheckPath)
 			}
 		}
 		if b.Weight > MaxWeight {
@@ -215,7 +282,7 @@ func (v *validator) backends(s *Service, p string, tableSize uint32, l7 bool) {
 }
 
 func (v *validator) backendWhere(s *Service, bp string, j int) string {
-	p := indexPath(bp, j)
+	p := v.name(indexPath(bp, j))
 	if l := v.lines.line(p, s.Backends[j].Line); l > 0 {
 		return fmt.Sprintf("%s at line %d", p, l)
 	}
@@ -223,14 +290,14 @@ func (v *validator) backendWhere(s *Service, bp string, j int) string {
 }
 
 // address checks a VIP or backend address and reports whether it is usable
-// for the further checks.
-func (v *validator) address(path string, line int, a netip.Addr) bool {
+// for the further checks. anyAddr allows the unspecified address.
+func (v *validator) address(path string, line int, a netip.Addr, anyAddr bool) bool {
 	switch {
 	case !a.IsValid():
 		v.errorf(path, line, "required")
 	case a.Zone() != "":
 		v.errorf(path, line, "must not have a zone, got %s", a)
-	case a.IsUnspecified():
+	case a.IsUnspecified() && !anyAddr:
 		v.errorf(path, line, "must be a specific address, got %s", a)
 	case a.IsMulticast():
 		v.errorf(path, line, "must not be a multicast address, got %s", a)

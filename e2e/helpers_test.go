@@ -50,6 +50,7 @@ func TestMain(m *testing.M) {
 		sig := <-sigc
 		fmt.Fprintf(os.Stderr, "e2e: %v: tearing down live topologies\n", sig)
 		liveTopologies.downAll()
+		livePinDirs.removeAll()
 		removeBinDir()
 		os.Exit(1)
 	}()
@@ -318,8 +319,14 @@ type proc struct {
 // that PID (SIGTERM, then SIGKILL) when the test ends or by Stop/Down.
 func (tp *Topology) Start(t *testing.T, host string, args ...string) *exec.Cmd {
 	t.Helper()
-	p := &proc{host: host, done: make(chan struct{})}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", tp.Namespace(host)}, args...)...)
+	return tp.startCmd(t, host, exec.Command("ip", append([]string{"netns", "exec", tp.Namespace(host)}, args...)...), args)
+}
+
+// startCmd starts cmd for host, tracks it and stops it by PID when the test
+// ends, logging its output if the test failed.
+func (tp *Topology) startCmd(t *testing.T, host string, cmd *exec.Cmd, args []string) *exec.Cmd {
+	t.Helper()
+	p := &proc{host: host, done: make(chan struct{}), cmd: cmd}
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %v in %s: %v", args, host, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/xlb-dev/xlb/bpf"
@@ -152,8 +153,12 @@ func (d *Datapath) attach(iface netlink.Link, mode XDPMode) error {
 					return fmt.Errorf("update pinned XDP link: %w", err)
 				}
 				d.link = l
-				d.Mode = mode
-				d.log.Info("adopted pinned XDP link", "interface", iface.Attrs().Name, "pin", pin)
+				d.Mode = attachedMode(iface)
+				if mode != XDPAuto && mode != d.Mode {
+					d.log.Warn("adopted XDP link keeps its attach mode; restart without --keep-datapath to change it",
+						"attached", string(d.Mode), "configured", string(mode))
+				}
+				d.log.Info("adopted pinned XDP link", "interface", iface.Attrs().Name, "mode", string(d.Mode), "pin", pin)
 				return nil
 			}
 			// Pinned for another interface (or unreadable): replace it.
@@ -197,6 +202,15 @@ func (d *Datapath) attach(iface netlink.Link, mode XDPMode) error {
 	d.link = l
 	d.log.Info("XDP attached", "interface", iface.Attrs().Name, "mode", string(d.Mode))
 	return nil
+}
+
+// attachedMode is how the kernel says XDP is attached to iface.
+func attachedMode(iface netlink.Link) XDPMode {
+	if l, err := netlink.LinkByIndex(iface.Attrs().Index); err == nil && l.Attrs().Xdp != nil &&
+		l.Attrs().Xdp.AttachMode == nl.XDP_ATTACHED_DRV {
+		return XDPNative
+	}
+	return XDPGeneric
 }
 
 func attachXDP(prog *ebpf.Program, ifindex int, flags link.XDPAttachFlags) (link.Link, error) {

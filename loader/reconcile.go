@@ -252,6 +252,17 @@ func (r *Reconciler) BackendID(serviceID uint32, addr netip.Addr) (uint32, bool)
 	return b.id, true
 }
 
+// BackendState returns the datapath id and state of a service's backend.
+func (r *Reconciler) BackendState(serviceID uint32, addr netip.Addr) (uint32, State, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, ok := r.backends[beIdent{serviceID, addr.Unmap()}]
+	if !ok {
+		return 0, 0, false
+	}
+	return b.id, State(b.entry.State), true
+}
+
 // Apply makes the maps hold d. Order matters for packets in flight: backends
 // that become usable are written before the rings that use them, and backends
 // that stop being usable are written after the rings that dropped them, so
@@ -314,6 +325,10 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 		if res.err != nil {
 			state = StateUnresolved
 			ch.Unresolved = append(ch.Unresolved, fmt.Sprintf("%s: %v", ident.addr, res.err))
+			if cur, ok := r.backends[ident]; !ok || cur.entry.State != uint8(StateUnresolved) {
+				r.log.Warn("backend unresolved: kept out of the Maglev tables, retrying",
+					"backend", ident.addr, "reason", res.err.Error())
+			}
 		}
 		w := min(b.Weight, 65535)
 		newEntries[ident] = NewBackend(ident.addr, ident.service, uint16(w), state, res.n)
@@ -406,9 +421,6 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 
 	if err := r.writeTxPorts(newEntries); err != nil {
 		return ch, err
-	}
-	for _, u := range ch.Unresolved {
-		r.log.Warn("backend unresolved: kept out of the Maglev tables", "backend", u)
 	}
 	return ch, nil
 }

@@ -96,7 +96,7 @@ func (m *Maps) TakeSnapshot() (*Snapshot, error) {
 		return nil, fmt.Errorf("read services: %w", err)
 	}
 
-	flows, err := m.openFlows()
+	flows, err := m.OpenFlows()
 	if err != nil {
 		return nil, err
 	}
@@ -160,9 +160,9 @@ func (m *Maps) fillShares(s *ServiceStatus) error {
 	return nil
 }
 
-// openFlows counts connection table entries per backend id whose client has
+// OpenFlows counts connection table entries per backend id whose client has
 // not closed them.
-func (m *Maps) openFlows() (map[uint32]int, error) {
+func (m *Maps) OpenFlows() (map[uint32]int, error) {
 	out := map[uint32]int{}
 	var k bpf.XlbFlowKey
 	var v bpf.XlbFlowValue

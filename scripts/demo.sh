@@ -32,7 +32,7 @@ NCLIENTS=155 scripts/topology.sh up "$P"
 
 step "backends: HTTP on the VIP held on lo (198.19.0.10, 2001:db8:19::10)"
 for i in 1 2 3; do
-	ip netns exec "$P-b$i" bin/xlbtest serve --name "b$i" --listen "198.19.0.10:80,[2001:db8:19::10]:80" --body-bytes 16384 \
+	ip netns exec "$P-b$i" bin/xlbtest serve --name "b$i" --listen "198.19.0.10:80,[2001:db8:19::10]:80,198.18.0.1$i:80,[2001:db8:18::1$i]:80" --body-bytes 16384 \
 		>"$WORK/b$i.log" 2>&1 &
 	PIDS+=($!)
 done
@@ -69,8 +69,8 @@ spread IPv4 http://198.19.0.10/ range:198.18.0.100-198.18.0.254
 step "traffic: $CONNS new connections over IPv6 from 2001:db8:18::100-19a"
 spread IPv6 "http://[2001:db8:19::10]/" range:2001:db8:18::100-2001:db8:18::19a
 
-step "xlb status (read from the pinned maps: xlb's own counters)"
-bin/xlb status --bpffs "$PINS" | sed 's/^/  /'
+step "xlb status: health and admin state from the daemon, counters and Maglev shares from the pinned maps"
+nsenter --net="/run/netns/$P-lb" bin/xlb status --bpffs "$PINS" | sed 's/^/  /'
 
 step "replies went straight from the backends to the client: the lb saw only requests"
 ip netns exec "$P-lb" sh -c 'echo "  lb eth0: rx $(cat /sys/class/net/eth0/statistics/rx_bytes) bytes, tx $(cat /sys/class/net/eth0/statistics/tx_bytes) bytes"'

@@ -16,6 +16,7 @@ Usage:
   xlb run -c FILE [--keep-datapath]   run the daemon until SIGINT/SIGTERM (SIGHUP reloads)
   xlb status [--bpffs DIR] [--json]   show services, backends and counters from the pinned maps
   xlb validate -c FILE                check a config file and exit
+  xlb backend add|drain|ready|remove|list ...   change backends through the running daemon's admin API
 
 Exit codes: 0 ok, 1 runtime error, 2 bad config or usage.
 `
@@ -44,6 +45,8 @@ func main() {
 		err = runCmd(args)
 	case "status":
 		err = statusCmd(args, os.Stdout)
+	case "backend":
+		err = backendCmd(args, os.Stdout)
 	case "validate":
 		err = validateCmd(args, os.Stdout)
 	case "help", "-h", "--help":

@@ -2,21 +2,23 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
-	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/xlb-dev/xlb/admin"
 	"github.com/xlb-dev/xlb/config"
+	"github.com/xlb-dev/xlb/control"
+	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/loader"
 )
-
-// resolveRetry is how often backends whose MAC is still unknown are retried.
-const resolveRetry = 2 * time.Second
 
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
@@ -37,99 +39,112 @@ func runCmd(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var rec *loader.Reconciler
+	var maps *loader.Maps
 	if cfg.Daemon.Interface == "" {
 		log.Warn("no XDP interface configured: the L4 datapath is off, only the L7 tier runs")
-		<-ctx.Done()
+	} else {
+		dp, err := loader.Open(loader.Options{
+			Interface: cfg.Daemon.Interface,
+			Mode:      loader.XDPMode(cfg.Daemon.XDPMode),
+			PinDir:    cfg.Daemon.BPFFSDir,
+			Logger:    log,
+		})
+		if err != nil {
+			return err
+		}
+		if dp.Adopted {
+			log.Info("adopted pinned maps: established flows keep their backends", "dir", cfg.Daemon.BPFFSDir)
+		}
+		defer func() {
+			if err := dp.Close(*keep); err != nil {
+				log.Error("closing datapath", "err", err)
+			}
+			if *keep {
+				log.Info("datapath kept: XDP stays attached, maps stay pinned", "dir", cfg.Daemon.BPFFSDir)
+			} else {
+				log.Info("XDP detached and pins removed")
+			}
+		}()
+		rec, err = loader.NewReconciler(&dp.Maps, loader.NetlinkResolver{}, dp.IfIndex, log)
+		if err != nil {
+			return err
+		}
+		rec.Metrics = loader.NewMetrics(reg)
+		maps = &dp.Maps
+		reg.MustRegister(loader.NewCollector(maps, rec))
+	}
+
+	hm := health.NewManager(log, health.NewMetrics(reg))
+	defer hm.Close()
+	ctl := control.New(cfg, control.Options{
+		Reconciler: rec, Maps: maps, Health: hm, Logger: log, Metrics: control.NewMetrics(reg),
+	})
+
+	var reloadMu sync.Mutex
+	reload := func() error {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		next, err := config.Load(*path)
+		if err != nil {
+			return err
+		}
+		ctl.Reload(next)
 		return nil
 	}
 
-	dp, err := loader.Open(loader.Options{
-		Interface: cfg.Daemon.Interface,
-		Mode:      loader.XDPMode(cfg.Daemon.XDPMode),
-		PinDir:    cfg.Daemon.BPFFSDir,
-		Logger:    log,
-	})
-	if err != nil {
-		return err
-	}
-	if dp.Adopted {
-		log.Info("adopted pinned maps: established flows keep their backends", "dir", cfg.Daemon.BPFFSDir)
-	}
-	defer func() {
-		if err := dp.Close(*keep); err != nil {
-			log.Error("closing datapath", "err", err)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if cfg.Admin.Listen != "" {
+		token, err := admin.LoadToken(cfg.Admin.TokenFile, cfg.Admin.TokenEnv)
+		if err != nil {
+			return err
 		}
-		if *keep {
-			log.Info("datapath kept: XDP stays attached, maps stay pinned", "dir", cfg.Daemon.BPFFSDir)
-		} else {
-			log.Info("XDP detached and pins removed")
+		if token == "" {
+			log.Warn("admin API: no token configured, mutating endpoints are disabled")
+		}
+		l, err := admin.Listen(cfg.Admin.Listen)
+		if err != nil {
+			return fmt.Errorf("admin listener %s: %w", cfg.Admin.Listen, err)
+		}
+		srv := admin.New(ctl, admin.Options{Token: token, Gatherer: reg, Reload: reload, Logger: log})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := admin.Serve(ctx, l, srv); err != nil {
+				log.Error("admin listener", "err", err)
+			}
+		}()
+		log.Info("admin API listening", "addr", cfg.Admin.Listen)
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				if err := reload(); err != nil {
+					log.Error("reload refused: the running config stays in force", "err", err)
+				}
+			}
 		}
 	}()
 
-	rec, err := loader.NewReconciler(&dp.Maps, loader.NetlinkResolver{}, dp.IfIndex, log)
-	if err != nil {
-		return err
-	}
-	apply := func(cfg *config.Config) (loader.Change, error) {
-		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		ch, err := rec.Apply(actx, desiredFromConfig(cfg))
-		if err == nil && !ch.Empty() {
-			log.Info("datapath reconciled",
-				"services_added", ch.ServicesAdded, "services_removed", ch.ServicesRemoved,
-				"backends_added", ch.BackendsAdded, "backends_updated", ch.BackendsUpdated,
-				"backends_removed", ch.BackendsRemoved, "rings_swapped", ch.RingsSwapped)
-		}
-		return ch, err
-	}
-	ch, err := apply(cfg)
-	if err != nil {
+	if err := ctl.Start(ctx); err != nil {
 		return fmt.Errorf("apply config: %w", err)
 	}
-	log.Info("xlb running", "interface", cfg.Daemon.Interface, "mode", string(dp.Mode),
-		"services", len(cfg.Services), "config", *path)
-
-	retry := time.NewTicker(resolveRetry)
-	defer retry.Stop()
-	pending := len(ch.Unresolved) > 0
-	for {
-		select {
-		case <-ctx.Done():
-			log.Info("shutting down")
-			return nil
-		case <-hup:
-			next, err := config.Load(*path)
-			if err != nil {
-				log.Error("reload refused: the running config stays in force", "err", err)
-				continue
-			}
-			if cfg.Daemon != next.Daemon {
-				log.Warn("reload: [daemon] changes need a restart; applying services only")
-			}
-			cfg.Services = next.Services
-			ch, err := apply(cfg)
-			if err != nil {
-				log.Error("reload failed", "err", err)
-				continue
-			}
-			pending = len(ch.Unresolved) > 0
-			log.Info("config reloaded", "services", len(cfg.Services))
-		case <-retry.C:
-			if !pending {
-				continue
-			}
-			ch, err := apply(cfg)
-			if err != nil && !errors.Is(err, context.Canceled) {
-				log.Error("retrying unresolved backends", "err", err)
-				continue
-			}
-			pending = len(ch.Unresolved) > 0
-		}
-	}
+	log.Info("xlb running", "interface", cfg.Daemon.Interface, "services", len(cfg.Services), "config", *path)
+	ctl.Run(ctx)
+	log.Info("shutting down")
+	return nil
 }
 
 func newLogger(d config.Daemon) *slog.Logger {

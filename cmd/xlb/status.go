@@ -2,13 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"text/tabwriter"
 
 	"github.com/xlb-dev/xlb/config"
+	"github.com/xlb-dev/xlb/control"
 	"github.com/xlb-dev/xlb/loader"
 )
 
@@ -16,30 +19,90 @@ func statusCmd(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	dir := fs.String("bpffs", config.DefaultBPFFSDir, "bpffs directory the daemon pins its maps in")
 	asJSON := fs.Bool("json", false, "print JSON")
+	addr, token, cfgPath := adminFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return &exitError{2, err}
 	}
-	maps, err := loader.OpenPinnedMaps(*dir)
-	if err != nil {
-		return fmt.Errorf("%w (is xlb running, or was it stopped with --keep-datapath?)", err)
+	if *cfgPath != "" {
+		cfg, err := config.Load(*cfgPath)
+		if err != nil {
+			return err
+		}
+		if !isFlagSet(fs, "bpffs") {
+			*dir = cfg.Daemon.BPFFSDir
+		}
 	}
-	defer maps.Close()
-	snap, err := maps.TakeSnapshot()
+
+	// The datapath, from the pins (works without a daemon)...
+	var snap *loader.Snapshot
+	maps, mapsErr := loader.OpenPinnedMaps(*dir)
+	if mapsErr == nil {
+		defer maps.Close()
+		var err error
+		if snap, err = maps.TakeSnapshot(); err != nil {
+			return err
+		}
+	}
+	// ...and the daemon's view (health, admin state), when it runs.
+	var backends []control.BackendInfo
+	var rep *control.HealthReport
+	c, err := newAdminClient(*addr, *token, *cfgPath)
 	if err != nil {
 		return err
 	}
+	apiErr := c.do(http.MethodGet, "/lb/backends", nil, &backends)
+	if apiErr == nil {
+		var h control.HealthReport
+		var ae *errAPI
+		if err := c.do(http.MethodGet, "/lb/health", nil, &h); err == nil || errors.As(err, &ae) && ae.code == http.StatusServiceUnavailable {
+			rep = &h
+		}
+	}
+	if snap == nil && apiErr != nil {
+		return fmt.Errorf("%w; %v (is xlb running, or was it stopped with --keep-datapath?)", mapsErr, apiErr)
+	}
+
 	if *asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(snap)
+		return enc.Encode(struct {
+			Datapath *loader.Snapshot      `json:"datapath,omitempty"`
+			Health   *control.HealthReport `json:"health,omitempty"`
+			Backends []control.BackendInfo `json:"backends,omitempty"`
+		}{snap, rep, backends})
 	}
-	printStatus(out, snap)
+	if rep != nil {
+		fmt.Fprintf(out, "health: %s (%d of %d backends healthy)\n", rep.Status, rep.HealthyBackends, rep.TotalBackends)
+	}
+	if backends != nil {
+		printBackends(out, backends)
+		fmt.Fprintln(out)
+	}
+	if snap != nil {
+		printStatus(out, snap)
+	}
 	return nil
+}
+
+func isFlagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+func printBackends(out io.Writer, list []control.BackendInfo) {
+	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "BACKEND\tSTATE\tHEALTH\tADMIN\tWEIGHT\tOPEN FLOWS\tNEW FLOWS\tPACKETS\n")
+	for _, b := range list {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", b.ID, b.State, b.Health, b.Admin, b.Weight, b.OpenFlows, b.NewFlows, b.Packets)
+	}
+	w.Flush()
 }
 
 func printStatus(out io.Writer, snap *loader.Snapshot) {
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	for _, s := range snap.Services {
+		w.Flush()
 		fmt.Fprintf(w, "service %s\t%s\t%s\t%s\tpackets %d\tbytes %d\tnew flows %d\n",
 			s.Name, netip.AddrPortFrom(s.VIP, s.Port).String()+"/"+s.Protocol, s.Mode, s.Hash,
 			s.Packets, s.Bytes, s.NewFlows)

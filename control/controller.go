@@ -1,0 +1,560 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/xlb-dev/xlb/config"
+	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/loader"
+)
+
+var (
+	// ErrUnknownService: no service by that name.
+	ErrUnknownService = errors.New("unknown service")
+	// ErrUnknownBackend: no backend by that id.
+	ErrUnknownBackend = errors.New("unknown backend")
+	// ErrBadRequest: the request names something invalid.
+	ErrBadRequest = errors.New("bad request")
+	// ErrExists: the backend is already in the service.
+	ErrExists = errors.New("backend already exists")
+)
+
+// AdminState is what the admin API asked of a backend.
+type AdminState string
+
+const (
+	AdminReady    AdminState = "ready"
+	AdminDraining AdminState = "draining"
+	AdminRemoving AdminState = "removing"
+)
+
+// flowsPoll is how often backends being removed are checked for open flows.
+const flowsPoll = time.Second
+
+type backend struct {
+	id         string // service@address (L4) or service@address:port (L7)
+	address    netip.Addr
+	port       uint16 // L7 only
+	weight     uint32
+	mac        net.HardwareAddr
+	fromConfig bool
+	admin      AdminState
+	deadline   time.Time // removal: give up waiting for flows
+	check      *health.Spec
+	initial    health.State
+}
+
+type service struct {
+	cfg      config.Service
+	backends []*backend
+}
+
+// Controller owns the desired state. All methods are safe for concurrent use.
+type Controller struct {
+	rec     *loader.Reconciler // nil without an XDP datapath
+	maps    *loader.Maps
+	hm      *health.Manager
+	log     *slog.Logger
+	metrics *Metrics
+
+	mu       sync.Mutex
+	cfg      *config.Config
+	services []*service
+	kick     chan struct{}
+
+	transitions <-chan health.Transition
+	unsubscribe func()
+	unresolved  bool // the last apply left backends unresolved: retry
+}
+
+// Options configure New.
+type Options struct {
+	Reconciler *loader.Reconciler // nil: L4 datapath off
+	Maps       *loader.Maps
+	Health     *health.Manager
+	Logger     *slog.Logger
+	Metrics    *Metrics
+}
+
+// New builds a controller for cfg; Run applies it.
+func New(cfg *config.Config, o Options) *Controller {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	c := &Controller{
+		rec: o.Reconciler, maps: o.Maps, hm: o.Health, log: o.Logger, metrics: o.Metrics,
+		kick: make(chan struct{}, 1),
+	}
+	c.cfg = cfg
+	c.services = buildServices(cfg, nil)
+	return c
+}
+
+func backendID(s config.Service, addr netip.Addr, port uint16) string {
+	if s.Mode == config.ModeL7 {
+		return s.Name + "@" + netip.AddrPortFrom(addr, port).String()
+	}
+	return s.Name + "@" + addr.String()
+}
+
+func newBackend(s config.Service, b config.Backend, fromConfig bool) *backend {
+	port := b.Port
+	if port == 0 {
+		port = s.Port
+	}
+	nb := &backend{
+		id: backendID(s, b.Address, port), address: b.Address, port: port,
+		weight: b.Weight, mac: b.MAC, fromConfig: fromConfig, admin: AdminReady,
+		initial: health.Healthy,
+	}
+	hc := s.BackendCheck(b)
+	if hc.Enabled {
+		checkPort := hc.Port
+		if checkPort == 0 {
+			checkPort = port
+		}
+		spec := health.Spec{
+			Kind:               health.Kind(hc.Type),
+			Target:             netip.AddrPortFrom(b.Address, checkPort),
+			Path:               hc.Path,
+			Interval:           hc.Interval,
+			Timeout:            hc.Timeout,
+			HealthyThreshold:   hc.HealthyThreshold,
+			UnhealthyThreshold: hc.UnhealthyThreshold,
+		}
+		if st, err := health.ParseStatusSet(hc.ExpectStatus); err == nil {
+			spec.ExpectStatus = st
+		}
+		nb.check = &spec
+		if hc.InitialState == "down" {
+			nb.initial = health.Unhealthy
+		}
+	}
+	return nb
+}
+
+// buildServices makes the service list of cfg, carrying over admin state and
+// admin-added backends from prev where the service and backend still exist.
+func buildServices(cfg *config.Config, prev []*service) []*service {
+	old := map[string]*service{}
+	for _, s := range prev {
+		old[s.cfg.Name] = s
+	}
+	var out []*service
+	for _, sc := range cfg.Services {
+		s := &service{cfg: sc}
+		o := old[sc.Name]
+		prevB := map[string]*backend{}
+		if o != nil && o.cfg.Mode == sc.Mode {
+			for _, b := range o.backends {
+				prevB[b.id] = b
+			}
+		}
+		seen := map[string]bool{}
+		for _, bc := range sc.Backends {
+			nb := newBackend(sc, bc, true)
+			if pb, ok := prevB[nb.id]; ok {
+				nb.admin, nb.deadline = pb.admin, pb.deadline
+			}
+			seen[nb.id] = true
+			s.backends = append(s.backends, nb)
+		}
+		if o != nil && o.cfg.Mode == sc.Mode && o.cfg.VIP == sc.VIP && o.cfg.Port == sc.Port {
+			for _, b := range o.backends {
+				if !b.fromConfig && !seen[b.id] {
+					s.backends = append(s.backends, b)
+				}
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Start subscribes to health transitions, starts the checks and applies the
+// desired state once; Run then keeps it applied.
+func (c *Controller) Start(ctx context.Context) error {
+	if c.hm != nil && c.transitions == nil {
+		c.transitions, c.unsubscribe = c.hm.Subscribe(64)
+	}
+	c.syncHealth()
+	return c.reconcile(ctx)
+}
+
+// Run keeps the desired state applied until ctx ends: on health transitions,
+// admin changes and reloads, while removals wait for their flows to end, and
+// while backends are unresolved.
+func (c *Controller) Run(ctx context.Context) error {
+	if c.unsubscribe != nil {
+		defer c.unsubscribe()
+	}
+	poll := time.NewTicker(flowsPoll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case tr := <-c.transitions:
+			start := time.Now()
+			if err := c.reconcile(ctx); err != nil {
+				c.log.Error("reconcile after health transition", "err", err)
+				continue
+			}
+			c.log.Info("health transition applied", "backend", tr.Spec.Target.String(),
+				"state", tr.To.String(), "after", time.Since(tr.At).Round(time.Microsecond).String(),
+				"reconcile", time.Since(start).Round(time.Microsecond).String())
+		case <-c.kick:
+			if err := c.reconcile(ctx); err != nil {
+				c.log.Error("reconcile", "err", err)
+			}
+		case <-poll.C:
+			c.mu.Lock()
+			retry := c.unresolved
+			c.mu.Unlock()
+			if c.finishRemovals() || retry {
+				if err := c.reconcile(ctx); err != nil {
+					c.log.Error("reconcile", "err", err)
+				}
+			}
+		}
+	}
+}
+
+func (c *Controller) requestReconcile() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// syncHealth gives the health manager the checks the current backends need.
+func (c *Controller) syncHealth() {
+	if c.hm == nil {
+		return
+	}
+	c.mu.Lock()
+	var targets []health.Target
+	for _, s := range c.services {
+		for _, b := range s.backends {
+			if b.check == nil {
+				continue
+			}
+			targets = append(targets, health.Target{
+				Spec: *b.check, Initial: b.initial,
+				Subjects: []health.Subject{{Service: s.cfg.Name, Backend: b.label(s)}},
+			})
+		}
+	}
+	c.mu.Unlock()
+	c.hm.Set(targets)
+}
+
+// label is the backend's metric and log label: its address (and port for L7).
+func (b *backend) label(s *service) string {
+	if s.cfg.Mode == config.ModeL7 {
+		return netip.AddrPortFrom(b.address, b.port).String()
+	}
+	return b.address.String()
+}
+
+// healthState reports the checker's verdict; unchecked backends are healthy.
+func (c *Controller) healthState(b *backend) (health.State, bool) {
+	if b.check == nil || c.hm == nil {
+		return health.Healthy, false
+	}
+	st, ok := c.hm.State(*b.check)
+	if !ok {
+		return b.initial, true
+	}
+	return st, true
+}
+
+func (c *Controller) effective(b *backend) loader.State {
+	if st, _ := c.healthState(b); st != health.Healthy {
+		return loader.StateDown
+	}
+	if b.admin != AdminReady {
+		return loader.StateDraining
+	}
+	return loader.StateUp
+}
+
+// desired is the datapath state: the caller holds c.mu.
+func (c *Controller) desired() loader.Desired {
+	d := loader.Desired{RingSize: c.cfg.Daemon.MaglevTableSize}
+	for _, s := range c.services {
+		spec := loader.ServiceSpec{
+			Name: s.cfg.Name, VIP: s.cfg.VIP, Port: s.cfg.Port, Proto: s.cfg.Protocol.Number(), Kind: loader.KindL4,
+		}
+		if s.cfg.Mode == config.ModeL7 {
+			spec.Kind = loader.KindL7
+			if !s.cfg.VIP.IsUnspecified() {
+				d.Services = append(d.Services, spec)
+			}
+			continue
+		}
+		if s.cfg.Hash == config.HashFlow {
+			spec.Hash = loader.HashFlow
+		}
+		for _, b := range s.backends {
+			spec.Backends = append(spec.Backends, loader.BackendSpec{
+				Address: b.address, Weight: b.weight, State: c.effective(b), MAC: b.mac,
+			})
+		}
+		d.Services = append(d.Services, spec)
+	}
+	return d
+}
+
+func (c *Controller) reconcile(ctx context.Context) error {
+	c.mu.Lock()
+	d := c.desired()
+	c.mu.Unlock()
+	if c.rec != nil {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ch, err := c.rec.Apply(actx, d)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		c.unresolved = len(ch.Unresolved) > 0
+		c.mu.Unlock()
+		if !ch.Empty() {
+			c.log.Info("datapath reconciled",
+				"services_added", ch.ServicesAdded, "services_removed", ch.ServicesRemoved,
+				"backends_added", ch.BackendsAdded, "backends_updated", ch.BackendsUpdated,
+				"backends_removed", ch.BackendsRemoved, "rings_swapped", ch.RingsSwapped)
+		}
+	}
+	c.updateMetrics()
+	return nil
+}
+
+// Reload swaps in a new, already validated config as a difference.
+func (c *Controller) Reload(cfg *config.Config) {
+	c.mu.Lock()
+	if c.cfg.Daemon != cfg.Daemon {
+		c.log.Warn("reload: [daemon] changes need a restart; applying the rest")
+		cfg.Daemon = c.cfg.Daemon
+	}
+	c.services = buildServices(cfg, c.services)
+	c.cfg = cfg
+	c.mu.Unlock()
+	c.syncHealth()
+	c.requestReconcile()
+	c.log.Info("config reloaded", "services", len(cfg.Services))
+}
+
+// Config returns the running config.
+func (c *Controller) Config() *config.Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfg
+}
+
+func (c *Controller) find(id string) (*service, *backend, int) {
+	for _, s := range c.services {
+		for i, b := range s.backends {
+			if b.id == id {
+				return s, b, i
+			}
+		}
+	}
+	return nil, nil, -1
+}
+
+// AddRequest adds a backend to a service.
+type AddRequest struct {
+	Service string `json:"service"`
+	Address string `json:"address"`
+	Port    uint16 `json:"port,omitempty"`
+	Weight  *int   `json:"weight,omitempty"`
+	MAC     string `json:"mac,omitempty"`
+}
+
+// AddBackend adds a backend (ready; health-checked like the service's others).
+func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
+	c.mu.Lock()
+	var s *service
+	for _, x := range c.services {
+		if x.cfg.Name == req.Service {
+			s = x
+		}
+	}
+	if s == nil {
+		c.mu.Unlock()
+		return BackendInfo{}, fmt.Errorf("%w %q", ErrUnknownService, req.Service)
+	}
+	addr, err := netip.ParseAddr(strings.TrimSpace(req.Address))
+	if err != nil {
+		c.mu.Unlock()
+		return BackendInfo{}, fmt.Errorf("%w: address %q is not an IP address", ErrBadRequest, req.Address)
+	}
+	addr = addr.Unmap()
+	if addr.Is4() != s.cfg.VIP.Unmap().Is4() && !s.cfg.VIP.IsUnspecified() {
+		c.mu.Unlock()
+		return BackendInfo{}, fmt.Errorf("%w: address %s and the service's vip %s differ in family", ErrBadRequest, addr, s.cfg.VIP)
+	}
+	bc := config.Backend{Address: addr, Weight: 1, Port: req.Port}
+	if req.Weight != nil {
+		if *req.Weight < 0 || *req.Weight > config.MaxWeight {
+			c.mu.Unlock()
+			return BackendInfo{}, fmt.Errorf("%w: weight %d out of 0..%d", ErrBadRequest, *req.Weight, config.MaxWeight)
+		}
+		bc.Weight = uint32(*req.Weight)
+	}
+	if req.MAC != "" {
+		if s.cfg.Mode != config.ModeL4 {
+			c.mu.Unlock()
+			return BackendInfo{}, fmt.Errorf("%w: mac applies to l4 services only", ErrBadRequest)
+		}
+		mac, err := net.ParseMAC(req.MAC)
+		if err != nil || len(mac) != 6 {
+			c.mu.Unlock()
+			return BackendInfo{}, fmt.Errorf("%w: mac %q is not an Ethernet address", ErrBadRequest, req.MAC)
+		}
+		bc.MAC = mac
+	}
+	if req.Port != 0 && s.cfg.Mode == config.ModeL4 {
+		c.mu.Unlock()
+		return BackendInfo{}, fmt.Errorf("%w: port applies to l7 services only (dsr keeps the service port)", ErrBadRequest)
+	}
+	nb := newBackend(s.cfg, bc, false)
+	if _, b, _ := c.find(nb.id); b != nil {
+		c.mu.Unlock()
+		return BackendInfo{}, fmt.Errorf("%w: %s", ErrExists, nb.id)
+	}
+	if len(s.backends) >= int(loader.MaxBackends) {
+		c.mu.Unlock()
+		return BackendInfo{}, fmt.Errorf("%w: too many backends", ErrBadRequest)
+	}
+	s.backends = append(s.backends, nb)
+	info := c.info(s, nb)
+	c.mu.Unlock()
+	c.log.Info("backend added through the admin API", "service", s.cfg.Name, "backend", nb.id)
+	c.syncHealth()
+	c.requestReconcile()
+	return info, nil
+}
+
+// SetAdminState drains (AdminDraining) or readies (AdminReady) a backend.
+func (c *Controller) SetAdminState(id string, st AdminState) (BackendInfo, error) {
+	c.mu.Lock()
+	s, b, _ := c.find(id)
+	if b == nil {
+		c.mu.Unlock()
+		return BackendInfo{}, fmt.Errorf("%w %q", ErrUnknownBackend, id)
+	}
+	from := b.admin
+	b.admin = st
+	b.deadline = time.Time{}
+	info := c.info(s, b)
+	c.mu.Unlock()
+	if from != st {
+		c.log.Info("backend admin state changed", "backend", id, "from", string(from), "to", string(st))
+	}
+	c.requestReconcile()
+	return info, nil
+}
+
+// Remove drains a backend and removes it once its flows have ended (L4: no
+// open connection table entry) or after the drain timeout.
+func (c *Controller) Remove(id string) (BackendInfo, error) {
+	c.mu.Lock()
+	s, b, _ := c.find(id)
+	if b == nil {
+		c.mu.Unlock()
+		return BackendInfo{}, fmt.Errorf("%w %q", ErrUnknownBackend, id)
+	}
+	b.admin = AdminRemoving
+	b.deadline = time.Now().Add(c.cfg.Admin.DrainTimeout)
+	info := c.info(s, b)
+	c.mu.Unlock()
+	c.log.Info("backend removal started: draining", "backend", id, "drain_timeout", c.cfg.Admin.DrainTimeout.String())
+	c.requestReconcile()
+	return info, nil
+}
+
+// finishRemovals drops backends whose drain is over; reports whether any was.
+func (c *Controller) finishRemovals() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var flows map[string]int
+	removed := false
+	for _, s := range c.services {
+		kept := s.backends[:0]
+		for _, b := range s.backends {
+			if b.admin != AdminRemoving {
+				kept = append(kept, b)
+				continue
+			}
+			if flows == nil {
+				flows = c.openFlows()
+			}
+			n := flows[b.id]
+			if n > 0 && time.Now().Before(b.deadline) {
+				kept = append(kept, b)
+				continue
+			}
+			reason := "flows ended"
+			if n > 0 {
+				reason = fmt.Sprintf("drain timeout with %d open flows", n)
+			}
+			c.log.Info("backend removed", "backend", b.id, "reason", reason)
+			removed = true
+		}
+		s.backends = kept
+	}
+	if removed {
+		go c.syncHealth()
+	}
+	return removed
+}
+
+// openFlows counts open L4 flows per backend id; the caller holds c.mu.
+func (c *Controller) openFlows() map[string]int {
+	out := map[string]int{}
+	if c.rec == nil || c.maps == nil {
+		return out
+	}
+	byDatapath, err := c.maps.OpenFlows()
+	if err != nil {
+		c.log.Warn("reading the connection table", "err", err)
+		return out
+	}
+	for _, s := range c.services {
+		if s.cfg.Mode != config.ModeL4 {
+			continue
+		}
+		sid, ok := c.rec.ServiceID(s.cfg.VIP, s.cfg.Port, s.cfg.Protocol.Number())
+		if !ok {
+			continue
+		}
+		for _, b := range s.backends {
+			if id, ok := c.rec.BackendID(sid, b.address); ok {
+				out[b.id] = byDatapath[id]
+			}
+		}
+	}
+	return out
+}
+
+// sortedServices returns service names in config order (for stable output).
+func (c *Controller) serviceNames() []string {
+	var names []string
+	for _, s := range c.services {
+		names = append(names, s.cfg.Name)
+	}
+	sort.Strings(names)
+	return names
+}

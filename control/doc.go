@@ -1,0 +1,17 @@
+// Package control is the daemon's control loop: it composes the desired state
+// from the config, the admin API's changes and the health checker's verdicts,
+// and hands it to the reconciler (loader) whenever any of them changes.
+//
+// Effective backend state, in order of precedence:
+//
+//   - unhealthy (health checks failing) or unresolved: down, no packets;
+//   - drained or being removed through the admin API: draining, established
+//     flows continue, no new ones;
+//   - otherwise up.
+//
+// Backends start in the health check's initial state (default up, so a
+// restart never blackholes a service). A reload keeps the health state and
+// admin state of every backend whose address and check did not change, and
+// keeps backends added through the admin API for services that still exist.
+// Admin changes live in memory only: a restart starts from the config.
+package control

@@ -1,0 +1,170 @@
+package control
+
+import (
+	"fmt"
+
+	"github.com/xlb-dev/xlb/config"
+	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/loader"
+)
+
+// BackendInfo is a backend as the admin API shows it.
+type BackendInfo struct {
+	ID      string `json:"id"`
+	Service string `json:"service"`
+	Address string `json:"address"`
+	Port    uint16 `json:"port,omitempty"`
+	Weight  uint32 `json:"weight"`
+	// State is what the datapath does with it: up, draining, down, unresolved.
+	State string `json:"state"`
+	// Health is the checker's verdict: healthy, unhealthy, or unchecked.
+	Health string `json:"health"`
+	// Admin is what the admin API asked: ready, draining, removing.
+	Admin      string `json:"admin"`
+	FromConfig bool   `json:"from_config"`
+	// L4 counters from the datapath.
+	OpenFlows int    `json:"open_flows"`
+	Packets   uint64 `json:"packets"`
+	Bytes     uint64 `json:"bytes"`
+	NewFlows  uint64 `json:"new_flows"`
+}
+
+// info describes b; the caller holds c.mu.
+func (c *Controller) info(s *service, b *backend) BackendInfo {
+	return c.infoWith(s, b, nil)
+}
+
+func (c *Controller) infoWith(s *service, b *backend, flows map[string]int) BackendInfo {
+	bi := BackendInfo{
+		ID: b.id, Service: s.cfg.Name, Address: b.address.String(), Weight: b.weight,
+		Admin: string(b.admin), FromConfig: b.fromConfig, State: c.effective(b).String(),
+		Health: "unchecked",
+	}
+	if s.cfg.Mode == config.ModeL7 {
+		bi.Port = b.port
+	}
+	if st, checked := c.healthState(b); checked {
+		bi.Health = st.String()
+	}
+	if s.cfg.Mode == config.ModeL4 && c.rec != nil {
+		if sid, ok := c.rec.ServiceID(s.cfg.VIP, s.cfg.Port, s.cfg.Protocol.Number()); ok {
+			if id, st, ok := c.rec.BackendState(sid, b.address); ok {
+				if st == loader.StateUnresolved {
+					bi.State = st.String()
+				}
+				if cnt, err := c.maps.BackendCounters(id); err == nil {
+					bi.Packets, bi.Bytes, bi.NewFlows = cnt.Packets, cnt.Bytes, cnt.NewFlows
+				}
+			}
+		}
+		bi.OpenFlows = flows[b.id]
+	}
+	return bi
+}
+
+// Backends lists every backend of every service (or of one).
+func (c *Controller) Backends(serviceName string) ([]BackendInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	flows := c.openFlows()
+	var out []BackendInfo
+	found := serviceName == ""
+	for _, s := range c.services {
+		if serviceName != "" && s.cfg.Name != serviceName {
+			continue
+		}
+		found = true
+		for _, b := range s.backends {
+			out = append(out, c.infoWith(s, b, flows))
+		}
+	}
+	if !found {
+		return nil, fmt.Errorf("%w %q", ErrUnknownService, serviceName)
+	}
+	return out, nil
+}
+
+// HealthReport is the /lb/health answer.
+type HealthReport struct {
+	Status          string          `json:"status"` // healthy | degraded | unhealthy
+	HealthyBackends int             `json:"healthy_backends"`
+	TotalBackends   int             `json:"total_backends"`
+	Services        []ServiceHealth `json:"services,omitempty"`
+}
+
+// ServiceHealth is one service's part of the report.
+type ServiceHealth struct {
+	Name            string `json:"name"`
+	Status          string `json:"status"`
+	HealthyBackends int    `json:"healthy_backends"`
+	TotalBackends   int    `json:"total_backends"`
+}
+
+func status(healthy, total int) string {
+	switch {
+	case total > 0 && healthy == total:
+		return "healthy"
+	case healthy == 0:
+		return "unhealthy"
+	}
+	return "degraded"
+}
+
+// Health reports the whole balancer, or one service when name is set. A
+// backend counts as healthy when it passes its checks and the datapath can
+// reach it (drained ones still count: they are healthy, just not taking new
+// flows). Overall status: healthy when every service is, unhealthy when no
+// service has a healthy backend, degraded otherwise.
+func (c *Controller) Health(name string) (HealthReport, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var rep HealthReport
+	worst, best := "healthy", "unhealthy"
+	for _, s := range c.services {
+		if name != "" && s.cfg.Name != name {
+			continue
+		}
+		sh := ServiceHealth{Name: s.cfg.Name, TotalBackends: len(s.backends)}
+		for _, b := range s.backends {
+			if c.reachable(s, b) {
+				sh.HealthyBackends++
+			}
+		}
+		sh.Status = status(sh.HealthyBackends, sh.TotalBackends)
+		rep.Services = append(rep.Services, sh)
+		rep.HealthyBackends += sh.HealthyBackends
+		rep.TotalBackends += sh.TotalBackends
+		if sh.Status != "healthy" {
+			worst = "degraded"
+		}
+		if sh.Status != "unhealthy" {
+			best = "healthy"
+		}
+	}
+	if name != "" && len(rep.Services) == 0 {
+		return rep, fmt.Errorf("%w %q", ErrUnknownService, name)
+	}
+	rep.Status = worst
+	if best == "unhealthy" && len(rep.Services) > 0 {
+		rep.Status = "unhealthy"
+	}
+	if name != "" {
+		rep.Status = rep.Services[0].Status
+	}
+	return rep, nil
+}
+
+// reachable: passes checks and is not unresolved; the caller holds c.mu.
+func (c *Controller) reachable(s *service, b *backend) bool {
+	if st, _ := c.healthState(b); st != health.Healthy {
+		return false
+	}
+	if s.cfg.Mode == config.ModeL4 && c.rec != nil {
+		if sid, ok := c.rec.ServiceID(s.cfg.VIP, s.cfg.Port, s.cfg.Protocol.Number()); ok {
+			if _, st, ok := c.rec.BackendState(sid, b.address); ok && st == loader.StateUnresolved {
+				return false
+			}
+		}
+	}
+	return true
+}

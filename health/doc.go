@@ -1,0 +1,90 @@
+// Package health runs xlb's active health checks and turns their results into
+// backend states that the reconciler subscribes to.
+//
+// It knows nothing of BPF maps or proxies: a check is a Spec (what to probe
+// and how often), its users are Subjects (service and backend names, for logs
+// and metric labels), and the output is a State per Spec, delivered as
+// Transitions. The files follow the concerns:
+//
+//   - spec.go: Spec, its defaults and validation (Normalize), State, Kind,
+//     Subject, Target; status.go: StatusSet and ParseStatusSet;
+//   - check.go: the probes (HTTP(S) GET, TCP connect) and the classification
+//     of their errors into short reasons; Check runs one;
+//   - threshold.go: Tracker, the threshold state machine, pure;
+//   - manager.go: Manager, one goroutine per checker, Set, State, Snapshot,
+//     Close; subscribe.go: Subscribe and its delivery;
+//   - metrics.go: the Prometheus metrics.
+//
+// # Checks
+//
+// An HTTP check is a GET of Spec.Path (default "/") on the target address,
+// with Spec.Host as Host header if set, on a new connection (no keep-alive),
+// without following redirects; it succeeds when the status is in
+// Spec.ExpectStatus (default 2xx). HTTPS is the same over TLS without
+// certificate verification (Host is the server name). A TCP check succeeds
+// when a connection completes; it is closed at once.
+//
+// Each check is bounded by Spec.Timeout (default 2s) through its context: a
+// server that accepts and never answers fails with reason "timeout" after
+// Timeout, not later. A failed check has a short reason, found with errors.Is
+// on the error chain: "timeout" (context.DeadlineExceeded,
+// os.ErrDeadlineExceeded), "refused" (ECONNREFUSED), "reset" (ECONNRESET),
+// "unreachable" (EHOSTUNREACH, ENETUNREACH), "closed" (the server hung up
+// without an answer), "status 503" (a status outside the set), or else the
+// innermost error's message, shortened. Check errors are *CheckError values
+// that match ErrTimeout, ErrRefused, ... with errors.Is.
+//
+// # Scheduling
+//
+// Each checker runs in its own goroutine, so a slow or hanging target never
+// delays another's checks. The first check starts within Jitter×Interval of
+// the checker's start (at once without jitter); each next one starts
+// Interval±Jitter×Interval (uniformly; default Interval 5s, Jitter 0.1) after
+// the start of the previous one. A checker never runs two checks at a time:
+// if a check lasts longer than the delay (Timeout > Interval), the next starts
+// when it ends. A checker reuses one timer and its prober; beyond the one
+// goroutine per checker, a check only costs what net and net/http spend on
+// one connection. New checkers all check within Jitter×Interval of Set, and
+// their phases then drift apart by the jitter of every delay.
+//
+// # States
+//
+// A checker starts in its Target's Initial state, healthy by default, so a
+// restart never blackholes a service while the first checks run. While
+// healthy, UnhealthyThreshold consecutive failures (default 3) make it
+// unhealthy; while unhealthy, HealthyThreshold consecutive successes
+// (default 2) make it healthy. A success resets the count of failures and a
+// failure that of successes: results that alternate never cross a threshold
+// above 1.
+//
+// Targets with equal normalized Specs share one checker, and so one state,
+// whichever services use them (an L4 and an L7 service on the same backend
+// and check). Set on a reload keeps the checkers, state and counts of the
+// Specs that did not change; a changed Spec (another port, path, interval...)
+// is a new checker starting from its Initial state.
+//
+// # Transitions
+//
+// Subscribe delivers every state change to every subscriber. Delivery never
+// blocks a checker: each subscription has a goroutine feeding its buffered
+// channel, typically within microseconds of the deciding check; behind a slow
+// reader, transitions are coalesced per Spec so that the latest state is
+// never lost (see Subscribe).
+//
+// # Logs
+//
+// One line per event, with the service(s), backend(s), check and reason:
+//
+//	WARN  health check failed (2/3)  failure while healthy, below the threshold
+//	ERROR marked UNHEALTHY           the failure that crosses the threshold
+//	INFO  marked HEALTHY             the success that crosses the threshold
+//
+// Successful checks, and failures of a target already unhealthy, are logged
+// at debug level only.
+//
+// # Lifecycle
+//
+// NewManager starts nothing. Set starts and stops checkers at once. Close
+// stops them all, cancelling checks in flight, closes subscriptions and waits
+// for every goroutine of the Manager to exit.
+package health
