@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -220,7 +219,11 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.mu.Lock()
 			retry := c.unresolved
 			c.mu.Unlock()
-			if c.finishRemovals() || retry {
+			removed := c.finishRemovals()
+			if removed {
+				c.syncHealth()
+			}
+			if removed || retry {
 				if err := c.reconcile(ctx); err != nil {
 					c.log.Error("reconcile", "err", err)
 				}
@@ -515,9 +518,6 @@ func (c *Controller) finishRemovals() bool {
 		}
 		s.backends = kept
 	}
-	if removed {
-		go c.syncHealth()
-	}
 	return removed
 }
 
@@ -547,14 +547,4 @@ func (c *Controller) openFlows() map[string]int {
 		}
 	}
 	return out
-}
-
-// sortedServices returns service names in config order (for stable output).
-func (c *Controller) serviceNames() []string {
-	var names []string
-	for _, s := range c.services {
-		names = append(names, s.cfg.Name)
-	}
-	sort.Strings(names)
-	return names
 }
