@@ -120,6 +120,12 @@ const (
 	maxInterfaceNameLen = 15
 )
 
+// Default and bound of daemon.shutdown_grace.
+const (
+	DefaultShutdownGrace = 30 * time.Second
+	MaxShutdownGrace     = time.Hour
+)
+
 // Allowed values of the enumerated keys, in the order error messages list them.
 var (
 	xdpModes    = []XDPMode{XDPAuto, XDPNative, XDPGeneric}
@@ -153,6 +159,9 @@ type Daemon struct {
 	MaglevTableSize uint32 // M, prime, shared by every service
 	LogFormat       string // text | json
 	LogLevel        string // debug | info | warn | error
+	// ShutdownGrace is how long SIGTERM waits for in-flight L7 requests
+	// after the listeners stop accepting, before xlb exits anyway.
+	ShutdownGrace time.Duration
 }
 
 // HealthCheck is how the backends of a service are checked. In a parsed
@@ -224,6 +233,40 @@ type Service struct {
 	Hash       HashMode   // L4 only; empty for L7 services
 	Forwarding Forwarding // L4 only; empty for L7 services
 	Algorithm  Algorithm  // L7 only; empty for L4 services
+
+	// The rest up to HealthCheck is L7 only: zero for L4 services (see
+	// l7.go, and SetL7Defaults for a Service built in code).
+
+	// Hosts routes by the request's Host header: lower-case names, "*."
+	// wildcards ("*.example.org": any name ending in ".example.org") or IP
+	// literals (IPv6 without brackets); the Host header's port is ignored.
+	// Empty matches every host.
+	Hosts []string
+	// PathPrefix routes by the start of the request path; "" matches every
+	// path. A service with neither Hosts nor PathPrefix is its listener's
+	// default route.
+	PathPrefix string
+	// AddVIP makes xlb add VIP to the host's loopback while it runs.
+	AddVIP bool
+	// LBEndpoints serves /lb/health and /lb/metrics on this listener too.
+	// Services that share a listener agree on it.
+	LBEndpoints bool
+	// ConnectTimeout bounds the dial to a backend, ResponseHeaderTimeout the
+	// wait for its response headers, RequestTimeout the whole request
+	// including streaming the bodies (0: no limit).
+	ConnectTimeout        time.Duration
+	ResponseHeaderTimeout time.Duration
+	RequestTimeout        time.Duration
+	// RetryIdempotent retries an idempotent request that could not connect
+	// once on another backend.
+	RetryIdempotent bool
+	// MaxInFlight caps the in-flight requests per backend (circuit
+	// breaker); the excess gets 503. 0: no limit.
+	MaxInFlight   int
+	Sticky        *Sticky // cookie stickiness; nil: off
+	PassiveHealth PassiveHealth
+	Headers       Headers
+
 	// HealthCheck is the global [health_check] merged with this service's
 	// overrides, every default applied.
 	HealthCheck HealthCheck
@@ -280,6 +323,14 @@ func (s Service) BackendCheck(b Backend) HealthCheck {
 // that is entirely zero, which it replaces with the default (for a service's
 // check: with Config.HealthCheck). In a partly filled one it fills the other
 // zero fields, from Config.HealthCheck for a service's check.
+//
+// The L7 settings of an L7 service follow the same rule: if they are all
+// zero they all get their defaults (SetL7Defaults); otherwise only those
+// whose zero value means nothing are filled (the timeouts but
+// RequestTimeout, the ejection times, Sticky's fields, ProxyHeaderValue),
+// and LBEndpoints, RetryIdempotent, RequestTimeout, PassiveHealth.MaxFails,
+// ProxyHeader and ResponseTimeHeader keep their zero ("off"). Hosts are
+// lower-cased and IPv4-mapped trusted proxies become IPv4.
 func (c *Config) ApplyDefaults() {
 	d := &c.Daemon
 	setDefault(&d.XDPMode, XDPAuto)
@@ -289,6 +340,7 @@ func (c *Config) ApplyDefaults() {
 	}
 	setDefault(&d.LogFormat, DefaultLogFormat)
 	setDefault(&d.LogLevel, DefaultLogLevel)
+	setZero(&d.ShutdownGrace, DefaultShutdownGrace)
 	c.HealthCheck.fillFrom(DefaultHealthCheck())
 	c.Admin.applyDefaults()
 
@@ -305,6 +357,7 @@ func (c *Config) ApplyDefaults() {
 		}
 		if s.Mode == ModeL7 {
 			setDefault(&s.Algorithm, AlgoRoundRobin)
+			s.applyL7Defaults()
 		}
 		s.HealthCheck.fillFrom(c.HealthCheck)
 		for j := range s.Backends {

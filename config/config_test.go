@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/bad/*.golden from the current output")
@@ -20,6 +21,12 @@ func mustMAC(s string) net.HardwareAddr {
 		panic(err)
 	}
 	return hw
+}
+
+// withL7Defaults returns s with the default L7 settings.
+func withL7Defaults(s Service) Service {
+	s.SetL7Defaults()
+	return s
 }
 
 func TestParseValid(t *testing.T) {
@@ -35,6 +42,7 @@ func TestParseValid(t *testing.T) {
 			MaglevTableSize: 251,
 			LogFormat:       "json",
 			LogLevel:        "debug",
+			ShutdownGrace:   DefaultShutdownGrace,
 		},
 		HealthCheck: DefaultHealthCheck(),
 		Admin:       DefaultAdmin(),
@@ -58,7 +66,7 @@ func TestParseValid(t *testing.T) {
 					{Address: netip.MustParseAddr("2001:db8:18::12"), Weight: 1, MAC: mustMAC("02:00:00:00:00:12"), Line: 44},
 				},
 			},
-			{
+			withL7Defaults(Service{
 				Name: "api.v1", VIP: netip.MustParseAddr("198.19.0.10"), Port: 8080,
 				Protocol: ProtoTCP, Mode: ModeL7, Algorithm: AlgoRoundRobin, Line: 48,
 				HealthCheck: DefaultHealthCheck(),
@@ -66,7 +74,7 @@ func TestParseValid(t *testing.T) {
 					{Address: netip.MustParseAddr("198.18.0.11"), Port: 8080, Weight: 3, Line: 54},
 					{Address: netip.MustParseAddr("198.18.0.12"), Port: 8080, Weight: 1, Line: 55},
 				},
-			},
+			}),
 		},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -96,7 +104,7 @@ address = "198.18.0.11"
 		t.Fatal(err)
 	}
 	wantDaemon := Daemon{XDPMode: XDPAuto, BPFFSDir: DefaultBPFFSDir, MaglevTableSize: DefaultMaglevTableSize,
-		LogFormat: "text", LogLevel: "info"}
+		LogFormat: "text", LogLevel: "info", ShutdownGrace: 30 * time.Second}
 	if cfg.Daemon != wantDaemon {
 		t.Errorf("daemon defaults = %+v, want %+v", cfg.Daemon, wantDaemon)
 	}
@@ -140,6 +148,12 @@ func TestExampleConfig(t *testing.T) {
 		"unhealthy_threshold", "healthy_threshold", "initial_state",
 		"listen", "token_file", "token_env", "drain_timeout",
 		"algorithm", "health_check_path", "health_check_port",
+		"shutdown_grace",
+		"hosts", "path_prefix", "add_vip", "lb_endpoints", "connect_timeout", "response_header_timeout",
+		"request_timeout", "retry_idempotent", "max_in_flight",
+		"cookie", "ttl", "max_fails", "ejection", "max_ejection",
+		"request_add", "request_set", "request_remove", "response_add", "response_set", "response_remove",
+		"forwarded", "x_timestamp", "trusted_proxies", "proxy_header", "proxy_header_value", "response_time_header",
 	} {
 		if !strings.Contains(string(src), "\n"+key+" = ") && !strings.Contains(string(src), "  "+key+" = ") {
 			t.Errorf("examples/xlb.toml does not show key %q", key)
@@ -148,7 +162,8 @@ func TestExampleConfig(t *testing.T) {
 	// Only one form of a duration can be set in one table, so the other may
 	// be shown in a comment; so is the compatibility form (TestLegacyExample
 	// parses it).
-	for _, key := range []string{"drain_timeout_secs", "listen_address", "listen_port"} {
+	for _, key := range []string{"drain_timeout_secs", "listen_address", "listen_port",
+		"shutdown_grace_secs", "connect_timeout_secs"} {
 		if !strings.Contains(string(src), "# "+key+" = ") {
 			t.Errorf("examples/xlb.toml does not show key %q", key)
 		}
@@ -363,7 +378,7 @@ func TestIsPrime(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	seeds, _ := filepath.Glob("testdata/bad/*.toml")
-	seeds = append(seeds, "testdata/valid.toml", "testdata/health.toml", "testdata/legacy.toml", "../examples/xlb.toml")
+	seeds = append(seeds, "testdata/valid.toml", "testdata/health.toml", "testdata/legacy.toml", "testdata/l7.toml", "../examples/xlb.toml")
 	for _, s := range seeds {
 		data, err := os.ReadFile(s)
 		if err != nil {

@@ -18,6 +18,11 @@
 //   - validate.go checks the meaning of the values (Validate), with
 //     healthcheck.go and admin.go for their tables.
 //
+// l7.go holds the settings of mode = "l7" services (routing by hosts and
+// path_prefix, timeouts, retries, [service.sticky], [service.passive_health],
+// [service.headers]) through all three steps, and the checks of L7 services
+// that share a listener.
+//
 // Durations are written as strings ("1500ms", "5s") or, with the _secs form
 // of the key, as plain seconds (interval_secs = 1.5); giving both is an error.
 //

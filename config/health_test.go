@@ -292,17 +292,17 @@ func TestLegacyForm(t *testing.T) {
 	check := DefaultHealthCheck() // the file's values are the defaults
 	want := &Config{
 		Daemon: Daemon{XDPMode: XDPAuto, BPFFSDir: DefaultBPFFSDir, MaglevTableSize: DefaultMaglevTableSize,
-			LogFormat: "text", LogLevel: "info"},
+			LogFormat: "text", LogLevel: "info", ShutdownGrace: DefaultShutdownGrace},
 		HealthCheck: check,
 		Admin:       DefaultAdmin(),
-		Services: []Service{{
+		Services: []Service{withL7Defaults(Service{
 			Name: "default", VIP: netip.MustParseAddr("0.0.0.0"), Port: 8080,
 			Protocol: ProtoTCP, Mode: ModeL7, Algorithm: AlgoRoundRobin, HealthCheck: check, Line: 1,
 			Backends: []Backend{
 				{Address: netip.MustParseAddr("127.0.0.1"), Port: 3001, Weight: 1, HealthCheckPath: "/health", Line: 12},
 				{Address: netip.MustParseAddr("127.0.0.1"), Port: 3002, Weight: 2, HealthCheckPath: "/health", Line: 18},
 			},
-		}},
+		})},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("Parse(legacy.toml) =\n%+v\nwant\n%+v", cfg, want)

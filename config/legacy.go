@@ -15,7 +15,8 @@ import (
 //
 // It parses into a single L7 service named "default" whose VIP is
 // listen_address (default 0.0.0.0, all addresses) and whose port is
-// listen_port. [daemon] and [admin] may accompany it; [[service]] may not.
+// listen_port, with the default L7 settings (SetL7Defaults). [daemon] and
+// [admin] may accompany it; [[service]] may not.
 // Errors name the keys as written (loadbalancer.listen_port, backends[1].port).
 
 // LegacyServiceName is the name of the service the compatibility form
@@ -51,6 +52,7 @@ func decodeLegacy(root *table, check HealthCheck) Service {
 		Mode:        ModeL7,
 		HealthCheck: check,
 	}
+	s.SetL7Defaults()
 	if lb := root.table("loadbalancer"); lb != nil {
 		s.Line = lb.line
 		lb.addr("listen_address", &s.VIP)

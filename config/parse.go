@@ -87,6 +87,7 @@ func decodeDaemon(t *table) Daemon {
 	t.uint32("maglev_table_size", 2, MaxMaglevTableSize, &d.MaglevTableSize)
 	enum(t, "log_format", &d.LogFormat)
 	enum(t, "log_level", &d.LogLevel)
+	t.duration("shutdown_grace", MinDuration, MaxShutdownGrace, &d.ShutdownGrace)
 	t.finish()
 	return d
 }
@@ -106,6 +107,7 @@ func decodeService(t *table, global HealthCheck) Service {
 	enum(t, "hash", &s.Hash)
 	enum(t, "forwarding", &s.Forwarding)
 	enum(t, "algorithm", &s.Algorithm)
+	decodeL7(t, &s)
 	s.HealthCheck = decodeHealthCheck(t.table("health_check")).resolve(global)
 	for _, bt := range t.tables("backend") {
 		s.Backends = append(s.Backends, decodeBackend(bt, s.HealthCheck))

@@ -62,6 +62,9 @@ func (v *validator) daemon(d *Daemon) {
 	v.maglevTableSize(d.MaglevTableSize, line)
 	checkEnum(v, "daemon.log_format", line, d.LogFormat, logFormats)
 	checkEnum(v, "daemon.log_level", line, d.LogLevel, logLevels)
+	if msg := durationRange(d.ShutdownGrace, MinDuration, MaxShutdownGrace); msg != "" {
+		v.errorf(v.durationKey("daemon", "shutdown_grace"), line, "%s, got %s", msg, fmtDuration(d.ShutdownGrace))
+	}
 }
 
 func (v *validator) maglevTableSize(m uint32, line int) {
@@ -86,6 +89,9 @@ type serviceKey struct {
 	proto Protocol
 }
 
+// services checks each service and the services together: unique names,
+// and one service per (vip, port, protocol) except for L7 services, which
+// may share a listener when their routes differ (l7Routes).
 func (v *validator) services(c *Config) {
 	byName := map[string]int{}
 	byKey := map[serviceKey]int{}
@@ -103,15 +109,23 @@ func (v *validator) services(c *Config) {
 		}
 		if s.VIP.IsValid() && s.Port != 0 {
 			k := serviceKey{s.VIP, s.Port, s.Protocol}
-			if j, dup := byKey[k]; dup {
+			j, dup := byKey[k]
+			switch {
+			case !dup:
+				byKey[k] = i
+			case s.Mode == ModeL7 && c.Services[j].Mode == ModeL7:
+				// A shared listener: l7Routes checks the routes.
+			case s.Mode != c.Services[j].Mode && (s.Mode == ModeL7 || c.Services[j].Mode == ModeL7):
+				v.errorf(p+".vip", s.Line, "%s/%s is already used by %s (an l4 and an l7 service cannot share a vip and port)",
+					netip.AddrPortFrom(s.VIP, s.Port), s.Protocol, v.where(c, j, true))
+			default:
 				v.errorf(p+".vip", s.Line, "%s/%s is already used by %s",
 					netip.AddrPortFrom(s.VIP, s.Port), s.Protocol, v.where(c, j, true))
-			} else {
-				byKey[k] = i
 			}
 		}
 	}
 	v.wildcardListeners(c)
+	v.l7Routes(c)
 }
 
 // wildcardListeners reports two L7 services on the same port where one
@@ -181,6 +195,7 @@ func (v *validator) service(s *Service, p string, tableSize uint32, global *Heal
 		if s.Algorithm != "" {
 			v.errorf(p+".algorithm", line, "applies to l7 services only (l4 services pick backends by hash)")
 		}
+		v.l4NoL7(s, p)
 	case l7:
 		checkEnum(v, p+".algorithm", line, s.Algorithm, algorithms)
 		if protoOK && s.Protocol != ProtoTCP {
@@ -192,6 +207,7 @@ func (v *validator) service(s *Service, p string, tableSize uint32, global *Heal
 		if s.Forwarding != "" {
 			v.errorf(p+".forwarding", line, "applies to l4 services only")
 		}
+		v.l7(s, p)
 	}
 
 	v.healthCheck(p+".health_check", line, &s.HealthCheck, global)
