@@ -8,7 +8,7 @@ TESTFLAGS ?= -count=1 -timeout 40m
 
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux
 
-.PHONY: all deps generate build test test-unit e2e bench bench-xdp demo fmt vet clean check-generate
+.PHONY: all deps generate build test test-unit e2e bench bench-xdp bench-control demo fmt vet clean check-generate
 
 all: build
 
@@ -49,7 +49,15 @@ test-unit:
 bench-xdp:
 	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkXDP' -benchtime 1x ./loader/
 
-bench: bench-xdp
+## bench-control: health transition to swapped Maglev table (M=65537, 100 backends),
+## reconcile of 64 services x 100 backends, 1000 HTTP health checks a second (CPU, goroutines)
+bench-control:
+	$(GO) build -o $(BIN)/xlbtest ./scripts/xlbtest
+	XLB_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test -count=1 -p 1 -run '^$$' \
+		-bench 'BenchmarkTransitionToTable|BenchmarkReconcile|BenchmarkHealthChecks' -benchtime 1x \
+		./control/ ./loader/ ./health/
+
+bench: bench-xdp bench-control
 
 ## demo: namespaces, three backends, xlb, traffic, the spread, teardown
 demo: deps build

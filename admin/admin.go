@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -60,6 +61,8 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Reload re-reads and applies the config file (POST /lb/admin/reload).
 	Reload func() error
+	// LB serves /lb/metrics (the L7 tier's JSON metrics).
+	LB     http.Handler
 	Logger *slog.Logger
 }
 
@@ -77,6 +80,9 @@ func New(ctl Controller, o Options) *Server {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
 	}
 	s.mux.HandleFunc("GET /lb/health", s.health)
+	if o.LB != nil {
+		s.mux.Handle("GET /lb/metrics", o.LB)
+	}
 	s.mux.HandleFunc("GET /lb/backends", s.backends)
 	s.mux.HandleFunc("POST /lb/admin/backends", s.auth(s.addBackend))
 	s.mux.HandleFunc("PUT /lb/admin/backends/{id}/drain", s.auth(s.setState(control.AdminDraining)))
@@ -84,6 +90,12 @@ func New(ctl Controller, o Options) *Server {
 	s.mux.HandleFunc("DELETE /lb/admin/backends/{id}", s.auth(s.remove))
 	s.mux.HandleFunc("GET /lb/admin/config", s.auth(s.config))
 	s.mux.HandleFunc("POST /lb/admin/reload", s.auth(s.doReload))
+	// Go's profiler, behind the token: `go tool pprof` with -H "Authorization: Bearer ..."
+	// or curl -H ... /debug/pprof/profile?seconds=10 > cpu.pprof.
+	s.mux.HandleFunc("GET /debug/pprof/", s.auth(pprof.Index))
+	s.mux.HandleFunc("GET /debug/pprof/profile", s.auth(pprof.Profile))
+	s.mux.HandleFunc("GET /debug/pprof/trace", s.auth(pprof.Trace))
+	s.mux.HandleFunc("GET /debug/pprof/symbol", s.auth(pprof.Symbol))
 	return s
 }
 

@@ -12,7 +12,7 @@
 /* Sizes and constants; an enum so bpf2go hands them to Go too. */
 enum limits {
 	XLB_MAX_SERVICES = 1024, /* service ids: [0, XLB_MAX_SERVICES) */
-	XLB_MAX_BACKENDS = 4096, /* backend ids: [0, XLB_MAX_BACKENDS) */
+	XLB_MAX_BACKENDS = 16384, /* backend ids: [0, XLB_MAX_BACKENDS) */
 	XLB_MAX_SVC_KEYS = 4096, /* services map: services plus VIP markers */
 	XLB_CONNTRACK_SIZE = 262144,
 	XLB_MAX_TX_PORTS = 64,

@@ -96,7 +96,7 @@ type XlbLimits uint32
 
 const (
 	XlbLimitsXLB_MAX_SERVICES     XlbLimits = 1024
-	XlbLimitsXLB_MAX_BACKENDS     XlbLimits = 4096
+	XlbLimitsXLB_MAX_BACKENDS     XlbLimits = 16384
 	XlbLimitsXLB_MAX_SVC_KEYS     XlbLimits = 4096
 	XlbLimitsXLB_CONNTRACK_SIZE   XlbLimits = 262144
 	XlbLimitsXLB_MAX_TX_PORTS     XlbLimits = 64

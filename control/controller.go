@@ -13,6 +13,7 @@ import (
 
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/l7"
 	"github.com/xlb-dev/xlb/loader"
 )
 
@@ -61,6 +62,7 @@ type service struct {
 type Controller struct {
 	rec     *loader.Reconciler // nil without an XDP datapath
 	maps    *loader.Maps
+	l7      L7 // nil without L7 tier
 	hm      *health.Manager
 	log     *slog.Logger
 	metrics *Metrics
@@ -79,6 +81,7 @@ type Controller struct {
 type Options struct {
 	Reconciler *loader.Reconciler // nil: L4 datapath off
 	Maps       *loader.Maps
+	L7         L7 // nil: no L7 tier
 	Health     *health.Manager
 	Logger     *slog.Logger
 	Metrics    *Metrics
@@ -90,7 +93,7 @@ func New(cfg *config.Config, o Options) *Controller {
 		o.Logger = slog.Default()
 	}
 	c := &Controller{
-		rec: o.Reconciler, maps: o.Maps, hm: o.Health, log: o.Logger, metrics: o.Metrics,
+		rec: o.Reconciler, maps: o.Maps, l7: o.L7, hm: o.Health, log: o.Logger, metrics: o.Metrics,
 		kick: make(chan struct{}, 1),
 	}
 	c.cfg = cfg
@@ -203,6 +206,15 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case tr := <-c.transitions:
+			// One reconcile covers every transition already queued.
+			for more := true; more; {
+				select {
+				case next := <-c.transitions:
+					tr = next
+				default:
+					more = false
+				}
+			}
 			start := time.Now()
 			if err := c.reconcile(ctx); err != nil {
 				c.log.Error("reconcile after health transition", "err", err)
@@ -260,6 +272,10 @@ func (c *Controller) syncHealth() {
 	c.mu.Unlock()
 	c.hm.Set(targets)
 }
+
+func (b *backend) addrPort() netip.AddrPort { return netip.AddrPortFrom(b.address, b.port) }
+
+func netipAddrPort(s config.Service) netip.AddrPort { return netip.AddrPortFrom(s.VIP, s.Port) }
 
 // label is the backend's metric and log label: its address (and port for L7).
 func (b *backend) label(s *service) string {
@@ -321,7 +337,16 @@ func (c *Controller) desired() loader.Desired {
 func (c *Controller) reconcile(ctx context.Context) error {
 	c.mu.Lock()
 	d := c.desired()
+	var l7cfg []l7.ServiceConfig
+	if c.l7 != nil {
+		l7cfg = c.l7Configs()
+	}
 	c.mu.Unlock()
+	if c.l7 != nil {
+		if err := c.l7.Update(l7cfg); err != nil {
+			return fmt.Errorf("L7 tier: %w", err)
+		}
+	}
 	if c.rec != nil {
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -461,6 +486,12 @@ func (c *Controller) SetAdminState(id string, st AdminState) (BackendInfo, error
 	from := b.admin
 	b.admin = st
 	b.deadline = time.Time{}
+	if st == AdminReady && s.cfg.Mode == config.ModeL7 && c.l7 != nil {
+		// Ready also ends a passive-health ejection: the operator vouches.
+		if u := c.l7.Upstream(s.cfg.Name, b.id); u != nil {
+			u.Readmit()
+		}
+	}
 	info := c.info(s, b)
 	c.mu.Unlock()
 	if from != st {
@@ -521,9 +552,17 @@ func (c *Controller) finishRemovals() bool {
 	return removed
 }
 
-// openFlows counts open L4 flows per backend id; the caller holds c.mu.
+// openFlows counts what a removal waits for, per backend id: open L4 flows
+// and L7 requests in flight. The caller holds c.mu.
 func (c *Controller) openFlows() map[string]int {
 	out := map[string]int{}
+	for _, s := range c.services {
+		if s.cfg.Mode == config.ModeL7 {
+			for _, b := range s.backends {
+				out[b.id] = c.inFlight(s, b)
+			}
+		}
+	}
 	if c.rec == nil || c.maps == nil {
 		return out
 	}

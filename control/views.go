@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/health"
@@ -22,7 +23,10 @@ type BackendInfo struct {
 	// Admin is what the admin API asked: ready, draining, removing.
 	Admin      string `json:"admin"`
 	FromConfig bool   `json:"from_config"`
-	// L4 counters from the datapath.
+	// EjectedUntil: passive health took an L7 backend out until then.
+	EjectedUntil *time.Time `json:"ejected_until,omitempty"`
+	// L4: open connection table flows and datapath counters. L7: requests
+	// in flight (open_flows) and requests served (packets).
 	OpenFlows int    `json:"open_flows"`
 	Packets   uint64 `json:"packets"`
 	Bytes     uint64 `json:"bytes"`
@@ -57,7 +61,16 @@ func (c *Controller) infoWith(s *service, b *backend, flows map[string]int) Back
 				}
 			}
 		}
-		bi.OpenFlows = flows[b.id]
+	}
+	bi.OpenFlows = flows[b.id]
+	if s.cfg.Mode == config.ModeL7 && c.l7 != nil {
+		if u := c.l7.Upstream(s.cfg.Name, b.id); u != nil {
+			bi.Packets = u.Requests.Load() // requests, for L7
+			if until := u.EjectedUntil(); time.Now().Before(until) {
+				bi.State = "ejected"
+				bi.EjectedUntil = &until
+			}
+		}
 	}
 	return bi
 }

@@ -326,6 +326,13 @@ func (tp *Topology) Start(t *testing.T, host string, args ...string) *exec.Cmd {
 // ends, logging its output if the test failed.
 func (tp *Topology) startCmd(t *testing.T, host string, cmd *exec.Cmd, args []string) *exec.Cmd {
 	t.Helper()
+	return tp.startOwnedCmd(t, t, host, cmd, args)
+}
+
+// startOwnedCmd is startCmd for a process that outlives test t (a subtest):
+// it is stopped when owner (t or an ancestor of t) ends.
+func (tp *Topology) startOwnedCmd(owner, t *testing.T, host string, cmd *exec.Cmd, args []string) *exec.Cmd {
+	t.Helper()
 	p := &proc{host: host, done: make(chan struct{}), cmd: cmd}
 	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
 	if err := p.cmd.Start(); err != nil {
@@ -338,13 +345,27 @@ func (tp *Topology) startCmd(t *testing.T, host string, cmd *exec.Cmd, args []st
 	tp.mu.Lock()
 	tp.procs = append(tp.procs, p)
 	tp.mu.Unlock()
-	t.Cleanup(func() {
+	owner.Cleanup(func() {
 		p.stop()
-		if t.Failed() {
-			t.Logf("%s %v (pid %d): %v\nstdout:\n%s\nstderr:\n%s", host, args, p.cmd.Process.Pid, p.err, p.stdout.String(), p.stderr.String())
+		if owner.Failed() {
+			owner.Logf("%s %v (pid %d): %v\nstdout:\n%s\nstderr:\n%s", host, args, p.cmd.Process.Pid, p.err, tail(p.stdout.String()), tail(p.stderr.String()))
 		}
 	})
 	return p.cmd
+}
+
+// tail is the end of a long process output (a streaming load prints a line per
+// connection), whole if short.
+func tail(s string) string {
+	const keep = 64 << 10
+	if len(s) <= keep {
+		return s
+	}
+	cut := len(s) - keep
+	if i := strings.IndexByte(s[cut:], '\n'); i >= 0 {
+		cut += i + 1
+	}
+	return fmt.Sprintf("[... %d bytes omitted ...]\n%s", cut, s[cut:])
 }
 
 // StartReady is Start followed by WaitOutput(cmd, ready, timeout).

@@ -1,6 +1,7 @@
 package health
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,10 +9,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
-	"sync"
 	"syscall"
+	"time"
 	"unicode/utf8"
 )
 
@@ -30,10 +32,12 @@ func Check(ctx context.Context, spec Spec) error {
 	if err != nil {
 		return err
 	}
-	p, err := newProber(spec, sharedTransport())
+	spec.ChecksPerConnection = 1 // one check: nothing to keep open
+	p, err := newProber(spec)
 	if err != nil {
 		return err
 	}
+	defer p.close()
 	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
 	_, err = p.probe(ctx)
@@ -41,12 +45,16 @@ func Check(ctx context.Context, spec Spec) error {
 }
 
 // A prober runs one check. probe returns a short description of the success
-// ("status 200", "connected") or a *CheckError. The deadline is ctx's.
+// ("status 200", "connected") or a *CheckError. The deadline is ctx's. A
+// prober is used by one goroutine at a time; close releases the connection it
+// keeps between checks, if any.
 type prober interface {
 	probe(ctx context.Context) (ok string, err error)
+	close()
 }
 
-func newProber(spec Spec, plain *http.Transport) (prober, error) {
+// newProber returns the prober of a normalized spec.
+func newProber(spec Spec) (prober, error) {
 	switch spec.Kind {
 	case KindTCP:
 		return &tcpProber{addr: spec.Target.String(), dialer: newDialer()}, nil
@@ -55,90 +63,208 @@ func newProber(spec Spec, plain *http.Transport) (prober, error) {
 		if err != nil {
 			return nil, err
 		}
-		tr := plain
-		scheme := "http://"
+		u, err := url.ParseRequestURI(spec.Path)
+		if err != nil {
+			return nil, fmt.Errorf("%w: path %q: %v", ErrInvalidSpec, spec.Path, err)
+		}
+		host := spec.Host
+		if host == "" {
+			host = spec.Target.String()
+		}
+		p := &httpProber{
+			addr:    spec.Target.String(),
+			dialer:  newDialer(),
+			expect:  expect,
+			perConn: max(spec.ChecksPerConnection, 1),
+		}
+		head := "GET " + u.RequestURI() + " HTTP/1.1\r\nHost: " + host + "\r\nUser-Agent: " + userAgent + "\r\n"
+		p.request = []byte(head + "\r\n")
+		p.requestClose = []byte(head + "Connection: close\r\n\r\n")
 		if spec.Kind == KindHTTPS {
-			scheme = "https://"
-			// One transport per HTTPS checker: the TLS server name follows
-			// the Host header. Without keep-alives it holds no connections.
+			// The TLS server name follows the Host header.
 			serverName := spec.Host
 			if h, _, err := net.SplitHostPort(serverName); err == nil {
 				serverName = h
 			}
-			tr = newTransport(&tls.Config{
+			p.tls = &tls.Config{
 				ServerName: serverName,
 				// A health check asks whether the backend answers, not who
 				// it is: backends are addressed by IP and often carry
 				// certificates for the service name, or self-signed ones.
 				InsecureSkipVerify: true, //nolint:gosec // see above
-			})
+			}
 		}
-		return &httpProber{
-			url:    scheme + spec.Target.String() + spec.Path,
-			host:   spec.Host,
-			expect: expect,
-			client: &http.Client{
-				Transport: tr,
-				// A redirect is an answer: its status is checked, not followed.
-				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			},
-		}, nil
+		return p, nil
 	}
 	return nil, fmt.Errorf("%w: unknown kind %q", ErrInvalidSpec, string(spec.Kind))
 }
 
 func newDialer() *net.Dialer {
-	// No TCP keep-alive probes: every connection lives for one check.
+	// No TCP keep-alive probes: a kept connection is used again one Interval
+	// later, and that check finds a dead peer (by timeout at worst).
 	return &net.Dialer{KeepAlive: -1}
 }
 
-// newTransport is an HTTP/1.1 transport for checks: a new connection per
-// check (a check must prove the backend still accepts connections, and a
-// pool of idle connections to 1000 backends is no saving), no proxy from the
-// environment, no compression, small header limit. Deadlines come from the
-// request's context only.
-func newTransport(tlsConf *tls.Config) *http.Transport {
-	return &http.Transport{
-		Proxy:                  nil,
-		DialContext:            newDialer().DialContext,
-		TLSClientConfig:        tlsConf,
-		DisableKeepAlives:      true,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: 16 << 10,
-		ForceAttemptHTTP2:      false,
-	}
-}
+// Bounds of what one HTTP check reads: the status line and headers, and the
+// body, which is read (and discarded) only to keep the connection.
+const (
+	maxHeaderBytes = 16 << 10
+	maxDrainBytes  = 4 << 10
+)
 
-var sharedTransport = sync.OnceValue(func() *http.Transport { return newTransport(nil) })
-
+// httpProber sends an HTTP/1.1 GET and reads the response on a connection of
+// its own, which it keeps for the next check (keep-alive) until it has served
+// perConn checks: the last of those asks the server to close it
+// ("Connection: close") and the next check opens a new one, so a backend
+// that stops accepting connections cannot hide behind an open one for long.
+//
+// It is a small client on purpose: one request on one connection at a time,
+// no redirects, no proxy, no compression, read in the checker's goroutine
+// with the deadline of its context (net/http's Transport would add two
+// goroutines per kept connection and as many wake-ups per check, which at
+// 1000 checks a second is most of the cost of a check).
 type httpProber struct {
-	url    string
-	host   string
-	expect statusRanges
-	client *http.Client
+	addr                  string
+	dialer                *net.Dialer
+	tls                   *tls.Config // HTTPS only
+	request, requestClose []byte      // the request without and with "Connection: close"
+	expect                statusRanges
+	perConn               int // Spec.ChecksPerConnection, at least 1
+
+	conn net.Conn // the kept connection; nil if none
+	lr   io.LimitedReader
+	br   *bufio.Reader // reads lr, which reads conn
+	uses int           // checks conn has served
 }
 
 func (p *httpProber) probe(ctx context.Context) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url, nil)
+	reused := p.conn != nil
+	status, answered, err := p.roundTrip(ctx)
+	if err != nil && reused && !answered && closedByPeer(err) && ctx.Err() == nil {
+		// The kept connection failed before a byte of the answer: the
+		// server closed it while it was idle (an idle timeout, a restart).
+		// As net/http does for a GET, try once more on a new connection.
+		status, _, err = p.roundTrip(ctx)
+	}
 	if err != nil {
+		if cerr := ctx.Err(); errors.Is(cerr, context.Canceled) {
+			err = cerr
+		}
 		return "", classify(err)
 	}
-	if p.host != "" {
-		req.Host = p.host
-	}
-	req.Header.Set("User-Agent", userAgent)
-	req.Close = true
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return "", classify(err)
-	}
-	// The body is not read: the connection is not reused.
-	resp.Body.Close()
-	reason := "status " + strconv.Itoa(resp.StatusCode)
-	if !p.expect.contains(resp.StatusCode) {
-		return "", &CheckError{Reason: reason, Status: resp.StatusCode, class: ErrStatus}
+	reason := "status " + strconv.Itoa(status)
+	if !p.expect.contains(status) {
+		return "", &CheckError{Reason: reason, Status: status, class: ErrStatus}
 	}
 	return reason, nil
+}
+
+// roundTrip sends the request and reads the answer's status, on the kept
+// connection or a new one. answered is false when an error came before any
+// byte of the answer on a kept connection. The connection is kept when the
+// answer allows it and it has served fewer than perConn checks.
+func (p *httpProber) roundTrip(ctx context.Context) (status int, answered bool, err error) {
+	reused := p.conn != nil
+	if !reused {
+		if err := p.dial(ctx); err != nil {
+			return 0, true, err
+		}
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			p.close()
+		}
+	}()
+	conn := p.conn
+	deadline, _ := ctx.Deadline()
+	if err := conn.SetDeadline(deadline); err != nil {
+		return 0, !reused, err
+	}
+	// A check stopped before its deadline (Manager.Set, Close) ends at once.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer func() {
+		if !stop() {
+			keep = false // ctx ended: the deadline may be moved at any time
+		}
+	}()
+
+	p.uses++
+	last := p.uses >= p.perConn
+	req := p.request
+	if last {
+		req = p.requestClose
+	}
+	if _, err := conn.Write(req); err != nil {
+		return 0, !reused, err
+	}
+	p.lr.N = maxHeaderBytes
+	if _, err := p.br.Peek(1); err != nil {
+		return 0, !reused, err
+	}
+	var resp *http.Response
+	for range 4 { // informational answers (100, 103) precede the real one
+		resp, err = http.ReadResponse(p.br, nil)
+		if err != nil {
+			if p.lr.N == 0 {
+				err = errHeaderTooLarge
+			}
+			return 0, true, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+	}
+	if resp.StatusCode < 200 {
+		return resp.StatusCode, true, nil // not reused: it may still be talking
+	}
+	delimited := resp.ContentLength >= 0 || len(resp.TransferEncoding) > 0
+	if !last && !resp.Close && delimited {
+		// Read a short body to its end to use the connection again.
+		p.lr.N += maxDrainBytes + 1
+		n, err := io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainBytes+1))
+		keep = err == nil && n <= maxDrainBytes
+	}
+	return resp.StatusCode, true, nil
+}
+
+var errHeaderTooLarge = fmt.Errorf("response header over %d bytes", maxHeaderBytes)
+
+// closedByPeer reports whether err says the server closed the connection.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNABORTED)
+}
+
+func (p *httpProber) dial(ctx context.Context) error {
+	conn, err := p.dialer.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		return err
+	}
+	if p.tls != nil {
+		tc := tls.Client(conn, p.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return err
+		}
+		conn = tc
+	}
+	p.conn, p.uses = conn, 0
+	p.lr = io.LimitedReader{R: conn}
+	if p.br == nil {
+		p.br = bufio.NewReaderSize(&p.lr, 4<<10)
+	} else {
+		p.br.Reset(&p.lr)
+	}
+	return nil
+}
+
+// close closes the kept connection, if any.
+func (p *httpProber) close() {
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn = nil
+	}
 }
 
 type tcpProber struct {
@@ -154,6 +280,8 @@ func (p *tcpProber) probe(ctx context.Context) (string, error) {
 	conn.Close()
 	return "connected", nil
 }
+
+func (p *tcpProber) close() {}
 
 // classify turns a dial or HTTP error into a *CheckError with a short reason.
 func classify(err error) *CheckError {

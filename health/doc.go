@@ -17,12 +17,29 @@
 //
 // # Checks
 //
-// An HTTP check is a GET of Spec.Path (default "/") on the target address,
-// with Spec.Host as Host header if set, on a new connection (no keep-alive),
-// without following redirects; it succeeds when the status is in
-// Spec.ExpectStatus (default 2xx). HTTPS is the same over TLS without
-// certificate verification (Host is the server name). A TCP check succeeds
-// when a connection completes; it is closed at once.
+// An HTTP check is an HTTP/1.1 GET of Spec.Path (default "/") on the target
+// address, with Spec.Host as Host header if set, without following
+// redirects; it succeeds when the status is in Spec.ExpectStatus (default
+// 2xx). HTTPS is the same over TLS without certificate verification (Host is
+// the server name). A TCP check succeeds when a connection completes; it is
+// closed at once.
+//
+// HTTP(S) checks reuse their connection (keep-alive, as Envoy does), which
+// at 1000 checks a second saves most of their cost, but a connection serves
+// at most Spec.ChecksPerConnection checks (default 5): the last of them
+// sends "Connection: close" and the next check opens a new connection. So a
+// backend that stops accepting connections while still answering on the
+// open one (a full accept queue, a listener closed for a graceful restart,
+// a firewall that lets only established flows through) fails from the first
+// check after that, and is marked unhealthy within ChecksPerConnection-1 +
+// UnhealthyThreshold checks; one that goes away or stops answering fails at
+// the next check, as without reuse. A kept connection that the server closed
+// while it was idle is retried once on a new connection within the same
+// check (as net/http does for a GET). ChecksPerConnection 1 opens a new
+// connection for every check. A connection is also not kept after an answer
+// with a body that is not delimited or longer than 4 KiB, after
+// "Connection: close" from the server, or after any failure. Check, which
+// runs a single check, always uses a new connection.
 //
 // Each check is bounded by Spec.Timeout (default 2s) through its context: a
 // server that accepts and never answers fails with reason "timeout" after
@@ -42,9 +59,9 @@
 // Interval±Jitter×Interval (uniformly; default Interval 5s, Jitter 0.1) after
 // the start of the previous one. A checker never runs two checks at a time:
 // if a check lasts longer than the delay (Timeout > Interval), the next starts
-// when it ends. A checker reuses one timer and its prober; beyond the one
-// goroutine per checker, a check only costs what net and net/http spend on
-// one connection. New checkers all check within Jitter×Interval of Set, and
+// when it ends. A checker reuses one timer, its prober and the prober's
+// connection; a check runs in the checker's goroutine (no goroutines per
+// connection). New checkers all check within Jitter×Interval of Set, and
 // their phases then drift apart by the jitter of every delay.
 //
 // # States

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,7 +22,6 @@ import (
 type Manager struct {
 	log     *slog.Logger
 	metrics *Metrics
-	http    *http.Transport // shared by the HTTP checkers (HTTPS ones have their own)
 	ctx     context.Context // parent of every checker's context; canceled by Close
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // checker and subscriber goroutines
@@ -64,7 +62,6 @@ func NewManager(log *slog.Logger, metrics *Metrics) *Manager {
 	return &Manager{
 		log:      log,
 		metrics:  metrics,
-		http:     newTransport(nil),
 		ctx:      ctx,
 		cancel:   cancel,
 		checkers: make(map[Spec]*checker),
@@ -128,7 +125,7 @@ func (m *Manager) Set(targets []Target) error {
 		if _, ok := m.checkers[spec]; ok {
 			continue
 		}
-		p, err := newProber(spec, m.http)
+		p, err := newProber(spec)
 		if err != nil { // Normalize accepted the spec: should not happen
 			errs = append(errs, fmt.Errorf("health check %s: %w", spec, err))
 		}
@@ -230,7 +227,6 @@ func (m *Manager) Close() {
 	m.cancel()
 	m.closeSubscribers()
 	m.wg.Wait()
-	m.http.CloseIdleConnections()
 }
 
 // start runs a new checker (m.mu held).
@@ -276,9 +272,16 @@ type checker struct {
 // of the start. Delays are measured from the start of the previous check, so
 // the cadence does not drift with check durations; a check that overruns the
 // next start is followed by the next one at once, never by two at a time.
+// With jitter, start times are rounded to the grid of coalesceStep.
 func (c *checker) run(ctx context.Context) {
+	defer c.prober.close()
 	jitter := c.spec.jitterFraction()
-	timer := time.NewTimer(firstDelay(c.spec.Interval, jitter, rand.Float64()))
+	step := time.Duration(0)
+	if jitter > 0 {
+		step = coalesceStep(c.spec.Interval)
+	}
+	timer := time.NewTimer(max(0, time.Until(
+		coalesce(time.Now().Add(firstDelay(c.spec.Interval, jitter, rand.Float64())), step))))
 	defer timer.Stop()
 	for {
 		select {
@@ -295,8 +298,30 @@ func (c *checker) run(ctx context.Context) {
 		}
 		c.record(start, time.Since(start), desc, err)
 		next := nextDelay(c.spec.Interval, jitter, rand.Float64())
-		timer.Reset(max(0, next-time.Since(start)))
+		timer.Reset(max(0, time.Until(coalesce(start.Add(next), step))))
 	}
+}
+
+// maxCoalesceStep bounds the grid that check start times are rounded to.
+const maxCoalesceStep = 25 * time.Millisecond
+
+// coalesceStep is the grid of check start times for interval: 1/40 of it, at
+// most maxCoalesceStep. Timers of many checkers then expire together, and the
+// process wakes once for all of their checks instead of once for each: with
+// 1000 targets at 1 s that is 40 wake-ups a second instead of 1000, and half
+// the CPU the checks cost. It changes a delay by at most half a step (1.25%
+// of Interval, next to the default jitter of ±10%).
+func coalesceStep(interval time.Duration) time.Duration {
+	return min(interval/40, maxCoalesceStep)
+}
+
+// coalesce rounds t to the nearest multiple of step (of the wall clock, so
+// that the grid is the same for every checker); step 0 leaves it as it is.
+func coalesce(t time.Time, step time.Duration) time.Time {
+	if step <= 0 {
+		return t
+	}
+	return t.Add(step / 2).Truncate(step)
 }
 
 // firstDelay is the delay before a new checker's first check, uniform in
@@ -464,6 +489,7 @@ func compareSpecs(a, b Spec) int {
 		strings.Compare(a.Path, b.Path),
 		strings.Compare(a.Host, b.Host),
 		strings.Compare(string(a.ExpectStatus), string(b.ExpectStatus)),
+		cmp.Compare(a.ChecksPerConnection, b.ChecksPerConnection),
 		cmp.Compare(a.Interval, b.Interval),
 		cmp.Compare(a.Timeout, b.Timeout),
 		cmp.Compare(a.HealthyThreshold, b.HealthyThreshold),

@@ -79,6 +79,9 @@ const (
 	DefaultUnhealthyThreshold = 3
 	DefaultJitter             = 0.1
 	DefaultPath               = "/"
+	// DefaultChecksPerConnection is how many HTTP(S) checks one connection
+	// serves before the next check opens a new one.
+	DefaultChecksPerConnection = 5
 )
 
 // NoJitter, as Spec.Jitter, checks at exactly Interval (any negative value
@@ -95,6 +98,13 @@ type Spec struct {
 	Path         string    // request path and optional query; default "/"
 	Host         string    // Host header (and TLS server name); default the target address
 	ExpectStatus StatusSet // statuses that count as success; default 2xx
+	// ChecksPerConnection is how many checks may use one connection (HTTP
+	// keep-alive) before it is closed and the next check opens a new one;
+	// default DefaultChecksPerConnection, 1 for a new connection every check.
+	// A backend that stops accepting connections but still answers on the
+	// open one fails from the first check after it is closed: it is marked
+	// unhealthy within ChecksPerConnection-1+UnhealthyThreshold checks.
+	ChecksPerConnection int
 
 	Interval time.Duration // between check starts; default 5s
 	Timeout  time.Duration // bound of one check; default 2s
@@ -141,8 +151,13 @@ func (s Spec) Normalize() (Spec, error) {
 		} else {
 			s.ExpectStatus = set
 		}
+		if s.ChecksPerConnection == 0 {
+			s.ChecksPerConnection = DefaultChecksPerConnection
+		} else if s.ChecksPerConnection < 0 {
+			bad("checks per connection %d must be at least 1", s.ChecksPerConnection)
+		}
 	case KindTCP:
-		s.Path, s.Host, s.ExpectStatus = "", "", ""
+		s.Path, s.Host, s.ExpectStatus, s.ChecksPerConnection = "", "", "", 0
 	case "":
 		bad("kind is required (http, https or tcp)")
 	default:

@@ -163,6 +163,28 @@ func resetCounters(mp *ebpf.Map, idx uint32) error {
 	return mp.Put(idx, zero)
 }
 
+// BackendEntries reads the whole backends array in one batch syscall and
+// returns it indexed by backend id (unused ids have state XLB_BE_UNUSED).
+// One lookup per id would cost a syscall for each of the MaxBackends ids.
+func (m *Maps) BackendEntries() ([]bpf.XlbBackend, error) {
+	n := m.Backends.MaxEntries()
+	keys := make([]uint32, n)
+	vals := make([]bpf.XlbBackend, n)
+	var cursor ebpf.MapBatchCursor
+	got, err := m.Backends.BatchLookup(&cursor, keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, fmt.Errorf("read backends: %w", err)
+	}
+	if got != int(n) {
+		return nil, fmt.Errorf("read backends: got %d of %d entries", got, n)
+	}
+	out := make([]bpf.XlbBackend, n)
+	for i, k := range keys {
+		out[k] = vals[i]
+	}
+	return out, nil
+}
+
 // Ring returns the backend ids of a service's current Maglev table, or nil when
 // the service has none (no usable backend).
 func (m *Maps) Ring(serviceID uint32) ([]uint32, error) {

@@ -200,14 +200,15 @@ func (r *Reconciler) recover() error {
 	if err := it.Err(); err != nil {
 		return err
 	}
-	var be bpf.XlbBackend
-	for id := uint32(0); id < MaxBackends; id++ {
-		if err := r.maps.Backends.Lookup(id, &be); err != nil {
-			return err
-		}
+	entries, err := r.maps.BackendEntries()
+	if err != nil {
+		return err
+	}
+	for i, be := range entries {
 		if be.State == uint8(bpf.XlbBackendStateXLB_BE_UNUSED) {
 			continue
 		}
+		id := uint32(i)
 		r.backends[beIdent{be.ServiceId, BackendAddr(be)}] = &beState{id: id, entry: be}
 		r.beIDs.take(id)
 	}

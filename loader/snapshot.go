@@ -100,11 +100,12 @@ func (m *Maps) TakeSnapshot() (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	var be bpf.XlbBackend
-	for id := uint32(0); id < MaxBackends; id++ {
-		if err := m.Backends.Lookup(id, &be); err != nil {
-			return nil, fmt.Errorf("backend %d: %w", id, err)
-		}
+	entries, err := m.BackendEntries()
+	if err != nil {
+		return nil, err
+	}
+	for i, be := range entries {
+		id := uint32(i)
 		s := byID[be.ServiceId]
 		if be.State == uint8(bpf.XlbBackendStateXLB_BE_UNUSED) || s == nil {
 			continue

@@ -72,6 +72,7 @@ func newAdminClient(addr, token, cfgPath string) (*adminClient, error) {
 type errAPI struct {
 	code int
 	msg  string
+	body []byte // the whole answer, for endpoints whose errors carry data (/lb/health: 503)
 }
 
 func (e *errAPI) Error() string {
@@ -111,7 +112,7 @@ func (c *adminClient) do(method, path string, body, out any) error {
 		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(raw))
 		}
-		return &errAPI{resp.StatusCode, e.Error}
+		return &errAPI{resp.StatusCode, e.Error, raw}
 	}
 	if out != nil {
 		return json.Unmarshal(raw, out)

@@ -17,6 +17,8 @@ Usage:
   xlb status [--bpffs DIR] [--json]   show services, backends and counters from the pinned maps
   xlb validate -c FILE                check a config file and exit
   xlb backend add|drain|ready|remove|list ...   change backends through the running daemon's admin API
+  xlb sidecar --listen ADDR --backend URL [--timeout 30s] [--header K=V ...]
+                                      a one-backend L7 proxy (no root, no config file)
 
 Exit codes: 0 ok, 1 runtime error, 2 bad config or usage.
 `
@@ -45,6 +47,8 @@ func main() {
 		err = runCmd(args)
 	case "status":
 		err = statusCmd(args, os.Stdout)
+	case "sidecar":
+		err = sidecarCmd(args)
 	case "backend":
 		err = backendCmd(args, os.Stdout)
 	case "validate":

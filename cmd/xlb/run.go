@@ -5,10 +5,12 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -17,6 +19,7 @@ import (
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/control"
 	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/l7"
 	"github.com/xlb-dev/xlb/loader"
 )
 
@@ -45,9 +48,15 @@ func runCmd(args []string) error {
 
 	var rec *loader.Reconciler
 	var maps *loader.Maps
-	if cfg.Daemon.Interface == "" {
+	root := os.Geteuid() == 0
+	switch {
+	case cfg.Daemon.Interface == "":
 		log.Warn("no XDP interface configured: the L4 datapath is off, only the L7 tier runs")
-	} else {
+	case !root && hasMode(cfg, config.ModeL7):
+		log.Warn("not root: the L4 datapath is off, only the L7 tier runs; L4 services are not served")
+	case !root:
+		return loader.ErrNotRoot
+	default:
 		dp, err := loader.Open(loader.Options{
 			Interface: cfg.Daemon.Interface,
 			Mode:      loader.XDPMode(cfg.Daemon.XDPMode),
@@ -79,10 +88,29 @@ func runCmd(args []string) error {
 		reg.MustRegister(loader.NewCollector(maps, rec))
 	}
 
+	vips := &vipSet{log: log, root: root}
+	defer vips.close()
+	vips.sync(cfg)
+
+	proxy := l7.NewServer(l7.Options{
+		Logger: log, Registerer: reg,
+		OnEject: func(service string, u *l7.Upstream, until time.Time, reason string) {
+			log.Warn("backend ejected by passive health", "service", service, "backend", u.ID,
+				"until", until.Format(time.RFC3339), "reason", reason)
+		},
+	})
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.Daemon.ShutdownGrace)
+		defer cancel()
+		if err := proxy.Shutdown(sctx); err != nil {
+			log.Warn("L7 shutdown: requests still running at the end of the grace period", "err", err)
+		}
+	}()
+
 	hm := health.NewManager(log, health.NewMetrics(reg))
 	defer hm.Close()
 	ctl := control.New(cfg, control.Options{
-		Reconciler: rec, Maps: maps, Health: hm, Logger: log, Metrics: control.NewMetrics(reg),
+		Reconciler: rec, Maps: maps, L7: proxy, Health: hm, Logger: log, Metrics: control.NewMetrics(reg),
 	})
 
 	var reloadMu sync.Mutex
@@ -93,6 +121,7 @@ func runCmd(args []string) error {
 		if err != nil {
 			return err
 		}
+		vips.sync(next)
 		ctl.Reload(next)
 		return nil
 	}
@@ -111,7 +140,7 @@ func runCmd(args []string) error {
 		if err != nil {
 			return fmt.Errorf("admin listener %s: %w", cfg.Admin.Listen, err)
 		}
-		srv := admin.New(ctl, admin.Options{Token: token, Gatherer: reg, Reload: reload, Logger: log})
+		srv := admin.New(ctl, admin.Options{Token: token, Gatherer: reg, Reload: reload, Logger: log, LB: proxy.LBHandler()})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -145,6 +174,64 @@ func runCmd(args []string) error {
 	ctl.Run(ctx)
 	log.Info("shutting down")
 	return nil
+}
+
+func hasMode(cfg *config.Config, m config.Mode) bool {
+	for _, s := range cfg.Services {
+		if s.Mode == m {
+			return true
+		}
+	}
+	return false
+}
+
+// vipSet keeps the VIPs of add_vip services on lo while xlb runs.
+type vipSet struct {
+	log   *slog.Logger
+	root  bool
+	owned map[netip.Addr]func() error
+}
+
+func (v *vipSet) sync(cfg *config.Config) {
+	want := map[netip.Addr]bool{}
+	for _, s := range cfg.Services {
+		if s.Mode == config.ModeL7 && s.AddVIP {
+			want[s.VIP] = true
+		}
+	}
+	if v.owned == nil {
+		v.owned = map[netip.Addr]func() error{}
+	}
+	for vip := range want {
+		if _, ok := v.owned[vip]; ok {
+			continue
+		}
+		if !v.root {
+			v.log.Warn("add_vip needs root: VIP not added", "vip", vip)
+			continue
+		}
+		remove, err := loader.AddVIP(vip)
+		if err != nil {
+			v.log.Error("add_vip", "vip", vip, "err", err)
+			continue
+		}
+		v.owned[vip] = remove
+		v.log.Info("VIP added to lo", "vip", vip)
+	}
+	for vip, remove := range v.owned {
+		if !want[vip] {
+			remove()
+			delete(v.owned, vip)
+		}
+	}
+}
+
+func (v *vipSet) close() {
+	for vip, remove := range v.owned {
+		if err := remove(); err != nil {
+			v.log.Warn("removing VIP", "vip", vip, "err", err)
+		}
+	}
 }
 
 func newLogger(d config.Daemon) *slog.Logger {

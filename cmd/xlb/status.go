@@ -54,7 +54,9 @@ func statusCmd(args []string, out io.Writer) error {
 	if apiErr == nil {
 		var h control.HealthReport
 		var ae *errAPI
-		if err := c.do(http.MethodGet, "/lb/health", nil, &h); err == nil || errors.As(err, &ae) && ae.code == http.StatusServiceUnavailable {
+		// An unhealthy balancer answers 503 with the same report.
+		err := c.do(http.MethodGet, "/lb/health", nil, &h)
+		if err == nil || errors.As(err, &ae) && ae.code == http.StatusServiceUnavailable && json.Unmarshal(ae.body, &h) == nil {
 			rep = &h
 		}
 	}

@@ -37,7 +37,7 @@ type target struct {
 
 type result struct {
 	rps, p50us, p99us, cpuUs float64
-	requests             int
+	requests                 int
 }
 
 func main() {
@@ -336,7 +336,7 @@ func writeConfigs(dir string) error {
 	var backends strings.Builder
 	for i := 1; i <= 3; i++ {
 		fmt.Fprintf(&backends, "  server { listen 127.0.0.1:310%d; location / { default_type text/plain; return 200 %q; } }\n", i, body100)
-		fmt.Fprintf(&backends, "  server { listen 127.0.0.1:320%d; location / { default_type application/octet-stream; alias %s/64k; } }\n", i, dir)
+		fmt.Fprintf(&backends, "  server { listen 127.0.0.1:320%d; root %s; location / { default_type application/octet-stream; try_files /64k =404; } }\n", i, dir)
 	}
 	files := map[string]string{
 		"backends.conf": fmt.Sprintf(`daemon off; master_process off; worker_processes 1; pid %[1]s/backends.pid;

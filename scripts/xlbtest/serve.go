@@ -31,6 +31,9 @@ type serveConfig struct {
 	Name      string
 	Listen    []string
 	BodyBytes int
+	// Hang accepts TCP connections and never answers: a backend whose
+	// health checks time out.
+	Hang bool
 }
 
 func serveCmd(ctx context.Context, args []string, stdout io.Writer) error {
@@ -38,10 +41,11 @@ func serveCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	name := fs.String("name", "", "backend name reported in every reply (required)")
 	listen := fs.String("listen", "", "comma-separated listen addresses, e.g. 198.19.0.10:80,[2001:db8:19::10]:80 (required)")
 	bodyBytes := fs.Int("body-bytes", 0, "pad replies to this many bytes")
+	hang := fs.Bool("hang", false, "accept TCP connections but never answer (hold them open)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg := serveConfig{Name: *name, BodyBytes: *bodyBytes}
+	cfg := serveConfig{Name: *name, BodyBytes: *bodyBytes, Hang: *hang}
 	for a := range strings.SplitSeq(*listen, ",") {
 		if a = strings.TrimSpace(a); a != "" {
 			cfg.Listen = append(cfg.Listen, a)
@@ -77,6 +81,9 @@ func serve(ctx context.Context, cfg serveConfig, ready func(addrs []string)) err
 		}
 		listeners = append(listeners, l)
 		addrs = append(addrs, l.Addr().String())
+	}
+	if cfg.Hang {
+		return hangServe(ctx, listeners, func() { ready(addrs) })
 	}
 
 	// Handlers see a context that ends at shutdown, so /hold streams stop promptly.
@@ -123,12 +130,18 @@ func newBackend(name string, bodyBytes int) *backend {
 	b.mux.HandleFunc("GET /health", b.reply)
 	b.mux.HandleFunc("GET /stats", b.stats)
 	b.mux.HandleFunc("GET /hold", b.hold)
+	b.mux.HandleFunc("/headers", b.headers)
+	b.mux.HandleFunc("/slow", b.slow)
+	b.mux.HandleFunc("/status", b.status)
+	b.mux.HandleFunc("GET /sse", b.sse)
+	b.mux.HandleFunc("GET /ws", b.ws)
 	b.mux.HandleFunc("/", b.reply)
 	return b
 }
 
 func (b *backend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Backend", b.name)
+	w.Header().Set("Server", "xlbtest")
 	client := clientIP(r)
 	if p := r.URL.Path; p != "/health" && p != "/stats" {
 		b.mu.Lock()
@@ -230,4 +243,65 @@ func (b *backend) hold(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fmt.Fprintf(w, "done %d backend=%s\n", ticks, b.name)
+}
+
+// hangServe accepts connections on every listener and holds them open without
+// reading a request or writing a byte, until the peer closes them or ctx ends
+// (then every listener and held connection is closed).
+func hangServe(ctx context.Context, listeners []net.Listener, ready func()) error {
+	var mu sync.Mutex
+	held := map[net.Conn]struct{}{}
+	closed := false
+	closeAll := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		closed = true
+		for _, l := range listeners {
+			l.Close()
+		}
+		for c := range held {
+			c.Close()
+		}
+	}
+	stop := context.AfterFunc(ctx, closeAll)
+	defer stop()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(listeners))
+	for _, l := range listeners {
+		wg.Go(func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					if ctx.Err() == nil {
+						errc <- err
+					}
+					return
+				}
+				mu.Lock()
+				if closed {
+					mu.Unlock()
+					c.Close()
+					return
+				}
+				held[c] = struct{}{}
+				mu.Unlock()
+				wg.Go(func() {
+					io.Copy(io.Discard, c) // until the peer closes, or shutdown closes c
+					mu.Lock()
+					delete(held, c)
+					mu.Unlock()
+					c.Close()
+				})
+			}
+		})
+	}
+	ready()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		closeAll()
+	}
+	wg.Wait()
+	return err
 }

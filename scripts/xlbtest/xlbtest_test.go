@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -342,9 +343,218 @@ func TestUsageErrors(t *testing.T) {
 		{"serve", "--name", "x"},
 		{"load", "--target", "https://198.19.0.10/"},
 		{"load", "--target", "http://198.19.0.10/", "--sources", "range:1.2.3.4"},
-		{"load", "--target", "http://198.19.0.10/", "--conns", "0"},
+		{"load", "--target", "http://198.19.0.10/", "--conns", "-1"},
 		{"hold", "--target", "http://198.19.0.10/", "--secs", "-1"},
 		{"hold", "--target", "http://198.19.0.10/", "--source", "x"},
+	} {
+		if code := run(t.Context(), args, io.Discard, io.Discard); code != exitUsage {
+			t.Errorf("run(%q) = %d, want %d", args, code, exitUsage)
+		}
+	}
+}
+
+func TestServeHang(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	readyc := make(chan []string, 1)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- serve(ctx, serveConfig{Name: "h", Listen: []string{"127.0.0.1:0"}, Hang: true},
+			func(a []string) { readyc <- a })
+	}()
+	var addr string
+	select {
+	case a := <-readyc:
+		addr = a[0]
+	case err := <-errc:
+		t.Fatalf("serve --hang: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve --hang not ready")
+	}
+
+	// The TCP connection completes; the request is never answered.
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	buf := make([]byte, 1)
+	if n, err := c.Read(buf); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read = %d, %v; want nothing until the deadline", n, err)
+	}
+
+	// An HTTP client (like a health check) times out.
+	hc := &http.Client{Timeout: 200 * time.Millisecond}
+	start := time.Now()
+	if _, err := hc.Get("http://" + addr + "/health"); err == nil {
+		t.Fatal("GET answered by a hanging server")
+	} else if d := time.Since(start); d < 150*time.Millisecond || d > 2*time.Second {
+		t.Errorf("GET failed after %v (%v), want at the 200ms timeout", d, err)
+	}
+	// The load tool counts it as a read timeout.
+	target, _ := url.Parse("http://" + addr + "/")
+	sum := runLoad(t.Context(), loadConfig{Target: target, Conns: 2, Timeout: 200 * time.Millisecond,
+		DurationMax: 10 * time.Second, Parallel: 2})
+	if sum.Failed != 2 || sum.Errors["read: timeout"] != 2 {
+		t.Errorf("load against a hanging server: %+v, want 2 read timeouts", sum)
+	}
+
+	// Shutdown closes held connections and returns.
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Errorf("serve --hang: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve --hang did not stop")
+	}
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(buf); !errors.Is(err, io.EOF) {
+		t.Errorf("held connection after shutdown: read error %v, want EOF", err)
+	}
+}
+
+func TestLoadContinuous(t *testing.T) {
+	addr := startServe(t, "c1")
+	target, _ := url.Parse("http://" + addr + "/")
+	srcs := addrs("127.0.0.1", "127.0.0.2", "127.0.0.3")
+	var recs []connRecord
+	start := time.Now()
+	sum := runLoad(t.Context(), loadConfig{Target: target, Sources: srcs, Conns: 0,
+		Timeout: time.Second, DurationMax: 500 * time.Millisecond, Parallel: 4, Rate: 40,
+		OnConn: func(r connRecord) { recs = append(recs, r) }})
+	elapsed := time.Since(start)
+	// 40/s for 0.5 s: about 20, the first at once.
+	if sum.OK < 12 || sum.OK > 24 || sum.Failed != 0 || sum.Skipped != 0 {
+		t.Errorf("summary = %+v, want about 20 ok, none failed or skipped", sum)
+	}
+	if elapsed < 450*time.Millisecond || elapsed > 2*time.Second {
+		t.Errorf("continuous load took %v, want about the 500ms of --duration-max", elapsed)
+	}
+	if len(recs) != sum.OK {
+		t.Fatalf("%d records for %d connections", len(recs), sum.OK)
+	}
+	seen := map[int]bool{}
+	for _, r := range recs {
+		if seen[r.I] || r.I < 0 || r.I >= len(recs) {
+			t.Errorf("record index %d repeated or out of range", r.I)
+		}
+		seen[r.I] = true
+		if r.Backend != "c1" || r.Error != "" || r.End.Before(r.Start) || r.Start.Before(start) {
+			t.Errorf("record %+v", r)
+		}
+		if want := srcs[r.I%len(srcs)].String(); r.Source != want {
+			t.Errorf("record %d from %s, want %s", r.I, r.Source, want)
+		}
+		if r.Port == 0 {
+			t.Errorf("record %d has no local port", r.I)
+		}
+	}
+}
+
+func TestLoadUnlimitedStopsOnCancel(t *testing.T) {
+	addr := startServe(t, "c2")
+	target, _ := url.Parse("http://" + addr + "/")
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	sum := runLoad(ctx, loadConfig{Target: target, Conns: 0, Timeout: time.Second,
+		DurationMax: time.Hour, Parallel: 2, Rate: 100})
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("load ran %v after its context ended at 300ms", d)
+	}
+	if sum.OK == 0 || sum.Failed != 0 || sum.Skipped != 0 {
+		t.Errorf("summary = %+v, want some ok and nothing failed or skipped", sum)
+	}
+}
+
+func TestLoadSourcePorts(t *testing.T) {
+	// A server that records the client ports it sees.
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen[r.RemoteAddr] = true
+		mu.Unlock()
+		w.Write(replyBody("p", clientIP(r), 0))
+	}))
+	defer srv.Close()
+	target, _ := url.Parse(srv.URL)
+	srcs := addrs("127.0.0.5", "127.0.0.6")
+	var recs []connRecord
+	sum := runLoad(t.Context(), loadConfig{Target: target, Sources: srcs, Conns: 6, Timeout: 2 * time.Second,
+		DurationMax: 10 * time.Second, Parallel: 1, SourcePorts: portRange{21400, 21401},
+		OnConn: func(r connRecord) { recs = append(recs, r) }})
+	if sum.OK != 6 {
+		t.Fatalf("summary = %+v, want 6 ok (errors %v)", sum, sum.Errors)
+	}
+	// Connection i: source i%2, port 21400 + (i/2)%2 (the range wraps).
+	for _, r := range recs {
+		wantPort := 21400 + (r.I/2)%2
+		if r.Port != wantPort || r.Source != srcs[r.I%2].String() {
+			t.Errorf("connection %d from %s:%d, want %s:%d", r.I, r.Source, r.Port, srcs[r.I%2], wantPort)
+		}
+	}
+	for _, want := range []string{"127.0.0.5:21400", "127.0.0.5:21401", "127.0.0.6:21400", "127.0.0.6:21401"} {
+		if !seen[want] {
+			t.Errorf("server never saw %s (saw %v)", want, seen)
+		}
+	}
+	if got := (portRange{}).portFor(5, 2); got != 0 {
+		t.Errorf("empty range gives port %d, want 0", got)
+	}
+}
+
+func TestParsePortRange(t *testing.T) {
+	if r, err := parsePortRange("20000-20999"); err != nil || r != (portRange{20000, 20999}) {
+		t.Errorf("parsePortRange = %v, %v", r, err)
+	}
+	if r, err := parsePortRange("7-7"); err != nil || r != (portRange{7, 7}) {
+		t.Errorf("parsePortRange = %v, %v", r, err)
+	}
+	for _, bad := range []string{"", "20000", "0-10", "10-9", "1-65536", "a-b", "-5"} {
+		if _, err := parsePortRange(bad); err == nil {
+			t.Errorf("parsePortRange(%q) accepted", bad)
+		}
+	}
+}
+
+func TestLoadCmdStream(t *testing.T) {
+	addr := startServe(t, "s1")
+	var out bytes.Buffer
+	code := run(t.Context(), []string{"load", "--target", "http://" + addr + "/", "--conns", "3",
+		"--sources", "127.0.0.1", "--stream"}, &out, io.Discard)
+	if code != exitOK {
+		t.Fatalf("exit %d, output %s", code, out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("%d lines, want 3 records and the report:\n%s", len(lines), out.String())
+	}
+	for _, l := range lines[:3] {
+		var r connRecord
+		if err := json.Unmarshal([]byte(l), &r); err != nil || r.Backend != "s1" || r.Source != "127.0.0.1" || r.Start.IsZero() {
+			t.Errorf("record line %q: %+v %v", l, r, err)
+		}
+	}
+	var sum loadSummary
+	if err := json.Unmarshal([]byte(lines[3]), &sum); err != nil || sum.OK != 3 {
+		t.Errorf("report line %q: %+v %v", lines[3], sum, err)
+	}
+}
+
+func TestLoadUsageErrorsNew(t *testing.T) {
+	addr := "127.0.0.1:9" // never dialled: every case is a usage error
+	for _, args := range [][]string{
+		{"load", "--target", "http://" + addr + "/", "--rate", "-1"},
+		{"load", "--target", "http://" + addr + "/", "--rate", "1e9"},
+		{"load", "--target", "http://" + addr + "/", "--source-ports", "20000-20010"},
+		{"load", "--target", "http://" + addr + "/", "--sources", "127.0.0.1", "--source-ports", "5-3"},
+		{"serve", "--name", "x", "--listen", "127.0.0.1:0", "--hang=maybe"},
 	} {
 		if code := run(t.Context(), args, io.Discard, io.Discard); code != exitUsage {
 			t.Errorf("run(%q) = %d, want %d", args, code, exitUsage)

@@ -1,0 +1,412 @@
+package l7
+
+import (
+	"cmp"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// service is one L7 service as applied by an Update: its configuration,
+// pool, compiled header rules and counters. It is immutable once published;
+// an Update that changes the service publishes a new one (keeping stats and
+// unchanged Upstreams), and requests in flight finish on the one they
+// started with.
+type service struct {
+	srv       *Server
+	name      string
+	cfg       ServiceConfig
+	hdr       *headerPlan
+	pool      *Pool
+	ipHash    bool
+	ups       map[string]*Upstream // by backend ID
+	upStats   map[*Upstream]*upstreamStats
+	stats     *serviceStats
+	transport *http.Transport
+	tkey      transportKey
+}
+
+// transportKey is what distinguishes transports: services with the same
+// timeouts share one, and so share keep-alive connections to a backend.
+type transportKey struct{ connect, header time.Duration }
+
+// maxIdleConnsPerHost bounds the idle keep-alive connections to one backend.
+// Go's default of 2 makes a busy proxy dial for almost every request.
+const maxIdleConnsPerHost = 1024
+
+func newTransport(k transportKey) *http.Transport {
+	d := &net.Dialer{Timeout: k.connect, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy: nil, // never HTTP_PROXY from the environment
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, &dialError{err}
+			}
+			return c, nil
+		},
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: k.header,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true, // pass bodies and Accept-Encoding through untouched
+	}
+}
+
+// copyBufSize is the size of the pooled body copy buffers.
+const copyBufSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+
+// exchange is one proxied request's state, allocated once per request.
+type exchange struct {
+	url     url.URL
+	body    bodyReader
+	start   time.Time
+	up      *Upstream      // the upstream Pick reserved; Done is due
+	us      *upstreamStats // where the request is counted (nil: no backend)
+	code    int            // status sent to the client
+	kind    errKind        // gateway error, if any
+	result  Result         // for Done
+	failed  bool           // counts as an error (5xx, gateway error)
+	latency time.Duration  // set for tunnels: the time to the 101
+}
+
+// bodyReader wraps the client's request body for the transport: Close does
+// nothing (the server closes the body after the handler; a transport that
+// closed it on a failed dial would make a retry impossible and could hang
+// on a 100-continue body), read records whether a retry would replay
+// anything, and after the request is over Read returns EOF.
+type bodyReader struct {
+	rc   io.ReadCloser
+	read atomic.Bool
+	done atomic.Bool
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	if b.done.Load() {
+		return 0, io.EOF
+	}
+	if !b.read.Load() {
+		b.read.Store(true)
+	}
+	return b.rc.Read(p)
+}
+
+func (b *bodyReader) Close() error { return nil }
+
+// ServeHTTP proxies r to a backend of the service.
+func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	h := w.Header()
+	ex := &exchange{start: start, code: http.StatusOK}
+	defer s.finish(ex)
+	if r.Method == http.MethodConnect {
+		ex.code = connectNotAllowed.status
+		s.hdr.responseHeader(h, nil, time.Since(start), nil)
+		connectNotAllowed.write(w, h)
+		return
+	}
+
+	o := s.hdr.origin(r.RemoteAddr, r.Header)
+	reqID := r.Header[hdrRequestID]
+	switch {
+	case len(reqID) == 0 || reqID[0] == "":
+		reqID = []string{newRequestID()}
+	case len(reqID) > 1:
+		reqID = reqID[:1:1]
+	}
+	outHeader, upType := s.hdr.requestHeader(r, o, reqID, start)
+
+	clientCtx := r.Context()
+	ctx := clientCtx
+	if s.cfg.RequestTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		defer cancel()
+	}
+	if s.ipHash && o.client != o.peer {
+		ctx = WithClientIP(ctx, o.client)
+	}
+
+	ex.url = url.URL{Scheme: "http", Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
+	out := (&http.Request{
+		Method:        r.Method,
+		URL:           &ex.url,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        outHeader,
+		ContentLength: r.ContentLength,
+		Host:          cmp.Or(s.hdr.hostRewrite, r.Host),
+		RemoteAddr:    r.RemoteAddr,
+		Trailer:       r.Trailer,
+	}).WithContext(ctx)
+	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+		ex.body.rc = r.Body
+		out.Body = &ex.body
+		// The answer may start before the body has all arrived (an echo, a
+		// backend that answers early): without full duplex, net/http would
+		// discard the rest of the body under the transport's feet when the
+		// response header goes out. HTTP/2 is full duplex anyway.
+		http.NewResponseController(w).EnableFullDuplex()
+	}
+
+	// Pick reads the client address (ip_hash) from the context and the
+	// sticky cookie from the header: out has both, unless a rule changed
+	// the Cookie header.
+	pickReq := out
+	if s.hdr.touchesCookie && s.pool.Sticky != nil {
+		pickReq = r.WithContext(ctx)
+	}
+	var exclude *Upstream
+	var firstErr *upstreamStats // the backend of a failed first attempt
+	for attempt := 0; ; attempt++ {
+		u, cookie, err := s.pool.Pick(pickReq, exclude)
+		if err != nil {
+			kind := errNoBackend
+			switch {
+			case err == ErrOverloaded:
+				kind = errOverloaded
+			case attempt > 0:
+				// Nowhere else to go: the first attempt's error stands,
+				// already counted against its backend.
+				ex.us, ex.failed = firstErr, true
+				s.gatewayError(w, h, ex, errConnect, reqID, false)
+				return
+			}
+			s.gatewayError(w, h, ex, kind, reqID, true)
+			return
+		}
+		ex.up, ex.us = u, s.upStats[u]
+		out.URL.Host = ex.us.label
+		res, err := s.transport.RoundTrip(out)
+		if err != nil {
+			kind, canceled := classify(err, ctx, clientCtx)
+			if canceled {
+				ex.code, ex.result = statusClientClosed, ResultCanceled
+				return
+			}
+			if kind == errConnect && attempt == 0 && s.retryable(r, ex) {
+				u.Done(s.pool, ResultConnectError, time.Since(start))
+				ex.us.errs[errConnect].Add(1)
+				s.srv.log.Debug("l7: connect failed, retrying on another backend", "service", s.name,
+					"backend", u.ID, "err", err)
+				firstErr, exclude = ex.us, u
+				ex.up, ex.us = nil, nil
+				out = out.Clone(ctx) // the transport may still hold the first one
+				continue
+			}
+			ex.result = kind.result()
+			s.gatewayError(w, h, ex, kind, reqID, true)
+			return
+		}
+		ex.code = res.StatusCode
+		if res.StatusCode == http.StatusSwitchingProtocols {
+			s.tunnel(w, r, res, ex, upType, reqID, cookie)
+			return
+		}
+		if res.StatusCode >= 500 {
+			ex.result, ex.failed = ResultServerError, true
+		}
+		copyResponseHeader(h, res.Header)
+		s.hdr.responseHeader(h, reqID, time.Since(start), cookie)
+		announced := len(res.Trailer)
+		if announced > 0 {
+			keys := make([]string, 0, announced)
+			for k := range res.Trailer {
+				keys = append(keys, k)
+			}
+			h["Trailer"] = []string{strings.Join(keys, ", ")}
+		}
+		w.WriteHeader(res.StatusCode)
+		s.copyBody(w, res, ex, ctx, clientCtx)
+		if len(res.Trailer) > 0 {
+			// Flushing forces chunking: a short body would get a
+			// Content-Length and no trailers otherwise.
+			http.NewResponseController(w).Flush()
+			prefix := ""
+			if len(res.Trailer) != announced {
+				prefix = http.TrailerPrefix
+			}
+			for k, vv := range res.Trailer {
+				h[prefix+k] = vv
+			}
+		}
+		return
+	}
+}
+
+// retryable: an idempotent method (RFC 9110 section 9.2.2) whose body is
+// empty or untouched, on a service that retries.
+func (s *service) retryable(r *http.Request, ex *exchange) bool {
+	if !s.cfg.RetryIdempotent {
+		return false
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return ex.body.rc == nil || !ex.body.read.Load()
+	}
+	return false
+}
+
+// gatewayError answers with the proxy's own error for kind. count adds it
+// to the error counters (false when it was counted already).
+func (s *service) gatewayError(w http.ResponseWriter, h http.Header, ex *exchange, kind errKind, reqID []string, count bool) {
+	g := gatewayResponses[kind]
+	ex.code, ex.failed = g.status, true
+	if count {
+		ex.kind = kind
+	}
+	if ex.result == ResultOK {
+		ex.result = kind.result()
+	}
+	s.hdr.responseHeader(h, reqID, time.Since(ex.start), nil)
+	g.write(w, h)
+}
+
+// copyBody streams the response body to the client through a pooled
+// buffer, flushing after every write for event streams and bodies of
+// unknown length. A backend that breaks off mid-body aborts the client's
+// response (the client sees a truncated answer, never a complete-looking
+// one); a client that goes away just ends it.
+func (s *service) copyBody(w http.ResponseWriter, res *http.Response, ex *exchange, ctx, clientCtx context.Context) {
+	var flush func() error
+	if res.ContentLength == -1 || isEventStream(res.Header) {
+		if f, ok := w.(http.Flusher); ok {
+			flush = func() error { f.Flush(); return nil }
+		} else {
+			flush = http.NewResponseController(w).Flush
+		}
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := res.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				res.Body.Close()
+				ex.result = ResultCanceled
+				return
+			}
+			if flush != nil {
+				flush()
+			}
+		}
+		if rerr == io.EOF {
+			res.Body.Close() // also fills res.Trailer
+			return
+		}
+		if rerr != nil {
+			res.Body.Close()
+			kind, canceled := classify(rerr, ctx, clientCtx)
+			if canceled {
+				ex.result = ResultCanceled
+				return
+			}
+			ex.kind, ex.result, ex.failed = kind, ResultBroken, true
+			s.srv.log.Debug("l7: backend broke off the response", "service", s.name, "backend", ex.up.ID, "err", rerr)
+			panic(http.ErrAbortHandler) // finish runs first, as a deferred call
+		}
+	}
+}
+
+func isEventStream(h http.Header) bool {
+	ct := h["Content-Type"]
+	if len(ct) == 0 {
+		return false
+	}
+	base, _, _ := strings.Cut(ct[0], ";")
+	return strings.EqualFold(strings.TrimSpace(base), "text/event-stream")
+}
+
+// finish ends a request: the upstream's Done, the counters.
+func (s *service) finish(ex *exchange) {
+	ex.body.done.Store(true)
+	end := time.Now()
+	lat := end.Sub(ex.start)
+	if ex.latency > 0 {
+		lat = ex.latency
+	}
+	if ex.up != nil {
+		ex.up.Done(s.pool, ex.result, lat)
+	}
+	s.stats.record(ex.us, ex.code, ex.kind, ex.failed || ex.kind != errNone, lat, end)
+}
+
+// tunnel serves a 101 Switching Protocols answer (WebSocket): it checks the
+// backend switched to what the client asked, hands the 101 to the client on
+// the hijacked connection and copies bytes both ways until either side
+// closes. The tunnel is not bounded by the request timeout; Shutdown waits
+// for it until its deadline, then closes it.
+func (s *service) tunnel(w http.ResponseWriter, r *http.Request, res *http.Response, ex *exchange, upType string, reqID []string, cookie *http.Cookie) {
+	ex.latency = time.Since(ex.start)
+	h := w.Header()
+	backConn, ok := res.Body.(io.ReadWriteCloser)
+	if !ok || upType == "" || !strings.EqualFold(upgradeType(res.Header), upType) {
+		res.Body.Close()
+		ex.result = ResultBroken
+		s.gatewayError(w, h, ex, errBroken, reqID, true)
+		return
+	}
+	defer backConn.Close()
+	copyResponseHeader(h, res.Header)
+	h["Connection"] = connUpgrade
+	h["Upgrade"] = res.Header["Upgrade"]
+	s.hdr.responseHeader(h, reqID, ex.latency, cookie)
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		delete(h, "Connection")
+		delete(h, "Upgrade")
+		ex.result = ResultCanceled
+		s.gatewayError(w, h, ex, errBroken, reqID, false)
+		return
+	}
+	defer conn.Close()
+	if l, _ := r.Context().Value(listenerKey{}).(*listener); l != nil {
+		defer l.trackTunnel(conn)()
+	}
+	brw.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	h.Write(brw)
+	brw.WriteString("\r\n")
+	if err := brw.Flush(); err != nil {
+		ex.result = ResultCanceled
+		return
+	}
+	if n := brw.Reader.Buffered(); n > 0 { // the client did not wait for the 101
+		b, _ := brw.Reader.Peek(n)
+		if _, err := backConn.Write(b); err != nil {
+			return
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		copyConn(backConn, conn)
+		backConn.Close()
+		conn.Close()
+	}()
+	copyConn(conn, backConn)
+	conn.Close()
+	backConn.Close()
+	<-done
+}
+
+// copyConn copies src to dst with a pooled buffer until either fails.
+func copyConn(dst io.Writer, src io.Reader) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+}
+
+var (
+	_ http.Handler  = (*service)(nil)
+	_ io.ReadCloser = (*bodyReader)(nil)
+)
