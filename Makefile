@@ -8,7 +8,7 @@ TESTFLAGS ?= -count=1 -timeout 40m
 
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux
 
-.PHONY: all deps generate build test test-unit e2e bench bench-xdp bench-control demo fmt vet clean check-generate
+.PHONY: all deps generate build test test-unit e2e bench bench-xdp bench-control bench-l7 demo fmt vet clean check-generate
 
 all: build
 
@@ -57,7 +57,13 @@ bench-control:
 		-bench 'BenchmarkTransitionToTable|BenchmarkReconcile|BenchmarkHealthChecks' -benchtime 1x \
 		./control/ ./loader/ ./health/
 
-bench: bench-xdp bench-control
+## bench-l7: wrk against xlb, HAProxy and nginx on the same three local backends
+bench-l7: build
+	@missing=""; for p in wrk haproxy nginx; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	$(GO) run ./scripts/benchl7 -xlb $(BIN)/xlb
+
+bench: bench-xdp bench-control bench-l7
 
 ## demo: namespaces, three backends, xlb, traffic, the spread, teardown
 demo: deps build
