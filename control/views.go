@@ -6,6 +6,7 @@ import (
 
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/l7"
 	"github.com/xlb-dev/xlb/loader"
 )
 
@@ -97,21 +98,11 @@ func (c *Controller) Backends(serviceName string) ([]BackendInfo, error) {
 	return out, nil
 }
 
-// HealthReport is the /lb/health answer.
-type HealthReport struct {
-	Status          string          `json:"status"` // healthy | degraded | unhealthy
-	HealthyBackends int             `json:"healthy_backends"`
-	TotalBackends   int             `json:"total_backends"`
-	Services        []ServiceHealth `json:"services,omitempty"`
-}
+// HealthReport is the /lb/health answer; the L7 listeners answer the same shape.
+type HealthReport = l7.HealthReport
 
 // ServiceHealth is one service's part of the report.
-type ServiceHealth struct {
-	Name            string `json:"name"`
-	Status          string `json:"status"`
-	HealthyBackends int    `json:"healthy_backends"`
-	TotalBackends   int    `json:"total_backends"`
-}
+type ServiceHealth = l7.ServiceHealth
 
 func status(healthy, total int) string {
 	switch {
