@@ -206,11 +206,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case tr := <-c.transitions:
-			// One reconcile covers every transition already queued.
+			// One reconcile covers every transition already queued; each
+			// is logged as applied.
+			batch := []health.Transition{tr}
 			for more := true; more; {
 				select {
 				case next := <-c.transitions:
-					tr = next
+					batch = append(batch, next)
 				default:
 					more = false
 				}
@@ -220,9 +222,12 @@ func (c *Controller) Run(ctx context.Context) error {
 				c.log.Error("reconcile after health transition", "err", err)
 				continue
 			}
-			c.log.Info("health transition applied", "backend", tr.Spec.Target.String(),
-				"state", tr.To.String(), "after", time.Since(tr.At).Round(time.Microsecond).String(),
-				"reconcile", time.Since(start).Round(time.Microsecond).String())
+			took := time.Since(start).Round(time.Microsecond).String()
+			for _, tr := range batch {
+				c.log.Info("health transition applied", "backend", tr.Spec.Target.String(),
+					"state", tr.To.String(), "after", time.Since(tr.At).Round(time.Microsecond).String(),
+					"reconcile", took)
+			}
 		case <-c.kick:
 			if err := c.reconcile(ctx); err != nil {
 				c.log.Error("reconcile", "err", err)
@@ -368,19 +373,32 @@ func (c *Controller) reconcile(ctx context.Context) error {
 	return nil
 }
 
-// Reload swaps in a new, already validated config as a difference.
-func (c *Controller) Reload(cfg *config.Config) {
+// Reload swaps in a new, already validated config as a difference. The L7
+// tier takes it first: when it cannot (a listen address already in use),
+// nothing changes and the error says why. Committing a config the L7 tier
+// refused would make every later reconcile fail, freezing the L7 backends'
+// health and admin states.
+func (c *Controller) Reload(cfg *config.Config) error {
 	c.mu.Lock()
 	if c.cfg.Daemon != cfg.Daemon {
 		c.log.Warn("reload: [daemon] changes need a restart; applying the rest")
 		cfg.Daemon = c.cfg.Daemon
 	}
+	prevServices, prevCfg := c.services, c.cfg
 	c.services = buildServices(cfg, c.services)
 	c.cfg = cfg
+	if c.l7 != nil {
+		if err := c.l7.Update(c.l7Configs()); err != nil {
+			c.services, c.cfg = prevServices, prevCfg
+			c.mu.Unlock()
+			return fmt.Errorf("L7 tier: %w", err)
+		}
+	}
 	c.mu.Unlock()
 	c.syncHealth()
 	c.requestReconcile()
 	c.log.Info("config reloaded", "services", len(cfg.Services))
+	return nil
 }
 
 // Config returns the running config.

@@ -176,7 +176,9 @@ func TestReloadKeepsState(t *testing.T) {
 	if _, err := c.AddBackend(AddRequest{Service: "api", Address: "127.0.0.1", Port: extra.addr.Port()}); err != nil {
 		t.Fatal(err)
 	}
-	c.Reload(l7Config(t, "", a, b))
+	if err := c.Reload(l7Config(t, "", a, b)); err != nil {
+		t.Fatal(err)
+	}
 	if st := stateOf(t, c, id(b)); st.State != "down" {
 		t.Fatalf("b after reload: %+v (health state lost)", st)
 	}
@@ -187,7 +189,9 @@ func TestReloadKeepsState(t *testing.T) {
 		t.Fatalf("admin-added backend after reload: %+v", st)
 	}
 	// Same backends, a different check path: a new check, starting up.
-	c.Reload(l7Config(t, `path = "/other"`, a, b))
+	if err := c.Reload(l7Config(t, `path = "/other"`, a, b)); err != nil {
+		t.Fatal(err)
+	}
 	if st := stateOf(t, c, id(b)); st.Health != "healthy" {
 		t.Fatalf("b with a new check: %+v, want the initial state", st)
 	}

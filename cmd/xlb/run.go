@@ -121,8 +121,11 @@ func runCmd(args []string) error {
 		if err != nil {
 			return err
 		}
-		vips.sync(next)
-		ctl.Reload(next)
+		vips.sync(next) // before the L7 tier binds a new add_vip VIP
+		if err := ctl.Reload(next); err != nil {
+			vips.sync(ctl.Config())
+			return err
+		}
 		return nil
 	}
 
