@@ -32,8 +32,12 @@ const (
 // over benchWindow) as a percentage of one core, and its goroutines. The
 // backends are 1000 loopback listeners (127.2.x.y) of one `xlbtest serve`
 // process, so their CPU is not counted (it is reported apart, from
-// /proc/PID/stat). Run it with `make bench-control` (-benchtime 1x: each case
-// measures its own window).
+// /proc/PID/stat). Two cases: a new connection for every check (as before
+// checks reused connections) and the default, connections reused for
+// DefaultChecksPerConnection checks. goroutines-max is the most goroutines
+// above those before the Manager started, sampled every 100 ms; checks/s
+// counts successful checks (a failed one fails the benchmark). Run it with
+// `make bench-control` (-benchtime 1x: each case measures its own window).
 func BenchmarkHealthChecks(b *testing.B) {
 	addrs, serverCPU := startServe(b, benchTargets)
 	cases := []struct {
@@ -46,7 +50,10 @@ func BenchmarkHealthChecks(b *testing.B) {
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
 			mx := NewMetrics(nil)
-			log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+			// As the daemon logs (info): a failed check would log a warning,
+			// whose reason is kept.
+			failures := newLogRecorder()
+			log := slog.New(levelHandler{failures, slog.LevelWarn})
 			base := runtime.NumGoroutine()
 			m := NewManager(log, mx)
 			defer m.Close()
@@ -87,7 +94,11 @@ func BenchmarkHealthChecks(b *testing.B) {
 			ok1, failed1 := checks()
 
 			if failed1 > failed0 {
-				b.Errorf("%v checks failed in the window", failed1-failed0)
+				reasons := map[string]int{}
+				for _, r := range failures.records(slog.LevelWarn) {
+					reasons[r.attrs["reason"]]++
+				}
+				b.Errorf("%v checks failed in the window; failures by reason, warm-up included: %v", failed1-failed0, reasons)
 			}
 			for _, st := range m.Snapshot() {
 				if st.State != Healthy {
@@ -105,6 +116,19 @@ func BenchmarkHealthChecks(b *testing.B) {
 		})
 	}
 }
+
+// levelHandler passes records at min and above to h.
+type levelHandler struct {
+	h   slog.Handler
+	min slog.Level
+}
+
+func (l levelHandler) Enabled(ctx context.Context, lv slog.Level) bool { return lv >= l.min }
+func (l levelHandler) Handle(ctx context.Context, r slog.Record) error { return l.h.Handle(ctx, r) }
+func (l levelHandler) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelHandler{l.h.WithAttrs(a), l.min}
+}
+func (l levelHandler) WithGroup(g string) slog.Handler { return levelHandler{l.h.WithGroup(g), l.min} }
 
 // selfCPU is the process's user and system CPU time.
 func selfCPU(b *testing.B) (user, sys time.Duration) {

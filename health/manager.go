@@ -303,16 +303,16 @@ func (c *checker) run(ctx context.Context) {
 }
 
 // maxCoalesceStep bounds the grid that check start times are rounded to.
-const maxCoalesceStep = 25 * time.Millisecond
+const maxCoalesceStep = 50 * time.Millisecond
 
-// coalesceStep is the grid of check start times for interval: 1/40 of it, at
+// coalesceStep is the grid of check start times for interval: 1/20 of it, at
 // most maxCoalesceStep. Timers of many checkers then expire together, and the
 // process wakes once for all of their checks instead of once for each: with
-// 1000 targets at 1 s that is 40 wake-ups a second instead of 1000, and half
-// the CPU the checks cost. It changes a delay by at most half a step (1.25%
-// of Interval, next to the default jitter of ±10%).
+// 1000 targets at 1 s that is 20 wake-ups a second instead of 1000, and less
+// than half the CPU the checks cost. It moves a start by at most half a step
+// (2.5% of Interval, 25 ms; the default jitter is ±10%).
 func coalesceStep(interval time.Duration) time.Duration {
-	return min(interval/40, maxCoalesceStep)
+	return min(interval/20, maxCoalesceStep)
 }
 
 // coalesce rounds t to the nearest multiple of step (of the wall clock, so

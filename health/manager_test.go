@@ -74,7 +74,6 @@ func TestHangingTargetDoesNotDelayOthers(t *testing.T) {
 	const (
 		interval = 50 * time.Millisecond
 		jitter   = 0.1
-		slack    = 30 * time.Millisecond
 	)
 	hang := hangServer(t)
 	srv := newRecServer(t)
@@ -106,7 +105,10 @@ func TestHangingTargetDoesNotDelayOthers(t *testing.T) {
 	if len(times) < 10 {
 		t.Fatalf("only %d checks of the healthy target while the others hung", len(times))
 	}
-	maxGap := interval + interval/10 + slack // interval*(1+jitter) + slack
+	// A checker held up by the hanging ones would show a gap of their 500 ms
+	// timeout; half of it separates that from scheduling noise on a loaded
+	// machine, which has reached 125 ms here.
+	maxGap := 250 * time.Millisecond
 	for i := 1; i < len(times); i++ {
 		gap := times[i].Sub(times[i-1])
 		if gap > maxGap {
@@ -419,7 +421,8 @@ func TestManyTargets(t *testing.T) {
 	}
 	elapsed, cpu := time.Since(start), processCPU(t)-cpu0
 	for i := range n {
-		// Checks at [0, 0.1 s] and then [0.9 s, 1.2 s]: 2 or 3 in 2 s.
+		// Checks at [0, 0.125 s] and then [0.875 s, 1.25 s] (jitter, then the
+		// 50 ms grid of coalesceStep): 2 or 3 in 2 s.
 		if c := srv.count(fmt.Sprintf("/t/%d", i)); c < 2 || c > 3 {
 			t.Fatalf("target %d checked %d times in %v", i, c, elapsed)
 		}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,6 +107,9 @@ type svcState struct {
 	value   bpf.XlbSvcValue
 	info    bpf.XlbSvcInfo
 	ringSum uint64 // fnv-64 of the ring's entries; 0 = no ring
+	// ringInput is what the current ring was built from (M, then each usable
+	// backend's name, weight and id): unchanged input, no rebuild.
+	ringInput string
 }
 
 type beState struct {
@@ -470,7 +474,12 @@ func (r *Reconciler) swapRing(s *ServiceSpec, st *svcState, m uint32, entries ma
 		names = append(names, maglev.Backend{Name: ident.addr.String(), Weight: b.Weight})
 		ids = append(ids, r.backends[ident].id)
 	}
+	input := ringInputKey(m, names, ids)
+	if st.ringSum != 0 && input == st.ringInput {
+		return nil
+	}
 	if len(names) == 0 {
+		st.ringInput = ""
 		if st.ringSum == 0 {
 			return nil
 		}
@@ -492,6 +501,7 @@ func (r *Reconciler) swapRing(s *ServiceSpec, st *svcState, m uint32, entries ma
 	}
 	sum := ringSum(ring)
 	if sum == st.ringSum {
+		st.ringInput = input
 		return nil
 	}
 	inner, err := newRing(ring)
@@ -503,12 +513,22 @@ func (r *Reconciler) swapRing(s *ServiceSpec, st *svcState, m uint32, entries ma
 		return fmt.Errorf("swap ring of %s: %w", s.Name, err)
 	}
 	st.ringSum = sum
+	st.ringInput = input
 	ch.RingsSwapped++
 	if r.Metrics != nil {
 		r.Metrics.rebuilds.Inc()
 	}
 	r.log.Info("maglev table swapped", "service", s.Name, "backends", len(names), "size", m)
 	return nil
+}
+
+func ringInputKey(m uint32, names []maglev.Backend, ids []uint32) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d", m)
+	for i, n := range names {
+		fmt.Fprintf(&b, "|%s/%d/%d", n.Name, n.Weight, ids[i])
+	}
+	return b.String()
 }
 
 // writeMarkers keeps one (VIP, 0, proto) marker per VIP and protocol with an
