@@ -299,6 +299,9 @@ func dropIncompatiblePins(spec *ebpf.CollectionSpec, dir string, log *slog.Logge
 			return false, fmt.Errorf("open pinned map %s: %w", path, err)
 		}
 		cerr := ms.Compatible(m)
+		if cerr == nil && name == bpf.XlbMapRings {
+			cerr = ringsTemplateCompatible(m)
+		}
 		m.Close()
 		if cerr == nil {
 			adopted = true
@@ -311,6 +314,27 @@ func dropIncompatiblePins(spec *ebpf.CollectionSpec, dir string, log *slog.Logge
 		}
 	}
 	return adopted, nil
+}
+
+// ringsTemplateCompatible checks what Compatible cannot see: the pinned outer
+// map's inner-map template must accept the rings this loader builds (an older
+// build's template differs in flags). It probes with an empty ring in the
+// last slot, which only a full service table uses.
+func ringsTemplateCompatible(rings *ebpf.Map) error {
+	probe, err := newRing(make([]uint32, 1))
+	if err != nil {
+		return err
+	}
+	defer probe.Close()
+	slot := MaxServices - 1
+	var id ebpf.MapID
+	if err := rings.Lookup(slot, &id); err == nil {
+		return nil // in use: nothing to probe without disturbing it
+	}
+	if err := rings.Update(slot, probe, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("inner map template: %v: %w", err, ebpf.ErrMapIncompatible)
+	}
+	return rings.Delete(slot)
 }
 
 func verifierTail(ve *ebpf.VerifierError, n int) string {

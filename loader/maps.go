@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"reflect"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/xlb-dev/xlb/bpf"
 )
@@ -222,7 +224,8 @@ func readRing(inner *ebpf.Map) ([]uint32, error) {
 	return out, nil
 }
 
-// newRing creates an inner ring map holding entries (backend ids).
+// newRing creates an inner ring map holding entries (backend ids), filled
+// through its memory mapping: one copy instead of a kernel update per slot.
 func newRing(entries []uint32) (*ebpf.Map, error) {
 	inner, err := ebpf.NewMap(&ebpf.MapSpec{
 		Name:       "xlb_ring",
@@ -235,20 +238,27 @@ func newRing(entries []uint32) (*ebpf.Map, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create ring: %w", err)
 	}
-	keys := make([]uint32, len(entries))
-	for i := range keys {
-		keys[i] = uint32(i)
+	mem, err := inner.Memory()
+	if err != nil {
+		inner.Close()
+		return nil, fmt.Errorf("map ring: %w", err)
 	}
-	if _, err := inner.BatchUpdate(keys, entries, nil); err != nil {
+	// The kernel lays array elements out 8 bytes apart (round_up(value_size, 8)).
+	const stride = 8
+	buf := make([]byte, stride*len(entries))
+	for i, e := range entries {
+		binary.NativeEndian.PutUint32(buf[stride*i:], e)
+	}
+	if _, err := mem.WriteAt(buf, 0); err != nil {
 		inner.Close()
 		return nil, fmt.Errorf("fill ring: %w", err)
 	}
 	return inner, nil
 }
 
-// innerMapFlags must equal the rings template's flags (BPF_F_INNER_MAP), or the
-// kernel refuses the inner map.
-const innerMapFlags = 1 << 12
+// innerMapFlags must equal the rings template's flags in xlb.c
+// (BPF_F_INNER_MAP | BPF_F_MMAPABLE), or the kernel refuses the inner map.
+const innerMapFlags = unix.BPF_F_INNER_MAP | unix.BPF_F_MMAPABLE
 
 // macString formats a MAC from a fixed array; all-zero prints as "-".
 func macString(b [6]uint8) string {

@@ -10,6 +10,9 @@ import (
 	"os"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
 	"github.com/xlb-dev/xlb/bpf"
 )
 
@@ -689,4 +692,43 @@ func TestAdoptPinnedState(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("pin directory left behind: %v", err)
 	}
+}
+
+// A pinned rings map from a build whose inner-map template differs (the
+// flags are invisible to MapSpec.Compatible) is recreated, not adopted into
+// failing ring swaps.
+func TestIncompatibleRingsTemplateRecreated(t *testing.T) {
+	requireRoot(t)
+	dir := fmt.Sprintf("/sys/fs/bpf/xlb-test-rings-%d", os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := ensureBPFFS(dir, quietLogger()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{
+		Name: "rings", Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: MaxServices,
+		InnerMap: &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1, Flags: unix.BPF_F_INNER_MAP},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(dir + "/rings"); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	dp, err := Open(Options{PinDir: dir, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close(false)
+	rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: loIfIndex}, loIfIndex, quietLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, dp: dp, rec: rec}
+	f.apply(standardDesired())
+	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpSYN}
+	f.expectOne(t, p.build(), xdpTX, rTX)
 }
