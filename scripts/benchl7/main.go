@@ -244,16 +244,22 @@ func parseWrk(out string) (result, error) {
 	return r, nil
 }
 
+// statFields returns the fields of /proc/PID/stat after the command name
+// (fields[1] is the parent pid, [11] and [12] utime and stime).
+func statFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+}
+
 // cpuSeconds reads utime+stime of each pid.
 func cpuSeconds(pids []int) []float64 {
 	var out []float64
 	for _, pid := range pids {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		fields := statFields(pid)
 		if len(fields) < 13 {
 			continue
 		}
@@ -273,13 +279,7 @@ func withChildren(pid int) []int {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
+		if fields := statFields(child); len(fields) > 1 && fields[1] == strconv.Itoa(pid) {
 			out = append(out, child)
 		}
 	}
