@@ -28,7 +28,7 @@ type service struct {
 	ups       map[string]*Upstream // by backend ID
 	upStats   map[*Upstream]*upstreamStats
 	stats     *serviceStats
-	transport *http.Transport
+	transport *transport
 	tkey      transportKey
 }
 

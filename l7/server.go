@@ -106,7 +106,7 @@ type Server struct {
 	listeners  map[netip.AddrPort]*listener
 	retiring   sync.WaitGroup // listeners removed by Update, still draining
 	retired    map[*listener]struct{}
-	transports map[transportKey]*http.Transport
+	transports map[transportKey]*transport
 }
 
 // generation is one applied configuration: services by name, sorted.
@@ -135,7 +135,7 @@ func NewServer(o Options) *Server {
 	s := &Server{
 		log: o.Logger, listen: o.ListenFunc, opts: o, prom: newPromMetrics(),
 		listeners: map[netip.AddrPort]*listener{}, retired: map[*listener]struct{}{},
-		transports: map[transportKey]*http.Transport{},
+		transports: map[transportKey]*transport{},
 	}
 	s.gen.Store(&generation{byName: map[string]*service{}})
 	if o.Registerer != nil {
@@ -165,7 +165,7 @@ func (s *Server) Update(services []ServiceConfig) error {
 	}
 	old := s.gen.Load()
 	gen := &generation{byName: make(map[string]*service, len(services))}
-	newTransports := map[transportKey]*http.Transport{}
+	newTransports := map[transportKey]*transport{}
 	for i := range services {
 		c := &services[i]
 		svc, err := s.buildService(c, old.byName[c.Name], newTransports)
@@ -230,7 +230,7 @@ func (s *Server) Update(services []ServiceConfig) error {
 // buildService returns the service for c: prev itself when only backend
 // states changed, else a new one that keeps prev's stats, policy and the
 // Upstreams of unchanged backends. New transports go to newT.
-func (s *Server) buildService(c *ServiceConfig, prev *service, newT map[transportKey]*http.Transport) (*service, error) {
+func (s *Server) buildService(c *ServiceConfig, prev *service, newT map[transportKey]*transport) (*service, error) {
 	if prev != nil && sameConfig(&prev.cfg, c) {
 		return prev, nil
 	}
@@ -302,7 +302,7 @@ func (s *Server) buildService(c *ServiceConfig, prev *service, newT map[transpor
 	svc.transport = s.transports[key]
 	if svc.transport == nil {
 		if svc.transport = newT[key]; svc.transport == nil {
-			svc.transport = newTransport(key)
+			svc.transport = newProxyTransport(key)
 			newT[key] = svc.transport
 		}
 	}
