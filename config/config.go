@@ -120,6 +120,9 @@ const (
 	maxInterfaceNameLen = 15
 )
 
+// MaxThreads bounds daemon.threads.
+const MaxThreads = 1024
+
 // Default and bound of daemon.shutdown_grace.
 const (
 	DefaultShutdownGrace = 30 * time.Second
@@ -162,6 +165,10 @@ type Daemon struct {
 	// ShutdownGrace is how long SIGTERM waits for in-flight L7 requests
 	// after the listeners stop accepting, before xlb exits anyway.
 	ShutdownGrace time.Duration
+	// Threads is how many threads run Go code at once (GOMAXPROCS): the
+	// L7 tier's share of the host, as HAProxy's nbthread. 0 leaves Go's
+	// default: one per core, or the GOMAXPROCS environment variable.
+	Threads uint32
 }
 
 // HealthCheck is how the backends of a service are checked. In a parsed

@@ -148,7 +148,7 @@ func TestExampleConfig(t *testing.T) {
 		"unhealthy_threshold", "healthy_threshold", "initial_state",
 		"listen", "token_file", "token_env", "drain_timeout",
 		"algorithm", "health_check_path", "health_check_port",
-		"shutdown_grace",
+		"shutdown_grace", "threads",
 		"hosts", "path_prefix", "add_vip", "lb_endpoints", "connect_timeout", "response_header_timeout",
 		"request_timeout", "retry_idempotent", "max_in_flight",
 		"cookie", "ttl", "max_fails", "ejection", "max_ejection",

@@ -88,6 +88,7 @@ func decodeDaemon(t *table) Daemon {
 	enum(t, "log_format", &d.LogFormat)
 	enum(t, "log_level", &d.LogLevel)
 	t.duration("shutdown_grace", MinDuration, MaxShutdownGrace, &d.ShutdownGrace)
+	t.uint32("threads", 0, MaxThreads, &d.Threads)
 	t.finish()
 	return d
 }

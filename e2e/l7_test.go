@@ -743,3 +743,25 @@ func TestLegacyConfig(t *testing.T) {
 		t.Errorf("xlb after SIGTERM: %v, want exit 0", err)
 	}
 }
+
+// TestL7RuntimeSettings: daemon.threads sets GOMAXPROCS and the daemon runs
+// with its GC target (GOGC 400) unless the environment sets GOGC, as the
+// Go runtime's own metrics on /metrics show.
+func TestL7RuntimeSettings(t *testing.T) {
+	t.Parallel()
+	e := newL7Env(t)
+	back := e.addr(t, 2)
+	e.backend(t, "b1", back)
+	svc := e.addr(t, 1)
+	hdr := strings.Replace(e.header(t, 5*time.Second, true), "[daemon]\n", "[daemon]\nthreads = 1\n", 1)
+	e.runXLB(t, e.writeConfig(t, hdr+l7HC+l7Service("web", svc, "", back)))
+	if r := do(t, newClient(e.ip(11), 10*time.Second), "GET", "http://"+svc+"/"); r.Code != 200 {
+		t.Fatalf("GET /: %d %q", r.Code, r.Body)
+	}
+	r := do(t, pollClient, "GET", "http://"+e.admin+"/metrics")
+	for _, want := range []string{"go_sched_gomaxprocs_threads 1\n", "go_gc_gogc_percent 400\n"} {
+		if !strings.Contains(string(r.Body), want) {
+			t.Errorf("/metrics has no %q", strings.TrimSpace(want))
+		}
+	}
+}

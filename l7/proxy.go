@@ -126,10 +126,9 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	clientCtx := r.Context()
 	ctx := clientCtx
+	var deadline time.Time // the request timeout
 	if s.cfg.RequestTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.cfg.RequestTimeout)
-		defer cancel()
+		deadline = start.Add(s.cfg.RequestTimeout)
 	}
 	if s.ipHash && o.client != o.peer {
 		ctx = WithClientIP(ctx, o.client)
@@ -156,6 +155,15 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// discard the rest of the body under the transport's feet when the
 		// response header goes out. HTTP/2 is full duplex anyway.
 		http.NewResponseController(w).EnableFullDuplex()
+	}
+	if !deadline.IsZero() && !s.transport.direct(out) {
+		// net/http's transport takes the request timeout from the context;
+		// the direct path puts it on the backend connection, without a
+		// timer per request.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+		out = out.WithContext(ctx)
 	}
 
 	// Pick reads the client address (ip_hash) from the context and the
@@ -186,7 +194,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ex.up, ex.us = u, s.upStats[u]
 		out.URL.Host = ex.us.label
-		res, err := s.transport.RoundTrip(out)
+		res, err := s.transport.roundTrip(out, deadline)
 		if err != nil {
 			kind, canceled := classify(err, ctx, clientCtx)
 			if canceled {

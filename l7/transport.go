@@ -49,12 +49,24 @@ const peekAfterIdle = 250 * time.Millisecond
 // net/http's IdleConnTimeout does for the other path.
 const idleConnTimeout = 90 * time.Second
 
-// RoundTrip sends req (whose URL.Host is the backend) and returns the
-// answer. Errors are those of net/http's Transport as classify expects:
-// a *dialError when nothing reached the backend, a timeout when the
-// response header did not come in time or the context ended.
+// RoundTrip is roundTrip without a deadline.
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Body != nil || req.Header["Upgrade"] != nil {
+	return t.roundTrip(req, time.Time{})
+}
+
+// direct reports whether req goes over the transport's own pools.
+func (t *transport) direct(req *http.Request) bool {
+	return req.Body == nil && req.Header["Upgrade"] == nil
+}
+
+// roundTrip sends req (whose URL.Host is the backend) and returns the
+// answer. deadline (zero: none) bounds the whole exchange on the direct
+// path; for the other one it must be in req's context. Errors are those of
+// net/http's Transport as classify expects: a *dialError when nothing
+// reached the backend, a timeout when the response header or the body did
+// not come in time.
+func (t *transport) roundTrip(req *http.Request, deadline time.Time) (*http.Response, error) {
+	if !t.direct(req) {
 		return t.slow.RoundTrip(req)
 	}
 	ctx := req.Context()
@@ -64,7 +76,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		res, err := c.roundTrip(ctx, req, t.key.header)
+		res, err := c.roundTrip(ctx, req, t.key.header, deadline)
 		if err == nil {
 			return res, nil
 		}
@@ -138,8 +150,14 @@ func (p *connPool) get(ctx context.Context, d *net.Dialer) (*backendConn, error)
 		p.idle = p.idle[:n-1]
 		p.mu.Unlock()
 		idle := time.Since(c.idleSince)
-		if idle < idleConnTimeout && (idle < peekAfterIdle || c.alive()) {
+		if idle < peekAfterIdle {
 			return c, nil
+		}
+		if idle < idleConnTimeout {
+			c.setReadDeadline(time.Time{}, 0) // a past one would fail the peek
+			if c.alive() {
+				return c, nil
+			}
 		}
 		c.close()
 	}
@@ -217,6 +235,10 @@ type backendConn struct {
 	served    int   // requests answered on it before this one
 	answered  bool  // this request got bytes back
 	idleSince time.Time
+	// readDeadline is the read deadline last set on nc; the hook that
+	// interrupts an exchange sets one of its own, and closes the
+	// connection.
+	readDeadline time.Time
 }
 
 // countingReader counts what the backend sent, so that a failure can tell
@@ -235,19 +257,29 @@ func (c countingReader) Read(p []byte) (int, error) {
 // aLongTimeAgo is a deadline that makes blocked I/O return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-func (c *backendConn) roundTrip(ctx context.Context, req *http.Request, headerTimeout time.Duration) (*http.Response, error) {
+// roundTrip sends req on c and reads the answer's header. Reads are bounded
+// by headerTimeout until the header is in, then by deadline (zero: none).
+// The read deadline is set once per request when the whole answer arrived
+// with its header (the common case for small answers), twice otherwise; a
+// connection in the pool may keep a stale one, which the next request
+// replaces before it reads.
+func (c *backendConn) roundTrip(ctx context.Context, req *http.Request, headerTimeout time.Duration, deadline time.Time) (*http.Response, error) {
 	c.answered = false
-	// The context (request timeout, client gone) interrupts blocked I/O by
-	// putting the deadline in the past; stop undoes the hook when the
-	// answer has been read.
+	// The context (client gone) interrupts blocked I/O by putting the
+	// deadline in the past; stop undoes the hook when the answer has been
+	// read.
 	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(aLongTimeAgo) })
 	if err := writeRequest(c.bw, req); err != nil {
 		stop()
 		return nil, err
 	}
+	headerBy := deadline
 	if headerTimeout > 0 {
-		c.nc.SetReadDeadline(time.Now().Add(headerTimeout))
+		if t := time.Now().Add(headerTimeout); headerBy.IsZero() || t.Before(headerBy) {
+			headerBy = t
+		}
 	}
+	c.setReadDeadline(headerBy, headerTimeout)
 	before := c.read
 	var res *http.Response
 	var err error
@@ -263,9 +295,9 @@ func (c *backendConn) roundTrip(ctx context.Context, req *http.Request, headerTi
 		stop()
 		return nil, err
 	}
-	if headerTimeout > 0 {
-		c.nc.SetReadDeadline(time.Time{})
-		if ctx.Err() != nil { // the hook ran before the reset above
+	buffered := res.Body == http.NoBody || res.ContentLength >= 0 && int64(c.br.Buffered()) >= res.ContentLength
+	if !buffered && !headerBy.Equal(deadline) && c.setReadDeadline(deadline, deadline.Sub(headerBy)) {
+		if ctx.Err() != nil { // the hook ran before the line above
 			c.nc.SetDeadline(aLongTimeAgo)
 		}
 	}
@@ -276,6 +308,24 @@ func (c *backendConn) roundTrip(ctx context.Context, req *http.Request, headerTi
 	}
 	res.Body = &backendBody{rc: res.Body, c: c, stop: stop, reuse: reuse}
 	return res, nil
+}
+
+// setReadDeadline bounds reads on c by t (zero: none) and reports whether
+// it had to change it. A deadline already set up to timeout/32 (at most
+// 100 ms) before t is kept: a timeout may end that much early, and a busy
+// connection does not rearm a runtime timer on every request.
+func (c *backendConn) setReadDeadline(t time.Time, timeout time.Duration) bool {
+	cur := c.readDeadline
+	if t.IsZero() || cur.IsZero() {
+		if t.Equal(cur) {
+			return false
+		}
+	} else if slack := min(timeout/32, 100*time.Millisecond); !cur.After(t) && t.Sub(cur) <= slack {
+		return false
+	}
+	c.readDeadline = t
+	c.nc.SetReadDeadline(t)
+	return true
 }
 
 // release ends a request on c: the connection goes back to its pool when

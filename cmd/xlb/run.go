@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -39,6 +41,7 @@ func runCmd(args []string) error {
 	}
 	log := newLogger(cfg.Daemon)
 	slog.SetDefault(log)
+	tuneRuntime(cfg.Daemon.Threads)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -247,4 +250,22 @@ func newLogger(d config.Daemon) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// defaultGCPercent is the daemon's GOGC unless the environment sets one. The
+// proxy's live heap is small (megabytes) and its garbage is per request, so
+// Go's default of 100 collects thousands of times a minute under load; 400
+// cut the L7 tier's CPU per request by about a tenth (make bench-l7) for a
+// few more megabytes of heap.
+const defaultGCPercent = 400
+
+// tuneRuntime applies daemon.threads (GOMAXPROCS; 0 keeps Go's default) and
+// the GC target.
+func tuneRuntime(threads uint32) {
+	if threads > 0 {
+		runtime.GOMAXPROCS(int(threads))
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
+	}
 }

@@ -52,6 +52,7 @@ func sidecarCmd(args []string) error {
 	if err != nil {
 		return &exitError{2, err}
 	}
+	tuneRuntime(0)
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -384,6 +384,7 @@ backend big
 `,
 		"xlb.toml": `[daemon]
 log_level = "warn"
+threads = 1 # as HAProxy's nbthread 1 and nginx's worker_processes 1 above
 
 [admin]
 listen = ""
