@@ -233,12 +233,13 @@ func (m *Manager) Close() {
 func (m *Manager) start(spec Spec, p prober, initial State, subjects []Subject) *checker {
 	ctx, cancel := context.WithCancel(m.ctx)
 	c := &checker{
-		m:       m,
-		spec:    spec,
-		prober:  p,
-		cancel:  cancel,
-		tracker: NewTracker(initial, spec.HealthyThreshold, spec.UnhealthyThreshold),
-		since:   time.Now(),
+		m:         m,
+		spec:      spec,
+		prober:    p,
+		cancel:    cancel,
+		tracker:   NewTracker(initial, spec.HealthyThreshold, spec.UnhealthyThreshold),
+		durations: m.metrics.durations(spec.Kind),
+		since:     time.Now(),
 	}
 	c.setSubjects(subjects)
 	m.running.Add(1)
@@ -251,10 +252,11 @@ func (m *Manager) start(spec Spec, p prober, initial State, subjects []Subject) 
 
 // checker checks one Spec in its own goroutine (run) and keeps its state.
 type checker struct {
-	m      *Manager
-	spec   Spec
-	prober prober
-	cancel context.CancelFunc
+	m         *Manager
+	spec      Spec
+	prober    prober
+	cancel    context.CancelFunc
+	durations kindDurations // of spec.Kind
 
 	mu        sync.Mutex
 	stopped   bool // set by stop: record does nothing more
@@ -355,7 +357,7 @@ func (c *checker) record(start time.Time, d time.Duration, desc string, err erro
 	for _, ctr := range c.counters {
 		ctr.inc(ok)
 	}
-	c.m.metrics.observe(c.spec.Kind, ok, d)
+	c.durations.observe(ok, d)
 	c.logResult(ok, changed, reason, d)
 	if changed {
 		now := time.Now()
