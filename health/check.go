@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -40,6 +41,7 @@ func Check(ctx context.Context, spec Spec) error {
 	defer p.close()
 	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
+	defer context.AfterFunc(ctx, p.interrupt)()
 	_, err = p.probe(ctx)
 	return err
 }
@@ -48,8 +50,16 @@ func Check(ctx context.Context, spec Spec) error {
 // ("status 200", "connected") or a *CheckError. The deadline is ctx's. A
 // prober is used by one goroutine at a time; close releases the connection it
 // keeps between checks, if any.
+//
+// interrupt, which may be called at any time from any goroutine, ends the
+// check in flight at once and makes the later ones fail: the owner of the
+// prober calls it when the context of its checks is cancelled before their
+// deadline (context.AfterFunc once for all the checks of a checker, rather
+// than once per check, which would cost a context, a channel and a map of
+// children at every check). probe itself only sees its ctx's deadline.
 type prober interface {
 	probe(ctx context.Context) (ok string, err error)
+	interrupt()
 	close()
 }
 
@@ -131,10 +141,12 @@ type httpProber struct {
 	expect                statusRanges
 	perConn               int // Spec.ChecksPerConnection, at least 1
 
-	conn net.Conn // the kept connection; nil if none
-	lr   io.LimitedReader
-	br   *bufio.Reader // reads lr, which reads conn
-	uses int           // checks conn has served
+	mu          sync.Mutex // guards conn and interrupted against interrupt
+	conn        net.Conn   // the kept connection; nil if none
+	interrupted bool       // set by interrupt: no more checks
+	lr          io.LimitedReader
+	br          *bufio.Reader // reads lr, which reads conn
+	uses        int           // checks conn has served
 }
 
 func (p *httpProber) probe(ctx context.Context) (string, error) {
@@ -178,16 +190,9 @@ func (p *httpProber) roundTrip(ctx context.Context) (status int, answered bool, 
 	}()
 	conn := p.conn
 	deadline, _ := ctx.Deadline()
-	if err := conn.SetDeadline(deadline); err != nil {
+	if err := p.setDeadline(deadline); err != nil {
 		return 0, !reused, err
 	}
-	// A check stopped before its deadline (Manager.Set, Close) ends at once.
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer func() {
-		if !stop() {
-			keep = false // ctx ended: the deadline may be moved at any time
-		}
-	}()
 
 	p.uses++
 	last := p.uses >= p.perConn
@@ -228,6 +233,28 @@ func (p *httpProber) roundTrip(ctx context.Context) (status int, answered bool, 
 	return resp.StatusCode, true, nil
 }
 
+// setDeadline sets the deadline of the check on the connection, unless
+// interrupt came first, whose deadline in the past it must not undo.
+func (p *httpProber) setDeadline(deadline time.Time) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.interrupted {
+		return context.Canceled
+	}
+	return p.conn.SetDeadline(deadline)
+}
+
+// interrupt ends the check in flight (its reads and writes fail at once) and
+// the later ones (setDeadline fails).
+func (p *httpProber) interrupt() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.interrupted = true
+	if p.conn != nil {
+		p.conn.SetDeadline(time.Unix(1, 0))
+	}
+}
+
 var errHeaderTooLarge = fmt.Errorf("response header over %d bytes", maxHeaderBytes)
 
 // closedByPeer reports whether err says the server closed the connection.
@@ -249,7 +276,9 @@ func (p *httpProber) dial(ctx context.Context) error {
 		}
 		conn = tc
 	}
+	p.mu.Lock()
 	p.conn, p.uses = conn, 0
+	p.mu.Unlock()
 	p.lr = io.LimitedReader{R: conn}
 	if p.br == nil {
 		p.br = bufio.NewReaderSize(&p.lr, 4<<10)
@@ -261,6 +290,8 @@ func (p *httpProber) dial(ctx context.Context) error {
 
 // close closes the kept connection, if any.
 func (p *httpProber) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.conn != nil {
 		p.conn.Close()
 		p.conn = nil
@@ -281,7 +312,8 @@ func (p *tcpProber) probe(ctx context.Context) (string, error) {
 	return "connected", nil
 }
 
-func (p *tcpProber) close() {}
+func (p *tcpProber) interrupt() {} // DialContext follows ctx
+func (p *tcpProber) close()     {}
 
 // classify turns a dial or HTTP error into a *CheckError with a short reason.
 func classify(err error) *CheckError {

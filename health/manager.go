@@ -277,6 +277,8 @@ type checker struct {
 // With jitter, start times are rounded to the grid of coalesceStep.
 func (c *checker) run(ctx context.Context) {
 	defer c.prober.close()
+	// A check stopped before its deadline (Manager.Set, Close) ends at once.
+	defer context.AfterFunc(ctx, c.prober.interrupt)()
 	jitter := c.spec.jitterFraction()
 	step := time.Duration(0)
 	if jitter > 0 {
