@@ -222,7 +222,9 @@ func (p *httpProber) roundTrip(ctx context.Context) (status int, answered bool, 
 		return resp.status, true, nil // not reused: it may still be talking
 	}
 	if !last && !resp.close {
-		keep = p.drain(resp) // to use the connection again
+		// To use the connection again: the body read, and no deadline left
+		// behind, whose timer would wake the process for nothing.
+		keep = p.drain(resp) && p.setDeadline(time.Time{}) == nil
 	}
 	return resp.status, true, nil
 }
