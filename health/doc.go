@@ -60,10 +60,10 @@
 // the start of the previous one. A checker never runs two checks at a time:
 // if a check lasts longer than the delay (Timeout > Interval), the next starts
 // when it ends. With jitter, every start is then rounded to the nearest
-// multiple of Interval/20 (at most 50 ms) of the clock, so that the checks of
+// multiple of Interval/10 (at most 100 ms) of the clock, so that the checks of
 // many targets wake the process together rather than one by one: with 1000
 // targets at 1 s this cuts the CPU the checks cost by more than half, and
-// moves a start by at most 2.5% of Interval (25 ms). Without jitter
+// moves a start by at most 5% of Interval (50 ms). Without jitter
 // (NoJitter) starts are not rounded.
 // A checker reuses one timer, its prober and the prober's connection; a
 // check runs in the checker's goroutine (no goroutines per connection). New
