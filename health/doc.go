@@ -26,13 +26,14 @@
 //
 // HTTP(S) checks reuse their connection (keep-alive, as Envoy does), which
 // at 1000 checks a second saves most of their cost, but a connection serves
-// at most Spec.ChecksPerConnection checks (default 5): the last of them
+// at most Spec.ChecksPerConnection checks (default 10): the last of them
 // sends "Connection: close" and the next check opens a new connection. So a
 // backend that stops accepting connections while still answering on the
 // open one (a full accept queue, a listener closed for a graceful restart,
 // a firewall that lets only established flows through) fails from the first
 // check after that, and is marked unhealthy within ChecksPerConnection-1 +
-// UnhealthyThreshold checks; one that goes away or stops answering fails at
+// UnhealthyThreshold checks (12 with the defaults: 60 s at the default
+// Interval); one that goes away or stops answering fails at
 // the next check, as without reuse. A kept connection that the server closed
 // while it was idle is retried once on a new connection within the same
 // check (as net/http does for a GET). ChecksPerConnection 1 opens a new
