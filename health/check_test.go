@@ -1,6 +1,7 @@
 package health
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -188,5 +190,99 @@ func TestCheckInvalidSpec(t *testing.T) {
 	err := Check(t.Context(), Spec{Kind: KindHTTP})
 	if !errors.Is(err, ErrInvalidSpec) {
 		t.Fatalf("Check(no target) = %v, want ErrInvalidSpec", err)
+	}
+}
+
+// readHead and drain frame answers as net/http does: the status, whether the
+// connection stays open, and where the body ends (the next answer, "NEXT",
+// follows each one); answers net/http rejects fail.
+func TestReadResponse(t *testing.T) {
+	long := strings.Repeat("x", maxDrainBytes+1)
+	tests := []struct {
+		name   string
+		raw    string
+		status int
+		keep   bool // the body was read to its end and the connection stays
+		bad    bool // an error
+		strict bool // which net/http accepts, on its own (without the limits of a client)
+	}{
+		{name: "length", raw: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: b\r\n\r\nabc", status: 200, keep: true},
+		{name: "no reason phrase", raw: "HTTP/1.1 503\r\nContent-Length: 0\r\n\r\n", status: 503, keep: true},
+		{name: "bare LF", raw: "HTTP/1.1 200 OK\ncontent-length:  2 \n\nab", status: 200, keep: true},
+		{name: "same length twice", raw: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab", status: 200, keep: true},
+		{name: "no content", raw: "HTTP/1.1 204 No Content\r\n\r\n", status: 204, keep: true},
+		{name: "not modified with length", raw: "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", status: 304, keep: true},
+		{name: "chunked", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: t\r\n\r\n", status: 200, keep: true},
+		{name: "chunked wins over length", raw: "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: Chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", status: 200, keep: true},
+		{name: "folded header", raw: "HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 1\r\n\r\na", status: 200, keep: true},
+		{name: "close", raw: "HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n", status: 200},
+		{name: "http/1.0", raw: "HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", status: 200},
+		{name: "http/1.0 keep-alive", raw: "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n", status: 200, keep: true},
+		{name: "until close", raw: "HTTP/1.1 200 OK\r\n\r\nabc", status: 200},
+		{name: "long body", raw: "HTTP/1.1 200 OK\r\nContent-Length: " + strconv.Itoa(len(long)) + "\r\n\r\n" + long, status: 200},
+		{name: "long chunked body", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + fmt.Sprintf("%x", len(long)) + "\r\n" + long + "\r\n0\r\n\r\n", status: 200},
+		{name: "bad chunk", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", status: 200},
+		{name: "two lengths", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", bad: true},
+		{name: "bad length", raw: "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", bad: true},
+		{name: "gzip encoding", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", bad: true},
+		{name: "no colon", raw: "HTTP/1.1 200 OK\r\nX-A b\r\n\r\n", bad: true},
+		{name: "bad status", raw: "HTTP/1.1 2000 OK\r\n\r\n", bad: true},
+		{name: "not http", raw: "SSH-2.0-OpenSSH_9.6\r\n", bad: true},
+		{name: "cut short", raw: "HTTP/1.1 200 OK\r\nContent-", bad: true},
+		{name: "long header line", raw: "HTTP/1.1 200 OK\r\nX-A: " + strings.Repeat("a", 5000) + "\r\nContent-Length: 0\r\n\r\n", status: 200, keep: true},
+		{name: "long status line", raw: "HTTP/1.1 200 " + strings.Repeat("a", 5000) + "\r\n\r\n", bad: true, strict: true},
+		{name: "header too large", raw: "HTTP/1.1 200 OK\r\n" + strings.Repeat("X-A: "+strings.Repeat("a", 1000)+"\r\n", 20) + "\r\n", bad: true, strict: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw := tt.raw + "NEXT"
+			p := &httpProber{}
+			p.lr = io.LimitedReader{R: strings.NewReader(raw), N: maxHeaderBytes}
+			p.br = bufio.NewReaderSize(&p.lr, 4<<10)
+			r, err := p.readHead()
+			want, herr := http.ReadResponse(bufio.NewReader(strings.NewReader(raw)), nil)
+			if tt.bad {
+				if err == nil {
+					t.Fatalf("readHead = %+v, want an error", r)
+				}
+				if herr == nil && !tt.strict {
+					t.Errorf("net/http reads it: %d", want.StatusCode)
+				}
+				return
+			}
+			if err != nil || herr != nil {
+				t.Fatalf("readHead: %v; net/http: %v", err, herr)
+			}
+			if r.status != tt.status || r.status != want.StatusCode {
+				t.Errorf("status %d, want %d (net/http: %d)", r.status, tt.status, want.StatusCode)
+			}
+			if r.close != want.Close {
+				t.Errorf("close %v, net/http says %v", r.close, want.Close)
+			}
+			keep := !r.close && p.drain(r)
+			if keep != tt.keep {
+				t.Fatalf("kept %v, want %v", keep, tt.keep)
+			}
+			if rest, _ := io.ReadAll(p.br); keep && string(rest) != "NEXT" {
+				t.Errorf("after the answer: %q, want the next one", rest)
+			}
+		})
+	}
+	// Nothing allocated for an answer read to its end.
+	raw := "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+	sr := strings.NewReader(raw)
+	p := &httpProber{}
+	p.br = bufio.NewReaderSize(&p.lr, 4<<10)
+	allocs := testing.AllocsPerRun(100, func() {
+		sr.Reset(raw)
+		p.lr = io.LimitedReader{R: sr, N: maxHeaderBytes}
+		p.br.Reset(&p.lr)
+		r, err := p.readHead()
+		if err != nil || !p.drain(r) {
+			t.Fatalf("%+v %v", r, err)
+		}
+	})
+	if allocs > 0 {
+		t.Errorf("%v allocations per answer", allocs)
 	}
 }

@@ -6,14 +6,14 @@ import (
 	"time"
 )
 
-// Check start times are rounded to a grid of Interval/20 (at most 50 ms):
+// Check start times are rounded to a grid of Interval/10 (at most 100 ms):
 // by at most half a step, onto a multiple of the step.
 func TestCoalesce(t *testing.T) {
 	for _, tt := range []struct{ interval, step time.Duration }{
-		{50 * time.Millisecond, 2500 * time.Microsecond},
-		{time.Second, 50 * time.Millisecond},
-		{5 * time.Second, 50 * time.Millisecond},
-		{time.Millisecond, 50 * time.Microsecond},
+		{50 * time.Millisecond, 5 * time.Millisecond},
+		{time.Second, 100 * time.Millisecond},
+		{5 * time.Second, 100 * time.Millisecond},
+		{time.Millisecond, 100 * time.Microsecond},
 	} {
 		if got := coalesceStep(tt.interval); got != tt.step {
 			t.Errorf("coalesceStep(%v) = %v, want %v", tt.interval, got, tt.step)

@@ -26,13 +26,14 @@
 //
 // HTTP(S) checks reuse their connection (keep-alive, as Envoy does), which
 // at 1000 checks a second saves most of their cost, but a connection serves
-// at most Spec.ChecksPerConnection checks (default 5): the last of them
+// at most Spec.ChecksPerConnection checks (default 10): the last of them
 // sends "Connection: close" and the next check opens a new connection. So a
 // backend that stops accepting connections while still answering on the
 // open one (a full accept queue, a listener closed for a graceful restart,
 // a firewall that lets only established flows through) fails from the first
 // check after that, and is marked unhealthy within ChecksPerConnection-1 +
-// UnhealthyThreshold checks; one that goes away or stops answering fails at
+// UnhealthyThreshold checks (12 with the defaults: 60 s at the default
+// Interval); one that goes away or stops answering fails at
 // the next check, as without reuse. A kept connection that the server closed
 // while it was idle is retried once on a new connection within the same
 // check (as net/http does for a GET). ChecksPerConnection 1 opens a new
@@ -60,10 +61,10 @@
 // the start of the previous one. A checker never runs two checks at a time:
 // if a check lasts longer than the delay (Timeout > Interval), the next starts
 // when it ends. With jitter, every start is then rounded to the nearest
-// multiple of Interval/20 (at most 50 ms) of the clock, so that the checks of
+// multiple of Interval/10 (at most 100 ms) of the clock, so that the checks of
 // many targets wake the process together rather than one by one: with 1000
 // targets at 1 s this cuts the CPU the checks cost by more than half, and
-// moves a start by at most 2.5% of Interval (25 ms). Without jitter
+// moves a start by at most 5% of Interval (50 ms). Without jitter
 // (NoJitter) starts are not rounded.
 // A checker reuses one timer, its prober and the prober's connection; a
 // check runs in the checker's goroutine (no goroutines per connection). New

@@ -421,8 +421,8 @@ func TestManyTargets(t *testing.T) {
 	}
 	elapsed, cpu := time.Since(start), processCPU(t)-cpu0
 	for i := range n {
-		// Checks at [0, 0.125 s] and then [0.875 s, 1.25 s] (jitter, then the
-		// 50 ms grid of coalesceStep): 2 or 3 in 2 s.
+		// Checks at [0, 0.15 s] and then [0.85 s, 1.3 s] (jitter, then the
+		// 100 ms grid of coalesceStep): 2 or 3 in 2 s.
 		if c := srv.count(fmt.Sprintf("/t/%d", i)); c < 2 || c > 3 {
 			t.Fatalf("target %d checked %d times in %v", i, c, elapsed)
 		}

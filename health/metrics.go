@@ -93,16 +93,33 @@ func (c subjectCounters) inc(ok bool) {
 	}
 }
 
-// observe records the duration of one check.
-func (m *Metrics) observe(kind Kind, ok bool, d time.Duration) {
+// kindDurations are one Kind's two duration histograms, looked up once per
+// checker rather than once per check (a label hash and a map lookup under a
+// lock each time). Their series are never deleted, so they stay valid.
+type kindDurations struct {
+	success, failure prometheus.Observer
+}
+
+// durations returns the duration histograms of kind.
+func (m *Metrics) durations(kind Kind) kindDurations {
 	if m == nil {
-		return
+		return kindDurations{}
 	}
-	result := resultFailure
-	if ok {
-		result = resultSuccess
+	return kindDurations{
+		success: m.duration.WithLabelValues(string(kind), resultSuccess),
+		failure: m.duration.WithLabelValues(string(kind), resultFailure),
 	}
-	m.duration.WithLabelValues(string(kind), result).Observe(d.Seconds())
+}
+
+// observe records the duration of one check.
+func (h kindDurations) observe(ok bool, d time.Duration) {
+	switch {
+	case h.success == nil:
+	case ok:
+		h.success.Observe(d.Seconds())
+	default:
+		h.failure.Observe(d.Seconds())
+	}
 }
 
 // forget deletes the series of a Subject no checker has any more.

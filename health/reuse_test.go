@@ -131,10 +131,11 @@ func TestChecksReuseConnections(t *testing.T) {
 // A kept connection does not hide a backend that stops accepting
 // connections, stops answering or goes away: the check fails within a
 // bounded number of checks (ChecksPerConnection-1 successes at most on the
-// open connection, then UnhealthyThreshold failures).
+// open connection, then UnhealthyThreshold failures), here with the default
+// ChecksPerConnection.
 func TestReusedConnectionDoesNotHideFailure(t *testing.T) {
 	const (
-		perConn   = 5
+		perConn   = DefaultChecksPerConnection
 		unhealthy = 2
 		interval  = 20 * time.Millisecond
 		timeout   = 100 * time.Millisecond
@@ -173,7 +174,7 @@ func TestReusedConnectionDoesNotHideFailure(t *testing.T) {
 			m, _ := newTestManager(t, nil)
 			ch, _ := m.Subscribe(4)
 			spec := Spec{Kind: KindHTTP, Target: srv.addr, Interval: interval, Timeout: timeout,
-				UnhealthyThreshold: unhealthy, ChecksPerConnection: perConn, Jitter: NoJitter}
+				UnhealthyThreshold: unhealthy, Jitter: NoJitter} // ChecksPerConnection: the default
 			if err := m.Set([]Target{{Spec: spec}}); err != nil {
 				t.Fatal(err)
 			}
