@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -746,7 +747,8 @@ func TestLegacyConfig(t *testing.T) {
 
 // TestL7RuntimeSettings: daemon.threads sets GOMAXPROCS and the daemon runs
 // with its GC target (GOGC 400) unless the environment sets GOGC, as the
-// Go runtime's own metrics on /metrics show.
+// Go runtime's own metrics on /metrics show; and it re-executed itself, same
+// PID, with the scheduler monitor kept awake (GODEBUG schedtrace).
 func TestL7RuntimeSettings(t *testing.T) {
 	t.Parallel()
 	e := newL7Env(t)
@@ -763,5 +765,14 @@ func TestL7RuntimeSettings(t *testing.T) {
 		if !strings.Contains(string(r.Body), want) {
 			t.Errorf("/metrics has no %q", strings.TrimSpace(want))
 		}
+	}
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", e.xlb.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(strings.Split(string(env), "\x00"), func(kv string) bool {
+		return strings.HasPrefix(kv, "GODEBUG=") && strings.Contains(kv, "schedtrace=2147483647")
+	}) {
+		t.Errorf("xlb (pid %d) runs without GODEBUG=schedtrace=2147483647", e.xlb.Process.Pid)
 	}
 }

@@ -586,11 +586,15 @@ func (s *Server) logChanges(old, gen *generation) {
 
 // listener is one listening socket and its http.Server.
 type listener struct {
-	addr   netip.AddrPort
-	ln     net.Listener
-	hs     *http.Server
-	routes atomic.Pointer[routeTable]
-	served chan struct{} // closed when Serve has returned
+	srv     *Server
+	addr    netip.AddrPort
+	ln      net.Listener
+	baseCtx context.Context // requests' contexts derive from it
+	h1      h1Conns         // connections served by the fast path (h1.go)
+	handoff *handoff        // and those it gave to hs
+	hs      *http.Server
+	routes  atomic.Pointer[routeTable]
+	served  chan struct{} // closed when Serve has returned
 
 	tunnelMu sync.Mutex
 	tunnels  map[net.Conn]struct{} // hijacked (WebSocket) connections
@@ -603,12 +607,13 @@ type listener struct {
 type listenerKey struct{}
 
 func (s *Server) newListener(addr netip.AddrPort, ln net.Listener) *listener {
-	l := &listener{addr: addr, ln: ln, served: make(chan struct{}), drained: make(chan struct{}),
-		tunnels: map[net.Conn]struct{}{}}
+	l := &listener{srv: s, addr: addr, ln: ln, served: make(chan struct{}), drained: make(chan struct{}),
+		tunnels: map[net.Conn]struct{}{}, handoff: newHandoff(ln.Addr())}
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
 	base := context.WithValue(context.Background(), listenerKey{}, l)
+	l.baseCtx = base
 	l.hs = &http.Server{
 		Handler:           l,
 		Protocols:         &protos,
@@ -620,9 +625,32 @@ func (s *Server) newListener(addr netip.AddrPort, ln net.Listener) *listener {
 	return l
 }
 
+// serve accepts connections and serves them (h1.go) until the listening
+// socket closes, then waits for the http.Server's Serve to return.
 func (l *listener) serve() {
 	defer close(l.served)
-	l.hs.Serve(l.ln)
+	hsDone := make(chan struct{})
+	go func() {
+		defer close(hsDone)
+		l.hs.Serve(l.handoff)
+	}()
+	defer func() { <-hsDone }()
+	var backoff time.Duration
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.srv.log.Warn("l7: accept failed, retrying", "addr", l.addr.String(), "err", err, "in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		go l.serveConn(nc)
+	}
 }
 
 // ServeHTTP routes a request to its service (or the /lb endpoints).
@@ -664,7 +692,10 @@ func (l *listener) trackTunnel(c net.Conn) (untrack func()) {
 func (l *listener) shutdown(ctx context.Context) error {
 	l.stopOnce.Do(func() {
 		go func() {
+			l.ln.Close()
+			l.h1.shutdown()
 			l.hs.Shutdown(context.Background()) // ends early if forced
+			l.h1.wg.Wait()
 			l.tunnelWG.Wait()
 			<-l.served
 			close(l.drained)
@@ -682,6 +713,7 @@ func (l *listener) shutdown(ctx context.Context) error {
 
 // force closes the listener's connections, tunnels included.
 func (l *listener) force() {
+	l.h1.closeAll()
 	l.hs.Close()
 	l.tunnelMu.Lock()
 	for c := range l.tunnels {

@@ -8,8 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -34,6 +32,9 @@ func runCmd(args []string) error {
 	}
 	if *path == "" {
 		return usageError("run: -c FILE is required")
+	}
+	if err := keepSysmonAwake(); err != nil {
+		slog.Warn("running with Go's default scheduler monitor", "err", err)
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -250,22 +251,4 @@ func newLogger(d config.Daemon) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
-}
-
-// defaultGCPercent is the daemon's GOGC unless the environment sets one. The
-// proxy's live heap is small (megabytes) and its garbage is per request, so
-// Go's default of 100 collects thousands of times a minute under load; 400
-// cut the L7 tier's CPU per request by about a tenth (make bench-l7) for a
-// few more megabytes of heap.
-const defaultGCPercent = 400
-
-// tuneRuntime applies daemon.threads (GOMAXPROCS; 0 keeps Go's default) and
-// the GC target.
-func tuneRuntime(threads uint32) {
-	if threads > 0 {
-		runtime.GOMAXPROCS(int(threads))
-	}
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(defaultGCPercent)
-	}
 }

@@ -52,6 +52,9 @@ func sidecarCmd(args []string) error {
 	if err != nil {
 		return &exitError{2, err}
 	}
+	if err := keepSysmonAwake(); err != nil {
+		slog.Warn("running with Go's default scheduler monitor", "err", err)
+	}
 	tuneRuntime(0)
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)

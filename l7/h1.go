@@ -1,0 +1,426 @@
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The listener serves the common request itself: HTTP/1.1, no body, no
+// Upgrade, no Expect. net/http's server spends a goroutine and several
+// scheduler hand-offs on every request (it reads the connection in the
+// background to notice a client that goes away), which at one connection
+// was 10-20 us of the median and a fifth of the CPU per request. The first
+// request on a connection that is anything else (a body, a WebSocket
+// upgrade, HTTP/2 with prior knowledge, HTTP/1.0, a malformed one) hands
+// the connection, with every byte read so far, to the listener's
+// http.Server, which keeps it to the end.
+
+// h1Conns tracks the connections the listener serves itself, for shutdown.
+type h1Conns struct {
+	mu       sync.Mutex
+	conns    map[*h1Conn]struct{}
+	shutting atomic.Bool // set under mu
+	wg       sync.WaitGroup
+}
+
+// add registers c; false once shutdown began.
+func (t *h1Conns) add(c *h1Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.shutting.Load() {
+		return false
+	}
+	if t.conns == nil {
+		t.conns = map[*h1Conn]struct{}{}
+	}
+	t.conns[c] = struct{}{}
+	t.wg.Add(1)
+	return true
+}
+
+func (t *h1Conns) remove(c *h1Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+	t.wg.Done()
+}
+
+// shutdown closes the idle connections and makes the active ones close
+// after their request; wait then returns when all are gone.
+func (t *h1Conns) shutdown() {
+	t.mu.Lock()
+	t.shutting.Store(true)
+	for c := range t.conns {
+		if c.state.Load() == h1Idle {
+			c.nc.Close()
+		}
+	}
+	t.mu.Unlock()
+}
+
+// closeAll closes every connection, active ones included.
+func (t *h1Conns) closeAll() {
+	t.mu.Lock()
+	t.shutting.Store(true)
+	for c := range t.conns {
+		c.nc.Close()
+	}
+	t.mu.Unlock()
+}
+
+func (t *h1Conns) isShutting() bool { return t.shutting.Load() }
+
+// handoff is the net.Listener the listener's http.Server serves: it yields
+// the connections the fast path gave up on.
+type handoff struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newHandoff(addr net.Addr) *handoff {
+	return &handoff{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (h *handoff) Accept() (net.Conn, error) {
+	select {
+	case c := <-h.ch:
+		return c, nil
+	case <-h.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (h *handoff) Close() error {
+	h.once.Do(func() { close(h.done) })
+	return nil
+}
+
+func (h *handoff) Addr() net.Addr { return h.addr }
+
+// give passes c to the http.Server; false if it is shutting down.
+func (h *handoff) give(c net.Conn) bool {
+	select {
+	case h.ch <- c:
+		return true
+	case <-h.done:
+		return false
+	}
+}
+
+// replayConn is a connection handed over: its reads return the bytes the
+// fast path had read first.
+type replayConn struct {
+	net.Conn
+	buf []byte
+}
+
+func (c *replayConn) Read(p []byte) (int, error) {
+	if len(c.buf) > 0 {
+		n := copy(p, c.buf)
+		c.buf = c.buf[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// h1Conn states.
+const (
+	h1Idle int32 = iota
+	h1Active
+)
+
+// h1Conn is one client connection served by the fast path.
+type h1Conn struct {
+	l     *listener
+	nc    net.Conn
+	br    *bufio.Reader // reads the connection through stash
+	bw    *bufio.Writer
+	state atomic.Int32
+	// hr and hb parse a request head in place.
+	hr *bufio.Reader
+	hb bytes.Reader
+
+	// The client watch: a request that takes longer than clientWatchDelay
+	// gets a read on the connection, to notice a client that went away
+	// (as net/http does for every request, from its start).
+	watchTimer *time.Timer
+	watchMu    sync.Mutex
+	watchState int // watchOff, watchArmed, watchRunning
+	watchDone  chan struct{}
+	cancel     context.CancelFunc
+	clientGone atomic.Bool // the watch found the connection closed
+	stash      []byte      // a byte the watch read: the next request's
+
+	readDeadline time.Time // last set on nc by setReadDeadline
+}
+
+const (
+	watchOff = iota
+	watchArmed
+	watchRunning
+)
+
+// clientWatchDelay: requests answered sooner never start the client watch.
+const clientWatchDelay = 50 * time.Millisecond
+
+// maxHeadBytes bounds a request head on the fast path; a longer one is
+// handed to net/http (which allows 1 MB).
+const maxHeadBytes = 8 << 10
+
+// stashReader is what the connection's bufio.Reader reads: first a byte
+// the client watch took, then the connection.
+type stashReader struct{ c *h1Conn }
+
+func (r stashReader) Read(p []byte) (int, error) {
+	if len(r.c.stash) > 0 {
+		n := copy(p, r.c.stash)
+		r.c.stash = r.c.stash[n:]
+		return n, nil
+	}
+	return r.c.nc.Read(p)
+}
+
+// serveConn serves nc until it closes, or hands it to the http.Server.
+func (l *listener) serveConn(nc net.Conn) {
+	c := &h1Conn{l: l, nc: nc}
+	if !l.h1.add(c) {
+		nc.Close()
+		return
+	}
+	defer l.h1.remove(c)
+	c.br = bufio.NewReaderSize(stashReader{c}, maxHeadBytes)
+	c.bw = bufio.NewWriterSize(nc, 4<<10)
+	c.hr = bufio.NewReaderSize(&c.hb, maxHeadBytes)
+	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
+	c.watchTimer.Stop()
+	defer c.watchTimer.Stop()
+	first := true
+	for {
+		req, head, ok := c.readRequest(first)
+		if !ok {
+			nc.Close()
+			return
+		}
+		if req == nil { // not for the fast path
+			c.handOver()
+			return
+		}
+		first = false
+		c.br.Discard(head)
+		if !c.serve(req) {
+			nc.Close()
+			return
+		}
+		c.state.Store(h1Idle)
+		if l.h1.isShutting() {
+			nc.Close()
+			return
+		}
+	}
+}
+
+// readRequest waits for the next request head and parses it. ok false: the
+// connection is to be closed; req nil (ok true): hand it over. head is the
+// number of bytes of the head.
+func (c *h1Conn) readRequest(first bool) (req *http.Request, head int, ok bool) {
+	o := &c.l.srv.opts
+	wait := o.IdleTimeout
+	if first {
+		wait = o.ReadHeaderTimeout
+	}
+	c.setReadDeadline(time.Now().Add(wait), wait)
+	if _, err := c.br.Peek(1); err != nil {
+		return nil, 0, false
+	}
+	c.state.Store(h1Active)
+	for waited := false; ; waited = true {
+		buf, _ := c.br.Peek(c.br.Buffered())
+		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
+			if bytes.Contains(buf[:i], []byte("\n\n")) {
+				return nil, 0, true // bare LF line ends: net/http's to judge
+			}
+			head = i + 4
+			break
+		}
+		if bytes.Contains(buf, []byte("\n\n")) || len(buf) >= maxHeadBytes {
+			return nil, 0, true
+		}
+		if !waited && !first {
+			// The head did not come in one piece: from here it has
+			// ReadHeaderTimeout, not the idle timeout.
+			c.setReadDeadline(time.Now().Add(o.ReadHeaderTimeout), 0)
+		}
+		if _, err := c.br.Peek(len(buf) + 1); err != nil {
+			if len(buf) > 0 && !errors.Is(err, io.EOF) && !isTimeoutErr(err) {
+				return nil, 0, false
+			}
+			if len(buf) > 0 {
+				return nil, 0, true // cut short: net/http answers it
+			}
+			return nil, 0, false
+		}
+	}
+	buf, _ := c.br.Peek(head)
+	if bytes.HasPrefix(buf, []byte("PRI * HTTP/2.0\r\n")) {
+		return nil, 0, true
+	}
+	c.hb.Reset(buf)
+	c.hr.Reset(&c.hb)
+	r, err := http.ReadRequest(c.hr)
+	if err != nil || !fastRequest(r) {
+		return nil, 0, true
+	}
+	r.RemoteAddr = c.nc.RemoteAddr().String()
+	return r, head, true
+}
+
+func isTimeoutErr(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}
+
+// fastRequest: an HTTP/1.1 request without a body, Upgrade or Expect, with
+// a valid Host, that the fast path serves as net/http would.
+func fastRequest(r *http.Request) bool {
+	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Method == http.MethodConnect || r.RequestURI == "*" ||
+		r.ContentLength != 0 || len(r.TransferEncoding) > 0 ||
+		r.Header["Expect"] != nil || r.Header["Upgrade"] != nil || r.Header["Content-Length"] != nil {
+		return false
+	}
+	if r.Host == "" || len(r.Header["Host"]) > 0 {
+		return false
+	}
+	for i := 0; i < len(r.Host); i++ {
+		if !validHostByte(r.Host[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// validHostByte: the bytes net/http accepts in a Host header.
+func validHostByte(b byte) bool {
+	switch {
+	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		return true
+	}
+	return strings.IndexByte("!$%&'()*+,-.:;=[]_~", b) >= 0
+}
+
+// setReadDeadline sets the connection's read deadline to t, unless the one
+// set last is at most timeout/32 (at most 1 s) before it: a busy connection
+// does not rearm a runtime timer for every request. The deadline stays
+// while a request is served (no read waits on it then, and the client
+// watch takes a timeout for "still there").
+func (c *h1Conn) setReadDeadline(t time.Time, timeout time.Duration) {
+	if slack := min(timeout/32, time.Second); !c.readDeadline.IsZero() && !c.readDeadline.After(t) && t.Sub(c.readDeadline) <= slack {
+		return
+	}
+	c.readDeadline = t
+	c.nc.SetReadDeadline(t)
+}
+
+// handOver gives the connection, with what was read of it, to net/http.
+func (c *h1Conn) handOver() {
+	c.nc.SetReadDeadline(time.Time{})
+	n := c.br.Buffered()
+	buf, _ := c.br.Peek(n)
+	rc := &replayConn{Conn: c.nc, buf: append(append([]byte(nil), c.stash...), buf...)}
+	if c.l.h1.isShutting() || !c.l.handoff.give(rc) {
+		c.nc.Close()
+	}
+}
+
+// serve answers one request; false: close the connection.
+func (c *h1Conn) serve(req *http.Request) (keep bool) {
+	ctx, cancel := context.WithCancel(c.l.baseCtx)
+	c.cancel = cancel
+	req = req.WithContext(ctx)
+	w := &h1Response{c: c, req: req, h: http.Header{}, clen: -1}
+	w.close = req.Close
+	c.armWatch()
+	defer func() {
+		watchRead := c.disarmWatch()
+		cancel()
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				c.l.srv.log.Error("l7: panic serving a request", "panic", p, "remote", req.RemoteAddr)
+			}
+			keep = false
+			return
+		}
+		keep = !watchRead && w.finish() && !w.close
+	}()
+	c.l.ServeHTTP(w, req)
+	return true
+}
+
+// armWatch starts the timer of the client watch.
+func (c *h1Conn) armWatch() {
+	c.watchMu.Lock()
+	c.watchState = watchArmed
+	c.watchMu.Unlock()
+	c.watchTimer.Reset(clientWatchDelay)
+}
+
+// watch runs when a request is still going after clientWatchDelay: one
+// read on the client connection ends the request's context if the client
+// closed it. A byte read (the client sent its next request early) is kept.
+func (c *h1Conn) watch() {
+	c.watchMu.Lock()
+	if c.watchState != watchArmed || c.br.Buffered() > 0 || len(c.stash) > 0 {
+		c.watchMu.Unlock()
+		return
+	}
+	c.watchState = watchRunning
+	c.watchDone = make(chan struct{})
+	done := c.watchDone
+	c.watchMu.Unlock()
+	defer close(done)
+	var b [1]byte
+	n, err := c.nc.Read(b[:])
+	if n == 1 {
+		c.stash = append(c.stash[:0], b[0])
+		return
+	}
+	if err != nil && !isTimeoutErr(err) {
+		c.clientGone.Store(true)
+		c.cancel()
+	}
+}
+
+// disarmWatch stops the client watch, interrupting its read if it runs,
+// and reports whether that read found the connection closed.
+func (c *h1Conn) disarmWatch() (closed bool) {
+	c.watchTimer.Stop()
+	c.watchMu.Lock()
+	state, done := c.watchState, c.watchDone
+	c.watchState = watchOff
+	c.watchMu.Unlock()
+	if state != watchRunning {
+		return false
+	}
+	c.nc.SetReadDeadline(aLongTimeAgo)
+	<-done
+	c.readDeadline = time.Time{}
+	c.nc.SetReadDeadline(time.Time{})
+	return c.clientGone.Load()
+}
