@@ -4,6 +4,12 @@
 // cookie stickiness, passive health and per-backend in-flight limits, header
 // rules, the /lb endpoints and metrics.
 //
+// Connections: the common request (HTTP/1.1, no body, no upgrade) is read
+// and answered on the listener's own connection loop (h1.go, h1resp.go) and
+// sent to the backend over l7's own keep-alive pools (transport.go), both in
+// the request's goroutine; everything else goes through net/http's server
+// and transport, to which those hand it.
+//
 // The control loop (package control) owns backend state: it hands each pool
 // its upstreams and flips their states; l7 never decides that a backend is
 // up, it only stops using one that fails requests (passive health) for a

@@ -3,10 +3,12 @@ package l7
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -191,4 +193,41 @@ func TestH1Shutdown(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("Shutdown: %v", err)
 	}
+}
+
+// FuzzH1Connection sends arbitrary bytes on a client connection: the
+// listener answers or closes it within its timeouts, never panics, and keeps
+// serving the next client.
+func FuzzH1Connection(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+		"GET / HTTP/1.1\nHost: x\n\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: \x00\r\n\r\n",
+		"\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	be := startBackend(f, named("b"))
+	h := newHarness(f, func(o *Options) { o.ReadHeaderTimeout = 200 * time.Millisecond })
+	h.update(svcConf("s", listenA, be))
+	addr := h.real(listenA)
+	f.Fuzz(func(t *testing.T, in []byte) {
+		conn, err := net.Dial("tcp", addr)
+		mustf(t, err, "dial")
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		conn.Write(in)
+		conn.(*net.TCPConn).CloseWrite()
+		if _, err := io.Copy(io.Discard, conn); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("after %q: %v, want the connection answered and closed", in, err)
+		}
+		conn.Close()
+		if code, body, _ := get(t, testClient(t), h.url(listenA, "/")); code != 200 || body != "b" {
+			t.Fatalf("after %q the next client got %d %q", in, code, body)
+		}
+	})
 }
