@@ -165,6 +165,9 @@ type h1Conn struct {
 	watchMu    sync.Mutex
 	watchState int // watchOff, watchArmed, watchRunning
 	watchDone  chan struct{}
+	// ctx is the context of the connection's requests: the watch cancels
+	// it when the client has gone (the connection is closed then).
+	ctx        context.Context
 	cancel     context.CancelFunc
 	clientGone atomic.Bool // the watch found the connection closed
 	stash      []byte      // a byte the watch read: the next request's
@@ -206,6 +209,8 @@ func (l *listener) serveConn(nc net.Conn) {
 		return
 	}
 	defer l.h1.remove(c)
+	c.ctx, c.cancel = context.WithCancel(l.baseCtx)
+	defer c.cancel()
 	c.br = bufio.NewReaderSize(stashReader{c}, maxHeadBytes)
 	c.bw = bufio.NewWriterSize(nc, 4<<10)
 	c.hr = bufio.NewReaderSize(&c.hb, maxHeadBytes)
@@ -351,15 +356,12 @@ func (c *h1Conn) handOver() {
 
 // serve answers one request; false: close the connection.
 func (c *h1Conn) serve(req *http.Request) (keep bool) {
-	ctx, cancel := context.WithCancel(c.l.baseCtx)
-	c.cancel = cancel
-	req = req.WithContext(ctx)
+	req = req.WithContext(c.ctx)
 	w := &h1Response{c: c, req: req, h: http.Header{}, clen: -1}
 	w.close = req.Close
 	c.armWatch()
 	defer func() {
 		watchRead := c.disarmWatch()
-		cancel()
 		if p := recover(); p != nil {
 			if p != http.ErrAbortHandler {
 				c.l.srv.log.Error("l7: panic serving a request", "panic", p, "remote", req.RemoteAddr)

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -180,10 +181,7 @@ func (w *h1Response) writeHead(code int, final bool) {
 	bw.WriteString("\r\n")
 	if final {
 		if _, ok := w.h["Date"]; !ok {
-			var b [len(http.TimeFormat)]byte
-			bw.WriteString("Date: ")
-			bw.Write(time.Now().UTC().AppendFormat(b[:0], http.TimeFormat))
-			bw.WriteString("\r\n")
+			bw.WriteString(dateLine())
 		}
 	}
 	for k, vv := range w.h {
@@ -236,3 +234,21 @@ var (
 	_ http.ResponseWriter = (*h1Response)(nil)
 	_ http.Flusher        = (*h1Response)(nil)
 )
+
+// dateLine is "Date: <now>\r\n", formatted once a second.
+func dateLine() string {
+	now := time.Now()
+	if d := cachedDate.Load(); d != nil && d.sec == now.Unix() {
+		return d.line
+	}
+	d := &dateCache{sec: now.Unix(), line: "Date: " + now.UTC().Format(http.TimeFormat) + "\r\n"}
+	cachedDate.Store(d)
+	return d.line
+}
+
+type dateCache struct {
+	sec  int64
+	line string
+}
+
+var cachedDate atomic.Pointer[dateCache]
