@@ -94,11 +94,15 @@ func classify(err error, ctx, client context.Context) (kind errKind, canceled bo
 	if errors.As(err, &de) {
 		return errConnect, false
 	}
-	var te interface{ Timeout() bool }
-	if errors.As(err, &te) && te.Timeout() {
+	if isTimeoutErr(err) {
 		return errTimeout, false
 	}
 	return errBroken, false
+}
+
+func isTimeoutErr(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
 }
 
 // result is the passive-health verdict for a request that ended with kind.

@@ -54,25 +54,16 @@ func (t *h1Conns) remove(c *h1Conn) {
 	t.wg.Done()
 }
 
-// shutdown closes the idle connections and makes the active ones close
-// after their request; wait then returns when all are gone.
-func (t *h1Conns) shutdown() {
+// shutdown closes the idle connections (all of them with active) and makes
+// the others close after their request; wg.Wait then returns when all are
+// gone.
+func (t *h1Conns) shutdown(active bool) {
 	t.mu.Lock()
 	t.shutting.Store(true)
 	for c := range t.conns {
-		if c.state.Load() == h1Idle {
+		if active || c.state.Load() == h1Idle {
 			c.nc.Close()
 		}
-	}
-	t.mu.Unlock()
-}
-
-// closeAll closes every connection, active ones included.
-func (t *h1Conns) closeAll() {
-	t.mu.Lock()
-	t.shutting.Store(true)
-	for c := range t.conns {
-		c.nc.Close()
 	}
 	t.mu.Unlock()
 }
@@ -172,7 +163,7 @@ type h1Conn struct {
 	clientGone atomic.Bool // the watch found the connection closed
 	stash      []byte      // a byte the watch read: the next request's
 
-	readDeadline time.Time // last set on nc by setReadDeadline
+	readDeadline readDeadline // last set on nc by setReadDeadline
 }
 
 const (
@@ -297,11 +288,6 @@ func (c *h1Conn) readRequest(first bool) (req *http.Request, head int, ok bool) 
 	return r, head, true
 }
 
-func isTimeoutErr(err error) bool {
-	var te interface{ Timeout() bool }
-	return errors.As(err, &te) && te.Timeout()
-}
-
 // fastRequest: an HTTP/1.1 request without a body, Upgrade or Expect, with
 // a valid Host, that the fast path serves as net/http would.
 func fastRequest(r *http.Request) bool {
@@ -330,17 +316,12 @@ func validHostByte(b byte) bool {
 	return strings.IndexByte("!$%&'()*+,-.:;=[]_~", b) >= 0
 }
 
-// setReadDeadline sets the connection's read deadline to t, unless the one
-// set last is at most timeout/32 (at most 1 s) before it: a busy connection
-// does not rearm a runtime timer for every request. The deadline stays
-// while a request is served (no read waits on it then, and the client
+// setReadDeadline sets the connection's read deadline to t; a timeout may
+// end up to timeout/32 (at most 1 s) early (see readDeadline). The deadline
+// stays while a request is served (no read waits on it then, and the client
 // watch takes a timeout for "still there").
 func (c *h1Conn) setReadDeadline(t time.Time, timeout time.Duration) {
-	if slack := min(timeout/32, time.Second); !c.readDeadline.IsZero() && !c.readDeadline.After(t) && t.Sub(c.readDeadline) <= slack {
-		return
-	}
-	c.readDeadline = t
-	c.nc.SetReadDeadline(t)
+	c.readDeadline.set(c.nc, t, min(timeout/32, time.Second))
 }
 
 // handOver gives the connection, with what was read of it, to net/http.
@@ -372,7 +353,7 @@ func (c *h1Conn) serve(req *http.Request) (keep bool) {
 		keep = !watchRead && w.finish() && !w.close
 	}()
 	c.l.ServeHTTP(w, req)
-	return true
+	return // keep is decided by the deferred call
 }
 
 // armWatch starts the timer of the client watch.
@@ -420,9 +401,8 @@ func (c *h1Conn) disarmWatch() (closed bool) {
 	if state != watchRunning {
 		return false
 	}
-	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.readDeadline.set(c.nc, aLongTimeAgo, 0)
 	<-done
-	c.readDeadline = time.Time{}
-	c.nc.SetReadDeadline(time.Time{})
+	c.readDeadline.set(c.nc, time.Time{}, 0)
 	return c.clientGone.Load()
 }

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -201,16 +202,11 @@ func (w *h1Response) writeHead(code int, final bool) {
 	bw.WriteString("\r\n")
 }
 
-func writeHeaderLines(bw interface {
-	WriteString(string) (int, error)
-}, k string, vv []string) {
+func writeHeaderLines(bw io.StringWriter, k string, vv []string) {
 	for _, v := range vv {
 		bw.WriteString(k)
 		bw.WriteString(": ")
-		if strings.ContainsAny(v, "\r\n") {
-			v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
-		}
-		bw.WriteString(strings.TrimSpace(v))
+		writeHeaderValue(bw, v)
 		bw.WriteString("\r\n")
 	}
 }

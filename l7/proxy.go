@@ -257,9 +257,14 @@ func (s *service) retryable(r *http.Request, ex *exchange) bool {
 	if !s.cfg.RetryIdempotent {
 		return false
 	}
-	switch r.Method {
+	return idempotent(r.Method) && (ex.body.rc == nil || !ex.body.read.Load())
+}
+
+// idempotent: RFC 9110 section 9.2.2.
+func idempotent(method string) bool {
+	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return ex.body.rc == nil || !ex.body.read.Load()
+		return true
 	}
 	return false
 }

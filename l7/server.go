@@ -693,7 +693,7 @@ func (l *listener) shutdown(ctx context.Context) error {
 	l.stopOnce.Do(func() {
 		go func() {
 			l.ln.Close()
-			l.h1.shutdown()
+			l.h1.shutdown(false)
 			l.hs.Shutdown(context.Background()) // ends early if forced
 			l.h1.wg.Wait()
 			l.tunnelWG.Wait()
@@ -713,7 +713,7 @@ func (l *listener) shutdown(ctx context.Context) error {
 
 // force closes the listener's connections, tunnels included.
 func (l *listener) force() {
-	l.h1.closeAll()
+	l.h1.shutdown(true)
 	l.hs.Close()
 	l.tunnelMu.Lock()
 	for c := range l.tunnels {

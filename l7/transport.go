@@ -120,11 +120,7 @@ func (t *transport) pool(addr string) *connPool {
 // turned out closed (RFC 9110 section 9.2.2: idempotent and without a body,
 // which the fast path's requests are).
 func replayable(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return true
-	}
-	return req.Header["Idempotency-Key"] != nil || req.Header["X-Idempotency-Key"] != nil
+	return idempotent(req.Method) || req.Header["Idempotency-Key"] != nil || req.Header["X-Idempotency-Key"] != nil
 }
 
 // connPool holds one backend's idle keep-alive connections, most recently
@@ -238,7 +234,7 @@ type backendConn struct {
 	// readDeadline is the read deadline last set on nc; the hook that
 	// interrupts an exchange sets one of its own, and closes the
 	// connection.
-	readDeadline time.Time
+	readDeadline readDeadline
 }
 
 // countingReader counts what the backend sent, so that a failure can tell
@@ -310,21 +306,25 @@ func (c *backendConn) roundTrip(ctx context.Context, req *http.Request, headerTi
 	return res, nil
 }
 
-// setReadDeadline bounds reads on c by t (zero: none) and reports whether
-// it had to change it. A deadline already set up to timeout/32 (at most
-// 100 ms) before t is kept: a timeout may end that much early, and a busy
-// connection does not rearm a runtime timer on every request.
+// setReadDeadline bounds reads on c by t (zero: none); a timeout may end up
+// to timeout/32 (at most 100 ms) early (see readDeadline).
 func (c *backendConn) setReadDeadline(t time.Time, timeout time.Duration) bool {
-	cur := c.readDeadline
-	if t.IsZero() || cur.IsZero() {
-		if t.Equal(cur) {
-			return false
-		}
-	} else if slack := min(timeout/32, 100*time.Millisecond); !cur.After(t) && t.Sub(cur) <= slack {
+	return c.readDeadline.set(c.nc, t, min(timeout/32, 100*time.Millisecond))
+}
+
+// readDeadline is a connection's read deadline as last set. A deadline
+// already set up to slack before the one wanted is kept: a busy connection
+// does not rearm a runtime timer on every request.
+type readDeadline struct{ t time.Time }
+
+// set makes nc's read deadline t (zero: none), unless the one set is the
+// same or up to slack before it, and reports whether it changed it.
+func (d *readDeadline) set(nc net.Conn, t time.Time, slack time.Duration) bool {
+	if d.t.Equal(t) || !d.t.IsZero() && !t.IsZero() && !d.t.After(t) && t.Sub(d.t) <= slack {
 		return false
 	}
-	c.readDeadline = t
-	c.nc.SetReadDeadline(t)
+	d.t = t
+	nc.SetReadDeadline(t)
 	return true
 }
 
@@ -428,12 +428,16 @@ func writeRequest(w *bufio.Writer, req *http.Request) error {
 	return w.Flush()
 }
 
-func writeHeaderValue(w *bufio.Writer, v string) {
+// writeHeaderValue writes v trimmed, with any CR or LF as a space (as
+// net/http does: a value never ends the header line early).
+func writeHeaderValue(w io.StringWriter, v string) {
 	if strings.ContainsAny(v, "\r\n") {
-		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+		v = newlineToSpace.Replace(v)
 	}
 	w.WriteString(strings.TrimSpace(v))
 }
+
+var newlineToSpace = strings.NewReplacer("\r", " ", "\n", " ")
 
 var (
 	_ http.RoundTripper = (*transport)(nil)
