@@ -71,6 +71,7 @@ func (t *transport) roundTrip(req *http.Request, deadline time.Time) (*http.Resp
 	}
 	ctx := req.Context()
 	p := t.pool(req.URL.Host)
+	resentFresh := false
 	for {
 		c, err := p.get(ctx, t.dialer)
 		if err != nil {
@@ -81,10 +82,14 @@ func (t *transport) roundTrip(req *http.Request, deadline time.Time) (*http.Resp
 			return res, nil
 		}
 		c.close()
-		// A kept connection the backend closed while it was idle: nothing
-		// came back, so a replayable request goes on a new connection (as
-		// net/http's Transport does).
-		if c.served > 0 && !c.answered && replayable(req) && ctx.Err() == nil {
+		// The backend closed the connection without a byte of answer: a
+		// kept one it closed while idle (as net/http's Transport does), or
+		// a new one it had not accepted yet when it shut its listener
+		// (the kernel resets those). A replayable request goes again on a
+		// new connection, once for a new one; a refused dial then sends it
+		// to another backend.
+		if !c.answered && replayable(req) && ctx.Err() == nil && (c.served > 0 || !resentFresh) {
+			resentFresh = resentFresh || c.served == 0
 			continue
 		}
 		return nil, err

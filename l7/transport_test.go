@@ -152,23 +152,28 @@ func TestTransportRequestHead(t *testing.T) {
 	}
 }
 
-// A kept connection the backend closed while idle: a GET goes again on a
-// new connection and succeeds; a POST is not resent and gets a 502.
-func TestTransportStaleConnection(t *testing.T) {
+// The backend closes a connection without a byte of answer: a kept one
+// (after one request, reading the next: a close that raced the request,
+// which no idle check can see coming) or a new one (a listener shut with
+// the connection still in its accept queue). A GET goes again on a new
+// connection and succeeds; a POST is not resent and gets a 502.
+func TestTransportClosedUnanswered(t *testing.T) {
 	for _, tc := range []struct {
-		method string
-		status int
-		conns  int
+		name     string
+		warm     bool // a first request answered on the connection
+		closesAt int  // request number on connection 1 closed unanswered
+		method   string
+		status   int
+		conns    int
 	}{
-		{"GET", 200, 2},
-		{"POST", 502, 1},
+		{"kept connection, GET", true, 2, "GET", 200, 2},
+		{"kept connection, POST", true, 2, "POST", 502, 1},
+		{"new connection, GET", false, 1, "GET", 200, 2},
+		{"new connection, POST", false, 1, "POST", 502, 1},
 	} {
-		t.Run(tc.method, func(t *testing.T) {
-			// The first connection answers one request, then reads the
-			// next one and closes without an answer: a close that raced
-			// the request, which no idle check can see coming.
+		t.Run(tc.name, func(t *testing.T) {
 			be := startScripted(t, func(conn, n int, _ *http.Request) string {
-				if conn == 1 && n == 2 {
+				if conn == 1 && n == tc.closesAt {
 					return ""
 				}
 				return okAnswer
@@ -176,17 +181,17 @@ func TestTransportStaleConnection(t *testing.T) {
 			h := newHarness(t)
 			h.update(svcConf("s", listenA, be.addr))
 			cl := testClient(t)
-			if code, _, _ := get(t, cl, h.url(listenA, "/")); code != 200 {
-				t.Fatal(code)
+			if tc.warm {
+				if code, _, _ := get(t, cl, h.url(listenA, "/")); code != 200 {
+					t.Fatal(code)
+				}
 			}
 			req, _ := http.NewRequest(tc.method, h.url(listenA, "/"), nil)
 			res, err := cl.Do(req)
-			mustf(t, err, "second request")
+			mustf(t, err, "request")
 			res.Body.Close()
-			conns, _ := be.stats()
-			if res.StatusCode != tc.status || conns != tc.conns {
-				t.Errorf("%s on a connection closed under it: %d over %d connections, want %d over %d",
-					tc.method, res.StatusCode, conns, tc.status, tc.conns)
+			if conns, _ := be.stats(); res.StatusCode != tc.status || conns != tc.conns {
+				t.Errorf("%d over %d connections, want %d over %d", res.StatusCode, conns, tc.status, tc.conns)
 			}
 		})
 	}
