@@ -145,9 +145,9 @@ type h1Conn struct {
 	br    *bufio.Reader // reads the connection through stash
 	bw    *bufio.Writer
 	state atomic.Int32
-	// hr and hb parse a request head in place.
-	hr *bufio.Reader
-	hb bytes.Reader
+	// tmpl is what every request of the connection starts from: it holds
+	// the connection's context and the client address.
+	tmpl *http.Request
 
 	// The client watch: a request that takes longer than clientWatchDelay
 	// gets a read on the connection, to notice a client that went away
@@ -164,6 +164,7 @@ type h1Conn struct {
 	stash      []byte      // a byte the watch read: the next request's
 
 	readDeadline readDeadline // last set on nc by setReadDeadline
+	resp         h1Response   // the answer being written
 }
 
 const (
@@ -204,7 +205,7 @@ func (l *listener) serveConn(nc net.Conn) {
 	defer c.cancel()
 	c.br = bufio.NewReaderSize(stashReader{c}, maxHeadBytes)
 	c.bw = bufio.NewWriterSize(nc, 4<<10)
-	c.hr = bufio.NewReaderSize(&c.hb, maxHeadBytes)
+	c.tmpl = (&http.Request{RemoteAddr: nc.RemoteAddr().String()}).WithContext(c.ctx)
 	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
 	c.watchTimer.Stop()
 	defer c.watchTimer.Stop()
@@ -278,33 +279,11 @@ func (c *h1Conn) readRequest(first bool) (req *http.Request, head int, ok bool) 
 	if bytes.HasPrefix(buf, []byte("PRI * HTTP/2.0\r\n")) {
 		return nil, 0, true
 	}
-	c.hb.Reset(buf)
-	c.hr.Reset(&c.hb)
-	r, err := http.ReadRequest(c.hr)
-	if err != nil || !fastRequest(r) {
+	r, fast := parseRequest(buf, c.tmpl)
+	if !fast {
 		return nil, 0, true
 	}
-	r.RemoteAddr = c.nc.RemoteAddr().String()
 	return r, head, true
-}
-
-// fastRequest: an HTTP/1.1 request without a body, Upgrade or Expect, with
-// a valid Host, that the fast path serves as net/http would.
-func fastRequest(r *http.Request) bool {
-	if r.ProtoMajor != 1 || r.ProtoMinor != 1 || r.Method == http.MethodConnect || r.RequestURI == "*" ||
-		r.ContentLength != 0 || len(r.TransferEncoding) > 0 ||
-		r.Header["Expect"] != nil || r.Header["Upgrade"] != nil || r.Header["Content-Length"] != nil {
-		return false
-	}
-	if r.Host == "" || len(r.Header["Host"]) > 0 {
-		return false
-	}
-	for i := 0; i < len(r.Host); i++ {
-		if !validHostByte(r.Host[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 // validHostByte: the bytes net/http accepts in a Host header.
@@ -337,8 +316,15 @@ func (c *h1Conn) handOver() {
 
 // serve answers one request; false: close the connection.
 func (c *h1Conn) serve(req *http.Request) (keep bool) {
-	req = req.WithContext(c.ctx)
-	w := &h1Response{c: c, req: req, h: http.Header{}, clen: -1}
+	// The writer and its header map are the connection's, reset per
+	// request: nothing keeps them after the handler returns.
+	h := c.resp.h
+	if h == nil {
+		h = make(http.Header, 16)
+	}
+	clear(h)
+	c.resp = h1Response{c: c, req: req, h: h, clen: -1}
+	w := &c.resp
 	w.close = req.Close
 	c.armWatch()
 	defer func() {

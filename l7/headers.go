@@ -471,12 +471,12 @@ func isTokenChar(c byte) bool {
 	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
-func validToken(s string) bool {
-	if s == "" {
-		return false
-	}
+func validToken(s string) bool { return s != "" && allBytes(s, isTokenChar) }
+
+// allBytes reports whether ok holds for every byte of s.
+func allBytes(s string, ok func(byte) bool) bool {
 	for i := 0; i < len(s); i++ {
-		if !isTokenChar(s[i]) {
+		if !ok(s[i]) {
 			return false
 		}
 	}

@@ -167,6 +167,7 @@ func (p *connPool) get(ctx context.Context, d *net.Dialer) (*backendConn, error)
 		return nil, &dialError{err}
 	}
 	c := &backendConn{pool: p, nc: nc}
+	c.interrupt = func() { nc.SetDeadline(aLongTimeAgo) }
 	c.br = bufio.NewReaderSize(countingReader{nc, &c.read}, 4<<10)
 	c.bw = bufio.NewWriterSize(nc, 4<<10)
 	return c, nil
@@ -240,6 +241,7 @@ type backendConn struct {
 	// interrupts an exchange sets one of its own, and closes the
 	// connection.
 	readDeadline readDeadline
+	interrupt    func() // makes blocked I/O on nc return at once
 }
 
 // countingReader counts what the backend sent, so that a failure can tell
@@ -269,7 +271,7 @@ func (c *backendConn) roundTrip(ctx context.Context, req *http.Request, headerTi
 	// The context (client gone) interrupts blocked I/O by putting the
 	// deadline in the past; stop undoes the hook when the answer has been
 	// read.
-	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(aLongTimeAgo) })
+	stop := context.AfterFunc(ctx, c.interrupt)
 	if err := writeRequest(c.bw, req); err != nil {
 		stop()
 		return nil, err
