@@ -287,7 +287,10 @@ func (c *backendConn) roundTrip(ctx context.Context, req *http.Request, headerTi
 	var res *http.Response
 	var err error
 	for {
-		res, err = http.ReadResponse(c.br, req)
+		var ok bool // a plain answer is read in place, anything else by net/http
+		if res, ok, err = readSimpleResponse(c.br, req); !ok {
+			res, err = http.ReadResponse(c.br, req)
+		}
 		if err != nil || res.StatusCode >= 200 || res.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
