@@ -47,15 +47,10 @@ func parseRequest(head []byte, tmpl *http.Request) (*http.Request, bool) {
 	for i := 0; i < n; i++ {
 		var field string
 		field, rest, _ = strings.Cut(rest, "\r\n")
-		name, value, ok := strings.Cut(field, ":")
-		if !ok || !validToken(name) {
-			return nil, false // obs-fold, a space before the colon, a bad name
+		name, value, ok := parseHeaderLine(field)
+		if !ok {
+			return nil, false // obs-fold, a space before the colon, a bad name or value
 		}
-		value = strings.Trim(value, " \t")
-		if !validValue(value) {
-			return nil, false
-		}
-		name = canonicalName(name)
 		switch name {
 		case "Host":
 			host, hosts = value, hosts+1
@@ -119,17 +114,3 @@ func plainQuery(q string) bool { return allBytes(q, func(c byte) bool { return '
 
 // validHost: a Host net/http's server accepts and the fast path serves.
 func validHost(h string) bool { return h != "" && allBytes(h, validHostByte) }
-
-// canonicalName is name in canonical form ("content-type" becomes
-// "Content-Type"), without a copy when it is already.
-func canonicalName(name string) string {
-	upper := true
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
-			return http.CanonicalHeaderKey(name)
-		}
-		upper = c == '-'
-	}
-	return name
-}

@@ -28,7 +28,8 @@ type h1Response struct {
 	noBody      bool
 	hold        []byte // body held back while its length is unknown
 	trailers    []string
-	close       bool // Connection: close
+	close       bool  // Connection: close
+	written     int64 // body bytes written
 	err         error
 }
 
@@ -81,6 +82,10 @@ func (w *h1Response) Write(p []byte) (int, error) {
 	if w.noBody || len(p) == 0 {
 		return len(p), nil
 	}
+	if w.clen >= 0 && w.written+int64(len(p)) > w.clen {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
 	if !w.headerSent {
 		if w.clen < 0 && len(w.hold)+len(p) <= holdBytes {
 			w.hold = append(w.hold, p...)

@@ -12,9 +12,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"net/netip"
+	"net/url"
+	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -995,5 +999,32 @@ func TestPassiveEjectionThroughProxy(t *testing.T) {
 		if b.Address == bad.String() && b.State != "ejected" {
 			t.Errorf("bad backend state %q", b.State)
 		}
+	}
+}
+
+// TestOutgoingSetsEveryField: outgoing copies the client's request and then
+// sets every exported field; a field a new Go release adds to http.Request
+// must be looked at there (and added to this list).
+func TestOutgoingSetsEveryField(t *testing.T) {
+	known := []string{"Method", "URL", "Proto", "ProtoMajor", "ProtoMinor", "Header", "Body", "GetBody",
+		"ContentLength", "TransferEncoding", "Close", "Host", "Form", "PostForm", "MultipartForm", "Trailer",
+		"RemoteAddr", "RequestURI", "TLS", "Cancel", "Response", "Pattern"}
+	var fields []string
+	for f := range reflect.TypeFor[http.Request]().Fields() {
+		if f.IsExported() {
+			fields = append(fields, f.Name)
+		}
+	}
+	if !slices.Equal(fields, known) {
+		t.Fatalf("http.Request's exported fields are %v; outgoing knows %v", fields, known)
+	}
+	in := httptest.NewRequest("POST", "http://a/b?c", strings.NewReader("x"))
+	in.Close, in.RequestURI, in.Pattern = true, "/b?c", "/b"
+	in.Form = url.Values{"k": {"v"}}
+	ctx := context.WithValue(context.Background(), listenerKey{}, 1)
+	out := outgoing(in, ctx)
+	if out.Body != nil || out.Close || out.RequestURI != "" || out.Form != nil || out.Pattern != "" || out.URL != nil ||
+		out.Context() != ctx || out.Method != "POST" || out.ContentLength != 1 || out.RemoteAddr != in.RemoteAddr {
+		t.Errorf("outgoing kept or lost a field: %+v", out)
 	}
 }

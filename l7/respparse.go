@@ -193,13 +193,22 @@ func parseHeaderLine(line string) (k, v string, ok bool) {
 	if !canonical {
 		k = textproto.CanonicalMIMEHeaderKey(k)
 	}
-	v = strings.Trim(v, " \t")
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; c < 0x20 && c != '\t' || c == 0x7f {
-			return "", "", false
-		}
+	v = trimOWS(v)
+	if !validValue(v) {
+		return "", "", false
 	}
 	return k, v, true
+}
+
+// trimOWS strips the spaces and tabs around a field value.
+func trimOWS(v string) string {
+	for v != "" && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for v != "" && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
 }
 
 func asciiOnly(s string) bool {

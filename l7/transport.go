@@ -441,7 +441,7 @@ func writeRequest(w *bufio.Writer, req *http.Request) error {
 // writeHeaderValue writes v trimmed, with any CR or LF as a space (as
 // net/http does: a value never ends the header line early).
 func writeHeaderValue(w io.StringWriter, v string) {
-	if strings.ContainsAny(v, "\r\n") {
+	if strings.IndexByte(v, '\r') >= 0 || strings.IndexByte(v, '\n') >= 0 {
 		v = newlineToSpace.Replace(v)
 	}
 	w.WriteString(strings.TrimSpace(v))
