@@ -119,3 +119,23 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkParseRequest(b *testing.B) {
+	head := []byte("GET /index.html?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n")
+	b.Run("parseRequest", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			parseRequest(head, parseTmpl)
+		}
+	})
+	b.Run("http.ReadRequest", func(b *testing.B) {
+		var r bytes.Reader
+		br := bufio.NewReader(&r)
+		b.ReportAllocs()
+		for b.Loop() {
+			r.Reset(head)
+			br.Reset(&r)
+			http.ReadRequest(br)
+		}
+	})
+}
