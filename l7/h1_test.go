@@ -2,11 +2,13 @@ package l7
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"syscall"
 	"testing"
@@ -230,4 +232,28 @@ func FuzzH1Connection(f *testing.F) {
 			t.Fatalf("after %q the next client got %d %q", in, code, body)
 		}
 	})
+}
+
+// TestH1ResponseContentLengthOverrun: a handler that writes more than its
+// Content-Length gets http.ErrContentLength for the excess, as from
+// net/http's server, and the answer on the wire keeps its framing.
+func TestH1ResponseContentLengthOverrun(t *testing.T) {
+	var out bytes.Buffer
+	c := &h1Conn{l: &listener{}, bw: bufio.NewWriter(&out)}
+	w := &h1Response{c: c, req: httptest.NewRequest("GET", "/", nil), h: http.Header{}, clen: -1}
+	w.Header().Set("Content-Length", "3")
+	if n, err := w.Write([]byte("ab")); n != 2 || err != nil {
+		t.Fatalf("first write: %d, %v", n, err)
+	}
+	if n, err := w.Write([]byte("cd")); n != 0 || !errors.Is(err, http.ErrContentLength) {
+		t.Fatalf("write past Content-Length: %d, %v; want 0, ErrContentLength", n, err)
+	}
+	w.Write([]byte("c"))
+	w.finish()
+	res, err := http.ReadResponse(bufio.NewReader(&out), nil)
+	mustf(t, err, "read answer")
+	body, err := io.ReadAll(res.Body)
+	if err != nil || string(body) != "abc" {
+		t.Errorf("body %q, %v; want abc", body, err)
+	}
 }
