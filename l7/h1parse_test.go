@@ -28,6 +28,7 @@ func TestParseRequest(t *testing.T) {
 		{"empty value and OWS", "DELETE /x HTTP/1.1\r\nHost:x\r\nX-Empty:\r\nX-T: \t v \t\r\n\r\n", true},
 		{"obs-text value", "GET / HTTP/1.1\r\nHost: x\r\nX-U: caf\xc3\xa9\r\n\r\n", true},
 		{"connection close", "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n", true},
+		{"close look-alike", "GET / HTTP/1.1\r\nHost: x\r\nConnection: clo\u017fe\r\n\r\n", true},
 		{"pragma", "GET / HTTP/1.1\r\nHost: x\r\nPragma: no-cache\r\n\r\n", true},
 		{"extension method", "PURGE /x HTTP/1.1\r\nHost: x\r\n\r\n", true},
 

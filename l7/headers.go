@@ -218,16 +218,37 @@ func deleteConnectionTokens(h http.Header, conn []string) {
 	}
 }
 
-// hasToken reports whether a comma-separated header has token (any case).
+// hasToken reports whether a comma-separated header has token, compared
+// in ASCII case only as net/http does ("clo\u017fe" is not "close").
 func hasToken(vals []string, token string) bool {
 	for _, v := range vals {
 		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(tok), token) {
+			if asciiEqualFold(textproto.TrimString(tok), token) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// asciiEqualFold is strings.EqualFold for ASCII letters only.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // upgradeType is the protocol a request or response asks to switch to, or
