@@ -127,7 +127,11 @@ func (m *Metrics) forget(s Subject) {
 	if m == nil {
 		return
 	}
-	m.checks.DeletePartialMatch(prometheus.Labels{"service": s.Service, "backend": s.Backend})
+	// The two series by name: DeletePartialMatch scans every series, which
+	// made closing a manager of n subjects O(n^2).
+	for _, result := range []string{resultSuccess, resultFailure} {
+		m.checks.DeleteLabelValues(s.Service, s.Backend, result)
+	}
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
