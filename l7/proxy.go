@@ -135,10 +135,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	ex.url = url.URL{Scheme: "http", Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
-	out := outgoing(r, ctx)
-	out.URL = &ex.url
-	out.Header = outHeader
-	out.Host = cmp.Or(s.hdr.hostRewrite, r.Host)
+	out := outgoing(r, ctx, &ex.url, outHeader, cmp.Or(s.hdr.hostRewrite, r.Host))
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
 		ex.body.rc = r.Body
 		out.Body = &ex.body
@@ -243,14 +240,14 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// outgoing is the request to the backend for r, with ctx, before its URL,
-// Header and Host are set: one allocation where a new http.Request and
-// WithContext make two. Every exported field is set (requestFields in the
-// tests catches a field a new Go release adds).
-func outgoing(r *http.Request, ctx context.Context) *http.Request {
+// outgoing is the request to the backend for r, with ctx, u, h and host:
+// one allocation where a new http.Request and WithContext make two. Every
+// exported field is set (TestOutgoingSetsEveryField catches a field a new Go
+// release adds).
+func outgoing(r *http.Request, ctx context.Context, u *url.URL, h http.Header, host string) *http.Request {
 	out := r.WithContext(ctx)
 	out.Method = r.Method
-	out.URL, out.Header, out.Host = nil, nil, ""
+	out.URL, out.Header, out.Host = u, h, host
 	out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
 	out.Body, out.GetBody = nil, nil
 	out.ContentLength, out.TransferEncoding, out.Close = r.ContentLength, nil, false

@@ -1022,7 +1022,7 @@ func TestOutgoingSetsEveryField(t *testing.T) {
 	in.Close, in.RequestURI, in.Pattern = true, "/b?c", "/b"
 	in.Form = url.Values{"k": {"v"}}
 	ctx := context.WithValue(context.Background(), listenerKey{}, 1)
-	out := outgoing(in, ctx)
+	out := outgoing(in, ctx, nil, nil, "")
 	if out.Body != nil || out.Close || out.RequestURI != "" || out.Form != nil || out.Pattern != "" || out.URL != nil ||
 		out.Context() != ctx || out.Method != "POST" || out.ContentLength != 1 || out.RemoteAddr != in.RemoteAddr {
 		t.Errorf("outgoing kept or lost a field: %+v", out)

@@ -77,7 +77,7 @@ func readSimpleResponse(br *bufio.Reader, req *http.Request) (res *http.Response
 			clen = int64(u)
 		case "Connection":
 			if !asciiOnly(v) {
-				return nil, false, nil // hasToken folds Unicode, net/http does not
+				return nil, false, nil // rare: left to net/http
 			}
 		}
 		vals[i] = v
