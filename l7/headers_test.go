@@ -3,6 +3,7 @@ package l7
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -18,7 +19,11 @@ import (
 // placeholders after their format is checked.
 func dumpRequest(w http.ResponseWriter, r *http.Request) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s %s\nHost: %s\n", r.Method, r.RequestURI, r.Proto, r.Host)
+	host := r.Host
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok && host == la.String() {
+		host = "<backend address>"
+	}
+	fmt.Fprintf(&b, "%s %s %s\nHost: %s\n", r.Method, r.RequestURI, r.Proto, host)
 	keys := make([]string, 0, len(r.Header))
 	for k := range r.Header {
 		keys = append(keys, k)
@@ -89,6 +94,11 @@ func TestRequestHeadersGolden(t *testing.T) {
 			"X-Request-Id: trusted-direct\n\n"},
 		{"rules", listenA.String(), "POST /r HTTP/1.1\nHost: rules.example\nContent-Length: 4\nContent-Type: text/plain\n" +
 			"Cookie: session=1\nX-Tag: client\nX-Env: dev\nX-Request-Id: rules\n\nbody"},
+		// No Host from the client: the backend's address, as net/http's
+		// transport sends (nginx refuses an empty Host in HTTP/1.1).
+		{"HTTP/1.0 without Host", listenA.String(), "GET /old HTTP/1.0\nX-Request-Id: old\n\n"},
+		{"HTTP/1.0 without Host, with a body", listenA.String(), "POST /old HTTP/1.0\nContent-Length: 2\n" +
+			"X-Request-Id: old-body\n\nhi"},
 		{"ipv6 client", listen6.String(), "GET / HTTP/1.1\nHost: [::1]:1003\nX-Request-Id: v6\n\n"},
 	}
 	var golden bytes.Buffer

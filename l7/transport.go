@@ -414,7 +414,14 @@ func writeRequest(w *bufio.Writer, req *http.Request) error {
 	w.WriteByte(' ')
 	w.WriteString(req.URL.RequestURI())
 	w.WriteString(" HTTP/1.1\r\nHost: ")
-	writeHeaderValue(w, req.Host)
+	host := req.Host
+	if host == "" {
+		// No Host from the client (HTTP/1.0): the backend's address, as
+		// net/http's transport writes on the other path. An empty Host,
+		// which RFC 9112 allows, gets a 400 from nginx.
+		host = req.URL.Host
+	}
+	writeHeaderValue(w, host)
 	w.WriteString("\r\n")
 	for k, vv := range req.Header {
 		if k == "Host" || k == "Content-Length" || k == "Transfer-Encoding" || k == "Connection" {
