@@ -167,6 +167,27 @@ type h1Conn struct {
 	resp         h1Response   // the answer being written
 }
 
+// connScratch is what the fast path lends each request of a client
+// connection in turn: the peer, parsed once, and storage reused from one
+// request to the next. The requests are served one at a time, and nothing
+// keeps a request's exchange or outgoing header after its ServeHTTP has
+// returned, except net/http's transport (requests with a body or an
+// Upgrade), which the fast path's requests do not take; a header that went
+// that way anyway is not given back.
+type connScratch struct {
+	peer   peer
+	header http.Header // the outgoing header's map; nil while lent or not given back
+	ex     exchange
+}
+
+type connScratchKey struct{}
+
+// scratchOf is the connScratch of a fast-path request's context, or nil.
+func scratchOf(ctx context.Context) *connScratch {
+	sc, _ := ctx.Value(connScratchKey{}).(*connScratch)
+	return sc
+}
+
 const (
 	watchOff = iota
 	watchArmed
@@ -205,7 +226,9 @@ func (l *listener) serveConn(nc net.Conn) {
 	defer c.cancel()
 	c.br = bufio.NewReaderSize(stashReader{c}, maxHeadBytes)
 	c.bw = bufio.NewWriterSize(nc, 4<<10)
-	c.tmpl = (&http.Request{RemoteAddr: nc.RemoteAddr().String()}).WithContext(c.ctx)
+	remote := nc.RemoteAddr().String()
+	sc := &connScratch{peer: parsePeer(remote), header: make(http.Header, 16)}
+	c.tmpl = (&http.Request{RemoteAddr: remote}).WithContext(context.WithValue(c.ctx, connScratchKey{}, sc))
 	c.watchTimer = time.AfterFunc(time.Hour, c.watch)
 	c.watchTimer.Stop()
 	defer c.watchTimer.Stop()

@@ -267,9 +267,28 @@ func upgradeType(h http.Header) string {
 
 // origin is what the proxy knows of where a request comes from.
 type origin struct {
-	peer    netip.Addr // the connection's peer, unmapped; invalid if unknown
+	peer
 	trusted bool       // peer is one of TrustedProxies
 	client  netip.Addr // the real client: peer, or from a trusted peer's headers
+}
+
+// peer is a connection's peer as the headers need it. The fast path works
+// it out once per client connection (connScratch).
+type peer struct {
+	addr netip.Addr // unmapped, without zone; invalid if unknown
+	text string     // addr as text: the host part of RemoteAddr when canonical
+	val  []string   // {text}, shared by the headers that carry it: never modified
+}
+
+// parsePeer reads a connection's peer from its RemoteAddr.
+func parsePeer(remoteAddr string) peer {
+	var p peer
+	if ap, err := netip.ParseAddrPort(remoteAddr); err == nil {
+		p.addr = ap.Addr().Unmap().WithZone("")
+		p.text = peerText(remoteAddr, p.addr)
+		p.val = []string{p.text}
+	}
+	return p
 }
 
 // origin works out the real client of a request from remoteAddr (the
@@ -278,19 +297,20 @@ type origin struct {
 // is not itself a trusted proxy. A malformed entry stops the walk at the
 // last trusted hop.
 func (hp *headerPlan) origin(remoteAddr string, h http.Header) origin {
-	var o origin
-	if ap, err := netip.ParseAddrPort(remoteAddr); err == nil {
-		o.peer = ap.Addr().Unmap().WithZone("")
-	}
-	o.client = o.peer
-	if !o.peer.IsValid() || len(hp.trusted) == 0 || !isTrusted(o.peer, hp.trusted) {
+	return hp.originOf(parsePeer(remoteAddr), h)
+}
+
+// originOf is origin for a peer already parsed.
+func (hp *headerPlan) originOf(p peer, h http.Header) origin {
+	o := origin{peer: p, client: p.addr}
+	if !p.addr.IsValid() || len(hp.trusted) == 0 || !isTrusted(p.addr, hp.trusted) {
 		return o
 	}
 	o.trusted = true
 	if xff := h[hdrXForwardedFor]; len(xff) > 0 {
-		o.client = clientFromXFF(xff, hp.trusted, o.peer)
+		o.client = clientFromXFF(xff, hp.trusted, p.addr)
 	} else if fwd := h[hdrForwarded]; len(fwd) > 0 {
-		o.client = clientFromForwarded(fwd, hp.trusted, o.peer)
+		o.client = clientFromForwarded(fwd, hp.trusted, p.addr)
 	}
 	return o
 }
@@ -587,11 +607,14 @@ func joinAppend(vals []string, last string) string {
 
 // requestHeader builds the header sent to the backend for r: the client's
 // headers without hop-by-hop ones, the forwarding headers, X-Request-Id
-// (reqID, a shared slice) and X-Timestamp, then the rules. upgrade is the
-// protocol the client asks to switch to ("" for none).
-func (hp *headerPlan) requestHeader(r *http.Request, o origin, reqID []string, start time.Time) (out http.Header, upgrade string) {
+// (reqID, a shared slice) and X-Timestamp, then the rules. out, if not nil,
+// is an empty map to fill (the fast path lends one per connection).
+// upgrade is the protocol the client asks to switch to ("" for none).
+func (hp *headerPlan) requestHeader(r *http.Request, o origin, reqID []string, start time.Time, out http.Header) (_ http.Header, upgrade string) {
 	in := r.Header
-	out = make(http.Header, len(in)+8)
+	if out == nil {
+		out = make(http.Header, len(in)+8)
+	}
 	for k, vv := range in {
 		if !isHopByHop(k) {
 			out[k] = vv
@@ -615,16 +638,14 @@ func (hp *headerPlan) requestHeader(r *http.Request, o origin, reqID []string, s
 	if r.TLS != nil {
 		proto = protoHTTPS
 	}
-	if o.peer.IsValid() {
-		peer := peerText(r.RemoteAddr, o.peer)
-		peerVal := []string{peer} // shared by two keys: never modified
+	if o.addr.IsValid() {
 		if xff := in[hdrXForwardedFor]; o.trusted && len(xff) > 0 {
-			out[hdrXForwardedFor] = []string{joinAppend(xff, peer)}
+			out[hdrXForwardedFor] = []string{joinAppend(xff, o.text)}
 		} else {
-			out[hdrXForwardedFor] = peerVal
+			out[hdrXForwardedFor] = o.val
 		}
-		if o.client == o.peer {
-			out[hdrXRealIP] = peerVal
+		if o.client == o.addr {
+			out[hdrXRealIP] = o.val
 		} else {
 			out[hdrXRealIP] = []string{o.client.String()}
 		}
@@ -644,7 +665,7 @@ func (hp *headerPlan) requestHeader(r *http.Request, o origin, reqID []string, s
 	}
 	if hp.forwarded {
 		var buf [128]byte
-		elem := appendForwardedElement(buf[:0], o.peer, r.Host, proto[0])
+		elem := appendForwardedElement(buf[:0], o.addr, r.Host, proto[0])
 		if fwd := in[hdrForwarded]; o.trusted && len(fwd) > 0 {
 			out[hdrForwarded] = []string{joinAppend(fwd, string(elem))}
 		} else {

@@ -371,3 +371,31 @@ func naiveXFF(xff string, trusted []netip.Prefix, peer netip.Addr) netip.Addr {
 	}
 	return client
 }
+
+// The requests of one client connection share the fast path's scratch (the
+// outgoing header map, the exchange): each must reach the backend exactly
+// as it would on a connection of its own.
+func TestRequestHeadersPerRequestOnOneConnection(t *testing.T) {
+	be := startBackend(t, http.HandlerFunc(dumpRequest))
+	h := newHarness(t)
+	h.update(svcConf("plain", listenA, be))
+	addr := h.real(listenA)
+	reqs := []string{
+		"GET /1 HTTP/1.1\nHost: one.example\nX-One: 1\nCookie: a=b\nX-Forwarded-For: 198.51.100.1\nUser-Agent: one\n\n",
+		"GET /2 HTTP/1.1\nHost: two.example\n\n",
+		"HEAD /3 HTTP/1.1\nHost: three.example\nX-Three: 3\nConnection: keep-alive, X-Three\nX-Request-Id: three\n\n",
+		"GET /4 HTTP/1.1\nHost: four.example\nX-Request-Id: four\nAccept: */*\n\n",
+	}
+	methods := []string{"GET", "GET", "HEAD", "GET"}
+	together := wire(t, addr, strings.Join(reqs, ""), false, methods...)
+	for i, req := range reqs {
+		alone := wire(t, addr, req, false, methods[i])[0]
+		got, want := bodyOf(together[i]), bodyOf(alone)
+		if methods[i] == "HEAD" {
+			got, want = together[i].Header.Get("Content-Length"), alone.Header.Get("Content-Length")
+		}
+		if got != want || got == "" {
+			t.Errorf("request %d on a shared connection reached the backend as\n%s\nalone as\n%s", i+1, got, want)
+		}
+	}
+}

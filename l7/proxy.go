@@ -76,6 +76,8 @@ type exchange struct {
 	result  Result         // for Done
 	failed  bool           // counts as an error (5xx, gateway error)
 	latency time.Duration  // set for tunnels: the time to the 101
+	scratch *connScratch   // the fast path's, if the exchange is its
+	header  http.Header    // the outgoing header's map, to give back to scratch
 }
 
 // bodyReader wraps the client's request body for the transport: Close does
@@ -105,7 +107,21 @@ func (b *bodyReader) Close() error { return nil }
 func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	h := w.Header()
-	ex := &exchange{start: start, code: http.StatusOK}
+	sc := scratchOf(r.Context())
+	var ex *exchange
+	var p peer
+	var lent http.Header
+	if sc != nil {
+		ex = &sc.ex
+		*ex = exchange{start: start, code: http.StatusOK, scratch: sc}
+		p = sc.peer
+		if lent, sc.header = sc.header, nil; lent != nil {
+			clear(lent)
+		}
+	} else {
+		ex = &exchange{start: start, code: http.StatusOK}
+		p = parsePeer(r.RemoteAddr)
+	}
 	defer s.finish(ex)
 	if r.Method == http.MethodConnect {
 		ex.code = connectNotAllowed.status
@@ -114,7 +130,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	o := s.hdr.origin(r.RemoteAddr, r.Header)
+	o := s.hdr.originOf(p, r.Header)
 	reqID := r.Header[hdrRequestID]
 	switch {
 	case len(reqID) == 0 || reqID[0] == "":
@@ -122,7 +138,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case len(reqID) > 1:
 		reqID = reqID[:1:1]
 	}
-	outHeader, upType := s.hdr.requestHeader(r, o, reqID, start)
+	outHeader, upType := s.hdr.requestHeader(r, o, reqID, start, lent)
 
 	clientCtx := r.Context()
 	ctx := clientCtx
@@ -130,7 +146,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.RequestTimeout > 0 {
 		deadline = start.Add(s.cfg.RequestTimeout)
 	}
-	if s.ipHash && o.client != o.peer {
+	if s.ipHash && o.client != o.addr {
 		ctx = WithClientIP(ctx, o.client)
 	}
 
@@ -144,6 +160,9 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// discard the rest of the body under the transport's feet when the
 		// response header goes out. HTTP/2 is full duplex anyway.
 		http.NewResponseController(w).EnableFullDuplex()
+	}
+	if sc != nil && s.transport.direct(out) {
+		ex.header = outHeader // the next request on the connection reuses the map
 	}
 	if !deadline.IsZero() && !s.transport.direct(out) {
 		// net/http's transport takes the request timeout from the context;
@@ -358,6 +377,9 @@ func (s *service) finish(ex *exchange) {
 		ex.up.Done(s.pool, ex.result, lat)
 	}
 	s.stats.record(ex.us, ex.code, ex.kind, ex.failed || ex.kind != errNone, lat, end)
+	if ex.scratch != nil && ex.header != nil {
+		ex.scratch.header = ex.header
+	}
 }
 
 // tunnel serves a 101 Switching Protocols answer (WebSocket): it checks the
