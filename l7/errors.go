@@ -79,6 +79,15 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
+// errRequestTimeout: the request's timeout ran out while the fast path was
+// still connecting to the backend.
+var errRequestTimeout error = requestTimeoutError{}
+
+type requestTimeoutError struct{}
+
+func (requestTimeoutError) Error() string { return "request timeout while connecting to the backend" }
+func (requestTimeoutError) Timeout() bool { return true }
+
 // classify turns a RoundTrip (or response body) error into an errKind. ctx
 // is the request's proxy context (with the request timeout), client the
 // client's own. canceled reports that the client went away: nothing is sent

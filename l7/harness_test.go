@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -151,6 +152,34 @@ func deadAddr(t testing.TB) netip.AddrPort {
 	a := netip.MustParseAddrPort(ln.Addr().String())
 	ln.Close()
 	return a
+}
+
+// silentAddr is an address where connecting hangs: a listener whose accept
+// queue (backlog 0) is full and never accepted from, so the kernel drops
+// further SYNs.
+func silentAddr(t testing.TB) netip.AddrPort {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	mustf(t, err, "socket")
+	t.Cleanup(func() { syscall.Close(fd) })
+	mustf(t, syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}), "bind")
+	mustf(t, syscall.Listen(fd, 0), "listen")
+	sa, err := syscall.Getsockname(fd)
+	mustf(t, err, "getsockname")
+	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port))
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr.String(), 200*time.Millisecond)
+		if err != nil {
+			if isTimeoutErr(err) {
+				return addr // the queue is full
+			}
+			t.Fatalf("filling the accept queue: %v", err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 8 {
+			t.Fatalf("accept queue of %s not full after %d connections", addr, i+1)
+		}
+	}
 }
 
 // named answers with its name, for telling backends apart.

@@ -97,6 +97,7 @@ func TestGatewayErrors(t *testing.T) {
 		}
 	}))
 	dead := deadAddr(t)
+	silent := silentAddr(t)
 
 	for _, tc := range []struct {
 		name   string
@@ -128,6 +129,14 @@ func TestGatewayErrors(t *testing.T) {
 			*c = svcConf("s", listenA, slowAddr)
 			c.RequestTimeout = 100 * time.Millisecond
 		}, 504, "the backend did not answer in time", "timeout", slowAddr.String()},
+		{"connect hangs, connect timeout", func(c *ServiceConfig) {
+			*c = svcConf("s", listenA, silent)
+			c.ConnectTimeout = 200 * time.Millisecond
+		}, 502, "the backend could not be reached", "connect", silent.String()},
+		{"connect hangs, request timeout first", func(c *ServiceConfig) {
+			*c = svcConf("s", listenA, silent)
+			c.RequestTimeout = 200 * time.Millisecond // the connect timeout stays 5 s
+		}, 504, "the backend did not answer in time", "timeout", silent.String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
@@ -260,6 +269,30 @@ func TestRetryOnConnectFailure(t *testing.T) {
 				t.Errorf("dead upstream: in flight %d errors %d", up.InFlight.Load(), up.Errors.Load())
 			}
 		})
+	}
+}
+
+// A request is retried once, never twice: with the first two picks dead,
+// the answer is the second failure's 502 though a live backend is left.
+func TestRetryOnlyOnce(t *testing.T) {
+	var got atomic.Int64
+	alive := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got.Add(1) }))
+	dead1, dead2 := deadAddr(t), deadAddr(t)
+	h := newHarness(t)
+	c := svcConf("s", listenA, dead1, dead2, alive) // round robin: dead1, then dead2
+	c.RetryIdempotent = true
+	h.update(c)
+	code, body, _ := get(t, testClient(t), h.url(listenA, "/"))
+	if code != 502 || !strings.Contains(body, "could not be reached") {
+		t.Errorf("got %d %q, want 502: tried twice, both dead", code, body)
+	}
+	if got.Load() != 0 {
+		t.Errorf("the live backend got %d requests: a third attempt", got.Load())
+	}
+	for _, d := range []netip.AddrPort{dead1, dead2} {
+		if v := promValue(t, h.reg, "xlb_l7_upstream_errors_total", map[string]string{"backend": d.String(), "kind": "connect"}); v != 1 {
+			t.Errorf("connect errors on %s = %v, want 1", d, v)
+		}
 	}
 }
 

@@ -73,7 +73,7 @@ func (t *transport) roundTrip(req *http.Request, deadline time.Time) (*http.Resp
 	p := t.pool(req.URL.Host)
 	resentFresh := false
 	for {
-		c, err := p.get(ctx, t.dialer)
+		c, err := p.get(ctx, t.dialer, deadline)
 		if err != nil {
 			return nil, err
 		}
@@ -138,7 +138,11 @@ type connPool struct {
 	reap *time.Timer
 }
 
-func (p *connPool) get(ctx context.Context, d *net.Dialer) (*backendConn, error) {
+// get takes an idle connection or dials one. A dial ends at the connect
+// timeout (the dialer's) or at deadline (the request's; zero: none),
+// whichever comes first; the request's running out is a timeout, not a
+// connect error (504, not retried), as on net/http's path.
+func (p *connPool) get(ctx context.Context, d *net.Dialer, deadline time.Time) (*backendConn, error) {
 	for {
 		p.mu.Lock()
 		n := len(p.idle)
@@ -162,8 +166,17 @@ func (p *connPool) get(ctx context.Context, d *net.Dialer) (*backendConn, error)
 		}
 		c.close()
 	}
-	nc, err := d.DialContext(ctx, "tcp", p.addr)
+	dctx := ctx
+	if !deadline.IsZero() {
+		var cancel context.CancelFunc
+		dctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	nc, err := d.DialContext(dctx, "tcp", p.addr)
 	if err != nil {
+		if dctx.Err() != nil && ctx.Err() == nil {
+			return nil, errRequestTimeout
+		}
 		return nil, &dialError{err}
 	}
 	c := &backendConn{pool: p, nc: nc}
