@@ -234,8 +234,13 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 		case <-poll.C:
 			c.mu.Lock()
-			retry := c.unresolved
+			retry, l7 := c.unresolved, c.l7 != nil && c.hasL7()
 			c.mu.Unlock()
+			if l7 {
+				// Passive health ejects and readmits L7 backends without a
+				// reconcile: the gauges follow within a poll.
+				c.updateMetrics()
+			}
 			removed := c.finishRemovals()
 			if removed {
 				c.syncHealth()
@@ -247,6 +252,16 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// hasL7 reports whether any service is L7; the caller holds c.mu.
+func (c *Controller) hasL7() bool {
+	for _, s := range c.services {
+		if s.cfg.Mode == config.ModeL7 {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Controller) requestReconcile() {

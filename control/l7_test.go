@@ -1,14 +1,22 @@
 package control
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/xlb-dev/xlb/config"
+	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/l7"
 )
 
@@ -67,4 +75,109 @@ func TestL7ConfigsCarryEveryKey(t *testing.T) {
 			t.Errorf("l7.ServiceConfig.%s is not covered by this test", v.Type().Field(i).Name)
 		}
 	}
+}
+
+// An L7 backend that passive health ejected counts as down everywhere the
+// controller reports it: /lb/health's healthy backends, the backend list's
+// state, and xlb_backend_up / xlb_backend_state within a poll, though the
+// active checks still pass.
+func TestL7EjectionIsVisible(t *testing.T) {
+	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/health" {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}))
+	t.Cleanup(be.Close)
+	beAddr := netip.MustParseAddrPort(be.Listener.Addr().String())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+	cfg, err := config.Parse([]byte(fmt.Sprintf(`
+[health_check]
+interval = "50ms"
+timeout = "40ms"
+path = "/health"
+[[service]]
+name = "api"
+vip = "127.0.0.1"
+port = %d
+mode = "l7"
+  [service.passive_health]
+  max_fails = 1
+  ejection = "1m"
+  max_ejection = "1h"
+  [[service.backend]]
+  address = "127.0.0.1"
+  port = %d
+`, listen.Port(), beAddr.Port())), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := l7.NewServer(l7.Options{Logger: log})
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	hm := health.NewManager(log, nil)
+	t.Cleanup(hm.Close)
+	reg := prometheus.NewRegistry()
+	c := New(cfg, Options{L7: srv, Health: hm, Logger: log, Metrics: NewMetrics(reg)})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go c.Run(ctx)
+	id := "api@" + beAddr.String()
+	gauge := func(name string, labels map[string]string) float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+		metric:
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+						continue metric
+					}
+				}
+				return m.GetGauge().GetValue()
+			}
+		}
+		return -1
+	}
+	eventually(t, "the backend checked healthy", func() bool {
+		rep, _ := c.Health("api")
+		return rep.HealthyBackends == 1 && gauge("xlb_backend_up", map[string]string{"backend": beAddr.String()}) == 1
+	})
+
+	resp, err := http.Get("http://" + listen.String() + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("status %d, want the backend's 500", resp.StatusCode)
+	}
+	if rep, _ := c.Health("api"); rep.HealthyBackends != 0 || rep.Status != "unhealthy" {
+		t.Errorf("/lb/health after the ejection: %+v, want no healthy backend", rep)
+	}
+	if st := stateOf(t, c, id).State; st != "ejected" {
+		t.Errorf("backend state %q, want ejected", st)
+	}
+	eventually(t, "the gauges to show the ejection", func() bool {
+		b := beAddr.String()
+		return gauge("xlb_backend_up", map[string]string{"backend": b}) == 0 &&
+			gauge("xlb_backend_state", map[string]string{"backend": b, "state": "ejected"}) == 1 &&
+			gauge("xlb_backend_state", map[string]string{"backend": b, "state": "up"}) == 0
+	})
 }

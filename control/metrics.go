@@ -6,8 +6,15 @@ import (
 	"github.com/xlb-dev/xlb/loader"
 )
 
-// states are the values of xlb_backend_state's state label.
-var states = []loader.State{loader.StateUp, loader.StateDraining, loader.StateDown, loader.StateUnresolved}
+// states are the values of xlb_backend_state's state label: the datapath's,
+// and "ejected" for an L7 backend that passive health took out.
+var states = []string{
+	loader.StateUp.String(), loader.StateDraining.String(), loader.StateDown.String(),
+	loader.StateUnresolved.String(), stateEjected,
+}
+
+// stateEjected is BackendInfo.State of an L7 backend under passive ejection.
+const stateEjected = "ejected"
 
 // Metrics are the controller's gauges.
 type Metrics struct {
@@ -25,7 +32,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"service", "backend"}),
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "xlb", Name: "backend_state",
-			Help: "1 for the backend's current state (up, draining, down, unresolved).",
+			Help: "1 for the backend's current state (up, draining, down, unresolved, ejected).",
 		}, []string{"service", "backend", "state"}),
 		known: map[[2]string]bool{},
 	}
@@ -57,10 +64,10 @@ func (c *Controller) updateMetrics() {
 			m.up.WithLabelValues(key[0], key[1]).Set(up)
 			for _, st := range states {
 				v := 0.0
-				if bi.State == st.String() {
+				if bi.State == st {
 					v = 1
 				}
-				m.state.WithLabelValues(key[0], key[1], st.String()).Set(v)
+				m.state.WithLabelValues(key[0], key[1], st).Set(v)
 			}
 		}
 	}
@@ -68,7 +75,7 @@ func (c *Controller) updateMetrics() {
 		if !seen[key] {
 			m.up.DeleteLabelValues(key[0], key[1])
 			for _, st := range states {
-				m.state.DeleteLabelValues(key[0], key[1], st.String())
+				m.state.DeleteLabelValues(key[0], key[1], st)
 			}
 		}
 	}

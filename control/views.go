@@ -68,7 +68,7 @@ func (c *Controller) infoWith(s *service, b *backend, flows map[string]int) Back
 		if u := c.l7.Upstream(s.cfg.Name, b.id); u != nil {
 			bi.Packets = u.Requests.Load() // requests, for L7
 			if until := u.EjectedUntil(); time.Now().Before(until) {
-				bi.State = "ejected"
+				bi.State = stateEjected
 				bi.EjectedUntil = &until
 			}
 		}
@@ -158,10 +158,17 @@ func (c *Controller) Health(name string) (HealthReport, error) {
 	return rep, nil
 }
 
-// reachable: passes checks and is not unresolved; the caller holds c.mu.
+// reachable: passes checks, is not unresolved and, for L7, not ejected by
+// passive health (as the listeners' /lb/health counts it); the caller
+// holds c.mu.
 func (c *Controller) reachable(s *service, b *backend) bool {
 	if st, _ := c.healthState(b); st != health.Healthy {
 		return false
+	}
+	if s.cfg.Mode == config.ModeL7 && c.l7 != nil {
+		if u := c.l7.Upstream(s.cfg.Name, b.id); u != nil && u.Ejected(time.Now()) {
+			return false
+		}
 	}
 	if s.cfg.Mode == config.ModeL4 && c.rec != nil {
 		if sid, ok := c.rec.ServiceID(s.cfg.VIP, s.cfg.Port, s.cfg.Protocol.Number()); ok {
