@@ -17,6 +17,7 @@ import (
 
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/internal/promtest"
 	"github.com/xlb-dev/xlb/l7"
 )
 
@@ -135,25 +136,11 @@ mode = "l7"
 	go c.Run(ctx)
 	id := "api@" + beAddr.String()
 	gauge := func(name string, labels map[string]string) float64 {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
+		v, found, err := promtest.Value(reg, name, labels)
+		if err != nil || !found {
+			return -1
 		}
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-		metric:
-			for _, m := range mf.GetMetric() {
-				for _, lp := range m.GetLabel() {
-					if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
-						continue metric
-					}
-				}
-				return m.GetGauge().GetValue()
-			}
-		}
-		return -1
+		return v
 	}
 	eventually(t, "the backend checked healthy", func() bool {
 		rep, _ := c.Health("api")

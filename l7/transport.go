@@ -174,7 +174,9 @@ func (p *connPool) get(ctx context.Context, d *net.Dialer, deadline time.Time) (
 	}
 	nc, err := d.DialContext(dctx, "tcp", p.addr)
 	if err != nil {
-		if dctx.Err() != nil && ctx.Err() == nil {
+		// The dialer's own deadline (the earlier of the two) may fire before
+		// dctx's timer: the clock decides which timeout it was.
+		if ctx.Err() == nil && !deadline.IsZero() && (dctx.Err() != nil || !time.Now().Before(deadline)) {
 			return nil, errRequestTimeout
 		}
 		return nil, &dialError{err}
