@@ -3,12 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -29,29 +31,8 @@ func TestCLIErrors(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
 	xlb := Binary(t, "xlb")
-
-	// A directory everybody may read, with a copy of xlb: Binary's build
-	// directory is private to root, and the non-root case needs both.
-	dir, err := os.MkdirTemp("", "xlb-e2e-cli-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	pubXLB := filepath.Join(dir, "xlb")
-	copyFile(t, xlb, pubXLB, 0o755)
-
-	ns := "xcli" + randomPrefix()[1:]
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
-		}
-	})
+	dir, pubXLB := publicXLB(t)
+	ns := throwawayNS(t, "xcli")
 	inNS := []string{"nsenter", "--net=/run/netns/" + ns}
 
 	// Pins of the cases that get that far (none should); under /sys/fs/bpf so
@@ -165,4 +146,100 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 	if err := out.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestL7WithoutRoot: `xlb run` as an unprivileged user, with an XDP interface
+// configured and an L7 service, runs the L7 tier alone, says so in one log
+// line, and proxies. It runs in a throwaway network namespace.
+func TestL7WithoutRoot(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	dir, pubXLB := publicXLB(t)
+	ns := throwawayNS(t, "xnr")
+	if out, err := exec.Command("ip", "-n", ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v: %s", err, out)
+	}
+	inNS := []string{"nsenter", "--net=/run/netns/" + ns}
+	start := func(name string, args ...string) (*exec.Cmd, *syncBuffer) {
+		var out syncBuffer
+		cmd := exec.Command(args[0], args[1:]...)
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				<-done
+			}
+		})
+		return cmd, &out
+	}
+	_, beOut := start("backend", append(inNS, Binary(t, "xlbtest"), "serve", "--name", "nr", "--listen", "127.0.0.1:8300")...)
+	waitFor(t, "the backend ready", 10*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(beOut.String(), "ready ") })
+
+	cfg := filepath.Join(dir, "l7.toml")
+	text := "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\n" +
+		"\n[[service]]\nname = \"web\"\nvip = \"127.0.0.1\"\nport = 8301\nmode = \"l7\"\n" +
+		"  [[service.backend]]\n  address = \"127.0.0.1\"\n  port = 8300\n"
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	xlb, xlbOut := start("xlb", append(inNS, "setpriv", "--reuid="+nobody, "--regid="+nobody, "--clear-groups",
+		pubXLB, "run", "-c", cfg)...)
+	waitFor(t, "xlb running", 10*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(xlbOut.String(), "xlb running") })
+	out, err := exec.Command(inNS[0], append(inNS[1:], Binary(t, "xlbtest"), "load", "--target", "http://127.0.0.1:8301/",
+		"--conns", "5", "--timeout", "3s")...).Output()
+	var sum LoadSummary
+	if jerr := json.Unmarshal(out, &sum); jerr != nil || sum.OK != 5 || sum.ByBackend["nr"] != 5 {
+		t.Errorf("requests through the unprivileged proxy: %+v (%v, %v)", sum, err, jerr)
+	}
+	logs := xlbOut.String()
+	if n := strings.Count(logs, "only the L7 tier runs"); n != 1 {
+		t.Errorf("%d log lines say the L7 tier runs alone, want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "not root") {
+		t.Errorf("the log does not say why (not root):\n%s", logs)
+	}
+	xlb.Process.Signal(syscall.SIGTERM)
+	if err := xlb.Wait(); err != nil {
+		t.Errorf("xlb after SIGTERM: %v\n%s", err, logs)
+	}
+}
+
+// publicXLB is a directory everybody may read with a copy of xlb in it:
+// Binary's build directory is private to root, and a non-root run needs both.
+func publicXLB(t *testing.T) (dir, xlb string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "xlb-e2e-pub-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	xlb = filepath.Join(dir, "xlb")
+	copyFile(t, Binary(t, "xlb"), xlb, 0o755)
+	return dir, xlb
+}
+
+// throwawayNS creates an empty network namespace, deleted at the end of t.
+func throwawayNS(t *testing.T, prefix string) string {
+	t.Helper()
+	ns := prefix + randomPrefix()[1:]
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", ns, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", ns, err, out)
+		}
+	})
+	return ns
 }

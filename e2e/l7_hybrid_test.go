@@ -16,9 +16,10 @@ import (
 
 // Ports of the hybrid test: one VIP, an L4 service and an L7 one.
 const (
-	hybridL4Port = 8080
-	hybridL7Port = 80
-	hybridConns  = 40
+	hybridL4Port     = 8080
+	hybridL7Port     = 80
+	hybridL7HashPort = 81 // an ip_hash L7 service, proxying to the backends' hybridL7Port
+	hybridConns      = 40
 )
 
 // TestHybridL4L7 runs one xlb with, on VIP4, an L4 service on port 8080
@@ -30,7 +31,7 @@ const (
 // is proxied, with the forwarding headers injected.
 func TestHybridL4L7(t *testing.T) {
 	t.Parallel()
-	tp := NewTopology(t, "xhy"+randomPrefix()[3:], WithBackends(2), WithClients(4))
+	tp := NewTopology(t, "xhy"+randomPrefix()[3:], WithBackends(2), WithClients(16))
 	pinDir := tp.PinDir(t)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -62,6 +63,10 @@ func TestHybridL4L7(t *testing.T) {
 	for _, a := range backends {
 		fmt.Fprintf(&b, "  [[service.backend]]\n  address = %q\n  port = %d\n", a, hybridL7Port)
 	}
+	fmt.Fprintf(&b, "\n[[service]]\nname = \"hy-l7-hash\"\nvip = %q\nport = %d\nmode = \"l7\"\nadd_vip = true\nalgorithm = \"ip_hash\"\n", VIP4, hybridL7HashPort)
+	for _, a := range backends {
+		fmt.Fprintf(&b, "  [[service.backend]]\n  address = %q\n  port = %d\n", a, hybridL7Port)
+	}
 	cfg := filepath.Join(t.TempDir(), "xlb.toml")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
@@ -81,6 +86,7 @@ func TestHybridL4L7(t *testing.T) {
 		return m
 	}
 	snap0, m0 := tp.Status(t, pinDir), l7Metrics(t)
+	var l4BySource map[string][]string // client address -> backends that answered it over L4
 	t.Run("L4 port stays in XDP", func(t *testing.T) {
 		sum := tp.Load(t, "cl", "--target", fmt.Sprintf("http://%s:%d/", VIP4, hybridL4Port), "--sources", tp.ClientSources4(),
 			"--conns", fmt.Sprint(hybridConns), "--parallel", "8", "--timeout", "3s", "--duration-max", "20s",
@@ -89,6 +95,7 @@ func TestHybridL4L7(t *testing.T) {
 		if sum.OK != hybridConns {
 			t.Fatalf("L4 load: ok=%d failed=%d %v", sum.OK, sum.Failed, sum.Errors)
 		}
+		l4BySource = sum.BySource
 		snap1, m1 := tp.Status(t, pinDir), l7Metrics(t)
 		s0, s1 := service(snap0, "hy-l4"), service(snap1, "hy-l4")
 		if s0 == nil || s1 == nil {
@@ -175,6 +182,38 @@ func TestHybridL4L7(t *testing.T) {
 			t.Errorf("hy-l4 counters moved during L7 traffic: %d -> %d flows, %d -> %d packets", s0.NewFlows, s1.NewFlows, s0.Packets, s1.Packets)
 		}
 		t.Logf("L7: %v, pass/l7 +%d packets", byBack, v1["pass/l7"]-v0["pass/l7"])
+	})
+
+	// ip_hash at L7 uses the XDP path's hash and Maglev table: a client
+	// reaches the same backend on the L4 port and on an ip_hash L7 port.
+	t.Run("ip_hash agrees with L4", func(t *testing.T) {
+		if len(l4BySource) == 0 {
+			t.Skip("no L4 result to compare with")
+		}
+		sum := tp.Load(t, "cl", "--target", fmt.Sprintf("http://%s:%d/", VIP4, hybridL7HashPort), "--sources", tp.ClientSources4(),
+			"--conns", fmt.Sprint(2*tp.Clients), "--parallel", "8", "--timeout", "3s", "--duration-max", "20s")
+		if sum.OK != 2*tp.Clients {
+			t.Fatalf("L7 ip_hash load: ok=%d failed=%d %v", sum.OK, sum.Failed, sum.Errors)
+		}
+		spread := map[string]int{}
+		for src, l7 := range sum.BySource {
+			l4 := l4BySource[src]
+			if len(l4) == 0 {
+				t.Errorf("%s: no L4 answer to compare with", src)
+				continue
+			}
+			for _, be := range append(l7, l4...) {
+				if be != l4[0] {
+					t.Errorf("%s: L4 backends %v, L7 ip_hash backends %v: want one and the same", src, l4, l7)
+					break
+				}
+			}
+			spread[l4[0]]++
+		}
+		if len(sum.BySource) != tp.Clients || len(spread) < 2 {
+			t.Errorf("%d clients compared, over backends %v: want all %d, on both backends", len(sum.BySource), spread, tp.Clients)
+		}
+		t.Logf("clients per backend, the same at L4 and L7: %v", spread)
 	})
 
 	tp.requireCleanStop(t, xlb, pinDir)
