@@ -102,6 +102,16 @@ func (e *l7Env) start(owner, t *testing.T, label string, args ...string) *exec.C
 	return e.procs.startOwnedCmd(owner, t, label, exec.Command(args[0], args[1:]...), args)
 }
 
+// twoBackends starts backends b1 and b2 (xlbtest serve) on the env's second
+// and third address and returns their addresses and one for the service.
+func (e *l7Env) twoBackends(t *testing.T) (b1, b2, svc string) {
+	t.Helper()
+	b1, b2 = e.addr(t, 2), e.addr(t, 3)
+	e.backend(t, "b1", b1)
+	e.backend(t, "b2", b2)
+	return b1, b2, e.addr(t, 1)
+}
+
 // backend starts `xlbtest serve --name name --listen addr` (owned by the
 // whole test) and waits for it to be ready.
 func (e *l7Env) backend(t *testing.T, name, addr string, extra ...string) *exec.Cmd {
@@ -393,14 +403,21 @@ func backendMetrics(m l7.MetricsReport, addr string) *l7.BackendMetrics {
 }
 
 // adminCall sends method path to the admin API with the test's token.
-func (e *l7Env) adminCall(t *testing.T, method, path string) httpResult {
+func (e *l7Env) adminCall(t *testing.T, method, path string, jsonBody ...string) httpResult {
 	t.Helper()
 	if e.admin == "" {
 		t.Fatal("no admin API configured")
 	}
-	req, err := http.NewRequest(method, "http://"+e.admin+path, nil)
+	var body io.Reader
+	if len(jsonBody) > 0 {
+		body = strings.NewReader(jsonBody[0])
+	}
+	req, err := http.NewRequest(method, "http://"+e.admin+path, body)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Authorization", "Bearer "+e.token)
 	resp, err := pollClient.Do(req)
@@ -408,8 +425,8 @@ func (e *l7Env) adminCall(t *testing.T, method, path string) httpResult {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return httpResult{Code: resp.StatusCode, Header: resp.Header, Body: body}
+	got, _ := io.ReadAll(resp.Body)
+	return httpResult{Code: resp.StatusCode, Header: resp.Header, Body: got}
 }
 
 // ---------------------------------------------------------------------------

@@ -41,10 +41,7 @@ func waitState(t *testing.T, base, service, addr, state string, timeout time.Dur
 func TestL7HealthUnderLoad(t *testing.T) {
 	t.Parallel()
 	e := newL7Env(t)
-	b1, b2 := e.addr(t, 2), e.addr(t, 3)
-	e.backend(t, "b1", b1)
-	e.backend(t, "b2", b2)
-	svc := e.addr(t, 1)
+	b1, b2, svc := e.twoBackends(t)
 	// A short passive ejection: the connect errors before the checks notice
 	// eject b2 too, and a long one would delay its return (by design).
 	e.runXLB(t, e.writeConfig(t, e.header(t, 5*time.Second, false)+l7HC+l7Service("web", svc, `
@@ -136,10 +133,7 @@ func TestL7HealthUnderLoad(t *testing.T) {
 func TestL7DrainUnderLoad(t *testing.T) {
 	t.Parallel()
 	e := newL7Env(t)
-	b1, b2 := e.addr(t, 2), e.addr(t, 3)
-	e.backend(t, "b1", b1)
-	e.backend(t, "b2", b2)
-	svc := e.addr(t, 1)
+	b1, b2, svc := e.twoBackends(t)
 	e.runXLB(t, e.writeConfig(t, e.header(t, 5*time.Second, true)+l7HC+l7Service("web", svc, "", b1, b2)))
 	base, admin := "http://"+svc, "http://"+e.admin
 	id := "web@" + b2
@@ -418,4 +412,58 @@ func TestL7ReloadUnderLoad(t *testing.T) {
 		t.Errorf("idle client after the reloads: %d, %d connections: want its first one still open", r.Code, idleDials.Load())
 	}
 	t.Logf("reloads: %d requests, none failed, by config and backend %v; %d connections", len(res), seenRules, load.dials.Load())
+}
+
+// TestL7AdminAddReady: an L7 backend added through the admin API takes
+// requests; after passive health ejected both backends (no usable one: 503),
+// `ready` readmits the one it names, which then takes every request while
+// the other stays ejected.
+func TestL7AdminAddReady(t *testing.T) {
+	t.Parallel()
+	e := newL7Env(t)
+	b1, b2, svc := e.twoBackends(t)
+	passive := "[service.passive_health]\nmax_fails = 1\nejection = \"1m\"\nmax_ejection = \"1h\"\n"
+	e.runXLB(t, e.writeConfig(t, e.header(t, 5*time.Second, true)+l7HC+l7Service("web", svc, passive, b1)))
+	base, admin := "http://"+svc, "http://"+e.admin
+	host, port, _ := net.SplitHostPort(b2)
+
+	r := e.adminCall(t, "POST", "/lb/admin/backends", fmt.Sprintf(`{"service":"web","address":%q,"port":%s}`, host, port))
+	if r.Code != 200 && r.Code != 201 {
+		t.Fatalf("POST /lb/admin/backends: %d %s", r.Code, r.Body)
+	}
+	waitState(t, admin, "web", b2, "up", 5*time.Second)
+	c := newClient("", 5*time.Second)
+	seen := map[string]int{}
+	for range 4 {
+		r := do(t, c, "GET", base+"/")
+		seen[backendOf(r.Body)]++
+	}
+	if seen["b1"] != 2 || seen["b2"] != 2 {
+		t.Errorf("requests by backend after the add: %v, want 2 each", seen)
+	}
+
+	for range 2 { // one 500 each (round robin) ejects both
+		if r := do(t, c, "GET", base+"/status?code=500"); r.Code != 500 {
+			t.Fatalf("GET /status?code=500: %d, want the backend's 500", r.Code)
+		}
+	}
+	waitState(t, admin, "web", b1, "ejected", 2*time.Second)
+	waitState(t, admin, "web", b2, "ejected", 2*time.Second)
+	if r := do(t, c, "GET", base+"/"); r.Code != 503 {
+		t.Errorf("both ejected: %d %s, want 503", r.Code, r.Body)
+	}
+
+	if r := e.adminCall(t, "PUT", "/lb/admin/backends/web@"+b2+"/ready"); r.Code != 200 {
+		t.Fatalf("PUT ready: %d %s", r.Code, r.Body)
+	}
+	waitState(t, admin, "web", b2, "up", 2*time.Second)
+	for range 4 {
+		r := do(t, c, "GET", base+"/")
+		if r.Code != 200 || backendOf(r.Body) != "b2" {
+			t.Errorf("after ready: %d from %q, want 200 from b2 (b1 still ejected)", r.Code, backendOf(r.Body))
+		}
+	}
+	if b := backendMetrics(lbMetrics(t, admin, "web"), b1); b == nil || b.State != "ejected" {
+		t.Errorf("b1 after b2's ready: %+v, want still ejected", b)
+	}
 }
