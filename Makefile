@@ -6,7 +6,7 @@ PKGS    := ./...
 # one at a time: they share the machine's two cores and its bpffs.
 TESTFLAGS ?= -count=1 -timeout 40m
 
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3
 
 .PHONY: all deps generate build test test-unit e2e bench bench-xdp bench-control bench-l7 demo fmt vet clean check-generate
 
