@@ -233,14 +233,10 @@ func (c *Controller) Run(ctx context.Context) error {
 				c.log.Error("reconcile", "err", err)
 			}
 		case <-poll.C:
+			c.updateL7Metrics() // passive health's ejections: within a poll
 			c.mu.Lock()
-			retry, l7 := c.unresolved, c.l7 != nil && c.hasL7()
+			retry := c.unresolved
 			c.mu.Unlock()
-			if l7 {
-				// Passive health ejects and readmits L7 backends without a
-				// reconcile: the gauges follow within a poll.
-				c.updateMetrics()
-			}
 			removed := c.finishRemovals()
 			if removed {
 				c.syncHealth()
@@ -252,16 +248,6 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 		}
 	}
-}
-
-// hasL7 reports whether any service is L7; the caller holds c.mu.
-func (c *Controller) hasL7() bool {
-	for _, s := range c.services {
-		if s.cfg.Mode == config.ModeL7 {
-			return true
-		}
-	}
-	return false
 }
 
 func (c *Controller) requestReconcile() {

@@ -3,6 +3,7 @@ package control
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/loader"
 )
 
@@ -54,21 +55,7 @@ func (c *Controller) updateMetrics() {
 	seen := map[[2]string]bool{}
 	for _, s := range c.services {
 		for _, b := range s.backends {
-			key := [2]string{s.cfg.Name, b.label(s)}
-			seen[key] = true
-			bi := c.info(s, b)
-			up := 0.0
-			if bi.State == loader.StateUp.String() {
-				up = 1
-			}
-			m.up.WithLabelValues(key[0], key[1]).Set(up)
-			for _, st := range states {
-				v := 0.0
-				if bi.State == st {
-					v = 1
-				}
-				m.state.WithLabelValues(key[0], key[1], st).Set(v)
-			}
+			seen[c.setGauges(s, b)] = true
 		}
 	}
 	for key := range m.known {
@@ -80,4 +67,43 @@ func (c *Controller) updateMetrics() {
 		}
 	}
 	m.known = seen
+}
+
+// updateL7Metrics sets the gauges of the L7 backends only: passive health
+// ejects and readmits them without a reconcile, so the control loop calls
+// this on every poll.
+func (c *Controller) updateL7Metrics() {
+	if c.metrics == nil || c.l7 == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.services {
+		if s.cfg.Mode == config.ModeL7 {
+			for _, b := range s.backends {
+				c.setGauges(s, b)
+			}
+		}
+	}
+}
+
+// setGauges sets b's gauges and returns their label key; the caller holds
+// c.mu.
+func (c *Controller) setGauges(s *service, b *backend) [2]string {
+	m := c.metrics
+	key := [2]string{s.cfg.Name, b.label(s)}
+	bi := c.info(s, b)
+	up := 0.0
+	if bi.State == loader.StateUp.String() {
+		up = 1
+	}
+	m.up.WithLabelValues(key[0], key[1]).Set(up)
+	for _, st := range states {
+		v := 0.0
+		if bi.State == st {
+			v = 1
+		}
+		m.state.WithLabelValues(key[0], key[1], st).Set(v)
+	}
+	return key
 }
