@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -307,15 +306,6 @@ func (c *h1Conn) readRequest(first bool) (req *http.Request, head int, ok bool) 
 		return nil, 0, true
 	}
 	return r, head, true
-}
-
-// validHostByte: the bytes net/http accepts in a Host header.
-func validHostByte(b byte) bool {
-	switch {
-	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
-		return true
-	}
-	return strings.IndexByte("!$%&'()*+,-.:;=[]_~", b) >= 0
 }
 
 // setReadDeadline sets the connection's read deadline to t; a timeout may

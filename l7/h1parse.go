@@ -115,3 +115,12 @@ func plainQuery(q string) bool { return allBytes(q, func(c byte) bool { return '
 
 // validHost: a Host net/http's server accepts and the fast path serves.
 func validHost(h string) bool { return h != "" && allBytes(h, validHostByte) }
+
+// validHostByte: the bytes net/http accepts in a Host header.
+func validHostByte(b byte) bool {
+	switch {
+	case 'a' <= b && b <= 'z', 'A' <= b && b <= 'Z', '0' <= b && b <= '9':
+		return true
+	}
+	return strings.IndexByte("!$%&'()*+,-.:;=[]_~", b) >= 0
+}
