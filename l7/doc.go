@@ -5,11 +5,11 @@
 // rules, the /lb endpoints and metrics.
 //
 // Connections: the common request (HTTP/1.1, no body, no upgrade) is read
-// and answered on the listener's own connection loop (h1.go, h1resp.go) and
-// sent to the backend over l7's own keep-alive pools (transport.go), both in
-// the request's goroutine, with request and answer heads parsed in place
-// (h1parse.go, respparse.go) as net/http would parse them; everything else
-// goes through net/http's server and transport, to which those hand it.
+// and answered on the listener's own connection loop (h1.go, h1resp.go,
+// h1parse.go); everything else from clients goes through net/http's
+// server, to which the loop hands the connection. Every request goes to
+// its backend through package h1's Transport: strict HTTP/1.1, keep-alive
+// pools, in the request's goroutine.
 //
 // The control loop (package control) owns backend state: it hands each pool
 // its upstreams and flips their states; l7 never decides that a backend is

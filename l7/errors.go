@@ -3,6 +3,7 @@ package l7
 import (
 	"context"
 	"errors"
+	"github.com/xlb-dev/xlb/l7/h1"
 	"net/http"
 	"strconv"
 )
@@ -12,16 +13,17 @@ import (
 type errKind uint8
 
 const (
-	errNone       errKind = iota
-	errConnect            // could not connect (refused, unreachable, connect timeout): 502
-	errBroken             // the backend broke the connection: 502
-	errTimeout            // no answer within the response-header or request timeout: 504
-	errNoBackend          // no usable backend: 503
-	errOverloaded         // every usable backend at its in-flight limit: 503
+	errNone        errKind = iota
+	errConnect             // could not connect (refused, unreachable, connect timeout): 502
+	errBroken              // the backend broke the connection: 502
+	errTimeout             // no answer within the response-header or request timeout: 504
+	errNoBackend           // no usable backend: 503
+	errOverloaded          // every usable backend at its in-flight limit: 503
+	errBadResponse         // the backend's answer broke HTTP/1.1 (framing, syntax): 502
 	numErrKinds
 )
 
-var errKindNames = [numErrKinds]string{"", "connect", "broken", "timeout", "no_backend", "overloaded"}
+var errKindNames = [numErrKinds]string{"", "connect", "broken", "timeout", "no_backend", "overloaded", "bad_response"}
 
 func (k errKind) String() string { return errKindNames[k] }
 
@@ -39,16 +41,21 @@ func newGatewayResponse(status int, msg string) gatewayResponse {
 }
 
 var gatewayResponses = [numErrKinds]gatewayResponse{
-	errConnect:    newGatewayResponse(http.StatusBadGateway, "the backend could not be reached"),
-	errBroken:     newGatewayResponse(http.StatusBadGateway, "the backend closed the connection"),
-	errTimeout:    newGatewayResponse(http.StatusGatewayTimeout, "the backend did not answer in time"),
-	errNoBackend:  newGatewayResponse(http.StatusServiceUnavailable, "no backend available"),
-	errOverloaded: newGatewayResponse(http.StatusServiceUnavailable, "all backends are at their in-flight limit"),
+	errConnect:     newGatewayResponse(http.StatusBadGateway, "the backend could not be reached"),
+	errBroken:      newGatewayResponse(http.StatusBadGateway, "the backend closed the connection"),
+	errTimeout:     newGatewayResponse(http.StatusGatewayTimeout, "the backend did not answer in time"),
+	errNoBackend:   newGatewayResponse(http.StatusServiceUnavailable, "no backend available"),
+	errOverloaded:  newGatewayResponse(http.StatusServiceUnavailable, "all backends are at their in-flight limit"),
+	errBadResponse: newGatewayResponse(http.StatusBadGateway, "the backend sent a malformed answer"),
 }
 
 var (
 	notFoundResponse  = newGatewayResponse(http.StatusNotFound, "no service for this host and path")
 	connectNotAllowed = newGatewayResponse(http.StatusMethodNotAllowed, "CONNECT is not proxied")
+	// The client's own faults: never counted against a backend, and the
+	// client connection is closed after them.
+	badRequestBody  = newGatewayResponse(http.StatusBadRequest, "the request body is malformed or cut short")
+	slowRequestBody = newGatewayResponse(http.StatusRequestTimeout, "the request body did not arrive in time")
 )
 
 // Static header values of the proxy's own answers. They are shared, never
@@ -72,22 +79,6 @@ func (g gatewayResponse) write(w http.ResponseWriter, h http.Header) {
 // away before the answer, as nginx's 499.
 const statusClientClosed = 499
 
-// dialError marks an error of the transport's dialer: nothing reached the
-// backend, so an idempotent request may go to another one.
-type dialError struct{ err error }
-
-func (e *dialError) Error() string { return e.err.Error() }
-func (e *dialError) Unwrap() error { return e.err }
-
-// errRequestTimeout: the request's timeout ran out while the fast path was
-// still connecting to the backend.
-var errRequestTimeout error = requestTimeoutError{}
-
-type requestTimeoutError struct{}
-
-func (requestTimeoutError) Error() string { return "request timeout while connecting to the backend" }
-func (requestTimeoutError) Timeout() bool { return true }
-
 // classify turns a RoundTrip (or response body) error into an errKind. ctx
 // is the request's proxy context (with the request timeout), client the
 // client's own. canceled reports that the client went away: nothing is sent
@@ -99,11 +90,13 @@ func classify(err error, ctx, client context.Context) (kind errKind, canceled bo
 	case client.Err() != nil:
 		return errNone, true
 	}
-	var de *dialError
-	if errors.As(err, &de) {
+	var de *h1.DialError
+	switch {
+	case errors.As(err, &de):
 		return errConnect, false
-	}
-	if isTimeoutErr(err) {
+	case errors.Is(err, h1.ErrBadResponse):
+		return errBadResponse, false
+	case isTimeoutErr(err):
 		return errTimeout, false
 	}
 	return errBroken, false
@@ -124,5 +117,3 @@ func (k errKind) result() Result {
 	}
 	return ResultBroken
 }
-
-var _ error = (*dialError)(nil)

@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -162,8 +164,8 @@ type h1Conn struct {
 	clientGone atomic.Bool // the watch found the connection closed
 	stash      []byte      // a byte the watch read: the next request's
 
-	readDeadline readDeadline // last set on nc by setReadDeadline
-	resp         h1Response   // the answer being written
+	readDeadline h1.Deadline // last set on nc by setReadDeadline
+	resp         h1Response  // the answer being written
 }
 
 // connScratch is what the fast path lends each request of a client
@@ -313,7 +315,7 @@ func (c *h1Conn) readRequest(first bool) (req *http.Request, head int, ok bool) 
 // stays while a request is served (no read waits on it then, and the client
 // watch takes a timeout for "still there").
 func (c *h1Conn) setReadDeadline(t time.Time, timeout time.Duration) {
-	c.readDeadline.set(c.nc, t, min(timeout/32, time.Second))
+	c.readDeadline.SetRead(c.nc, t, min(timeout/32, time.Second))
 }
 
 // handOver gives the connection, with what was read of it, to net/http.
@@ -400,8 +402,8 @@ func (c *h1Conn) disarmWatch() (closed bool) {
 	if state != watchRunning {
 		return false
 	}
-	c.readDeadline.set(c.nc, aLongTimeAgo, 0)
+	c.readDeadline.SetRead(c.nc, h1.ALongTimeAgo, 0)
 	<-done
-	c.readDeadline.set(c.nc, time.Time{}, 0)
+	c.readDeadline.SetRead(c.nc, time.Time{}, 0)
 	return c.clientGone.Load()
 }

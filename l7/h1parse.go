@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
+
 	"net/http"
 	"net/url"
 	"strings"
@@ -29,7 +31,7 @@ func parseRequest(head []byte, tmpl *http.Request) (*http.Request, bool) {
 	}
 	method, line, ok1 := strings.Cut(line, " ")
 	target, proto, ok2 := strings.Cut(line, " ")
-	if !ok1 || !ok2 || proto != "HTTP/1.1" || !validToken(method) || method == http.MethodConnect {
+	if !ok1 || !ok2 || proto != "HTTP/1.1" || !h1.ValidToken(method) || method == http.MethodConnect {
 		return nil, false
 	}
 	u, ok := parseTarget(target)
@@ -48,7 +50,7 @@ func parseRequest(head []byte, tmpl *http.Request) (*http.Request, bool) {
 	for i := 0; i < n; i++ {
 		var field string
 		field, rest, _ = strings.Cut(rest, "\r\n")
-		name, value, ok := parseHeaderLine(field)
+		name, value, ok := h1.ParseHeaderLine(field)
 		if !ok {
 			return nil, false // obs-fold, a space before the colon, a bad name or value
 		}
@@ -81,7 +83,7 @@ func parseRequest(head []byte, tmpl *http.Request) (*http.Request, bool) {
 	r.Header = h
 	r.Body = http.NoBody
 	r.Host = host
-	r.Close = hasToken(h["Connection"], "close")
+	r.Close = h1.HasToken(h["Connection"], "close")
 	r.RequestURI = target
 	return r, true
 }

@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -75,7 +77,7 @@ func sameAsNetHTTP(t *testing.T, head []byte, r *http.Request) {
 	}
 	for k, vv := range want.Header {
 		for _, v := range vv {
-			if !validValue(v) || !validToken(k) {
+			if !h1.ValidValue(v) || !h1.ValidToken(k) {
 				t.Fatalf("parsed %q, which net/http's server refuses (field %q: %q)", head, k, v)
 			}
 		}

@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
+
 	"io"
 	"net/http"
 	"strconv"
@@ -67,7 +69,7 @@ func (w *h1Response) WriteHeader(code int) {
 		w.clen = -1 // trailers need chunks
 		delete(w.h, "Content-Length")
 	}
-	if c := w.h["Connection"]; len(c) > 0 && hasToken(c, "close") {
+	if c := w.h["Connection"]; len(c) > 0 && h1.HasToken(c, "close") {
 		w.close = true
 	}
 }
@@ -211,7 +213,7 @@ func writeHeaderLines(bw io.StringWriter, k string, vv []string) {
 	for _, v := range vv {
 		bw.WriteString(k)
 		bw.WriteString(": ")
-		writeHeaderValue(bw, v)
+		h1.WriteHeaderValue(bw, v)
 		bw.WriteString("\r\n")
 	}
 }

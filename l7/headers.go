@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
+
 	"errors"
 	"fmt"
 	"net/http"
@@ -101,7 +103,7 @@ func compileHeaders(hr HeaderRules) (*headerPlan, error) {
 		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{errBadHeader}, args...)...))
 	}
 	name := func(where, k string) (string, bool) {
-		if !validToken(k) {
+		if !h1.ValidToken(k) {
 			bad("%s: %q is not a header name", where, k)
 			return "", false
 		}
@@ -123,7 +125,7 @@ func compileHeaders(hr HeaderRules) (*headerPlan, error) {
 			if !ok {
 				continue
 			}
-			if !validValue(v) {
+			if !h1.ValidValue(v) {
 				bad("%s: value of %s has control characters", where, ck)
 				continue
 			}
@@ -173,7 +175,7 @@ func compileHeaders(hr HeaderRules) (*headerPlan, error) {
 			if v == "" {
 				v = DefaultProxyHeaderValue
 			}
-			if !validValue(v) {
+			if !h1.ValidValue(v) {
 				bad("proxy header value %q has control characters", v)
 			}
 			hp.proxyKey, hp.proxyVal = ck, []string{v}
@@ -218,44 +220,11 @@ func deleteConnectionTokens(h http.Header, conn []string) {
 	}
 }
 
-// hasToken reports whether a comma-separated header has token, compared
-// in ASCII case only as net/http does ("clo\u017fe" is not "close").
-func hasToken(vals []string, token string) bool {
-	for _, v := range vals {
-		for tok := range strings.SplitSeq(v, ",") {
-			if asciiEqualFold(textproto.TrimString(tok), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// asciiEqualFold is strings.EqualFold for ASCII letters only.
-func asciiEqualFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
 // upgradeType is the protocol a request or response asks to switch to, or
 // "" (h2c is not proxied: the request is answered in HTTP/1.1, as RFC 9110
 // lets a server ignore Upgrade).
 func upgradeType(h http.Header) string {
-	if !hasToken(h["Connection"], "upgrade") {
+	if !h1.HasToken(h["Connection"], "upgrade") {
 		return ""
 	}
 	up := h["Upgrade"]
@@ -408,7 +377,7 @@ func forwardedFors(vals []string, dst []string) ([]string, bool) {
 					// Empty pair (allowed by the grammar's [ forwarded-pair ]).
 				} else {
 					k := i
-					for i < len(v) && isTokenChar(v[i]) {
+					for i < len(v) && h1.IsTokenChar(v[i]) {
 						i++
 					}
 					key := v[k:i]
@@ -475,7 +444,7 @@ func readValue(s string, i int) (string, int, bool) {
 		return "", i, false
 	}
 	start := i
-	for i < len(s) && isTokenChar(s[i]) {
+	for i < len(s) && h1.IsTokenChar(s[i]) {
 		i++
 	}
 	if i == start {
@@ -503,35 +472,10 @@ func skipOWS(s string, i int) int {
 	return i
 }
 
-// isTokenChar: RFC 9110 tchar.
-func isTokenChar(c byte) bool { return tokenChars[c] }
-
-// tokenChars has the tchars: a lookup, as every header name of every
-// backend answer goes through it.
-var tokenChars = func() (t [256]bool) {
-	for c := range 256 {
-		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-			strings.IndexByte("!#$%&'*+-.^_`|~", byte(c)) >= 0
-	}
-	return t
-}()
-
-func validToken(s string) bool { return s != "" && allBytes(s, isTokenChar) }
-
 // allBytes reports whether ok holds for every byte of s.
 func allBytes(s string, ok func(byte) bool) bool {
 	for i := 0; i < len(s); i++ {
 		if !ok(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-// validValue: no control characters other than tab (RFC 9110 field-value).
-func validValue(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 && c != '\t' || c == 0x7f {
 			return false
 		}
 	}
@@ -571,7 +515,7 @@ func appendForwardedElement(b []byte, peer netip.Addr, host, proto string) []byt
 }
 
 func appendTokenOrQuoted(b []byte, s string) []byte {
-	if validToken(s) {
+	if h1.ValidToken(s) {
 		return append(b, s...)
 	}
 	b = append(b, '"')
@@ -627,7 +571,7 @@ func (hp *headerPlan) requestHeader(r *http.Request, o origin, reqID []string, s
 			out["Upgrade"] = in["Upgrade"][:1:1]
 		}
 	}
-	if te := in["Te"]; len(te) > 0 && hasToken(te, "trailers") {
+	if te := in["Te"]; len(te) > 0 && h1.HasToken(te, "trailers") {
 		out["Te"] = teTrailers
 	}
 	if _, ok := in["User-Agent"]; !ok {

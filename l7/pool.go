@@ -89,10 +89,14 @@ const (
 	// reason of its own) before the upstream answered. Counted as a
 	// request, not as an error, and neutral for passive health.
 	ResultCanceled
+	// ResultClientError: the client's request was at fault (a malformed or
+	// short body, a body that stalled past its deadline): answered 400 or
+	// 408, neutral for passive health.
+	ResultClientError
 )
 
 // String is a short name usable as a metric label: "ok", "server_error",
-// "connect_error", "broken", "canceled".
+// "connect_error", "broken", "canceled", "client_error".
 func (r Result) String() string {
 	switch r {
 	case ResultOK:
@@ -105,6 +109,8 @@ func (r Result) String() string {
 		return "broken"
 	case ResultCanceled:
 		return "canceled"
+	case ResultClientError:
+		return "client_error"
 	}
 	return "unknown"
 }

@@ -1,10 +1,12 @@
 package l7
 
 import (
+	"errors"
+	"github.com/xlb-dev/xlb/l7/h1"
+
 	"cmp"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -28,7 +30,7 @@ type service struct {
 	ups       map[string]*Upstream // by backend ID
 	upStats   map[*Upstream]*upstreamStats
 	stats     *serviceStats
-	transport *transport
+	transport *h1.Transport
 	tkey      transportKey
 }
 
@@ -36,27 +38,8 @@ type service struct {
 // timeouts share one, and so share keep-alive connections to a backend.
 type transportKey struct{ connect, header time.Duration }
 
-// maxIdleConnsPerHost bounds the idle keep-alive connections to one backend.
-// Go's default of 2 makes a busy proxy dial for almost every request.
-const maxIdleConnsPerHost = 1024
-
-func newTransport(k transportKey) *http.Transport {
-	d := &net.Dialer{Timeout: k.connect, KeepAlive: 30 * time.Second}
-	return &http.Transport{
-		Proxy: nil, // never HTTP_PROXY from the environment
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, &dialError{err}
-			}
-			return c, nil
-		},
-		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: k.header,
-		ExpectContinueTimeout: time.Second,
-		DisableCompression:    true, // pass bodies and Accept-Encoding through untouched
-	}
+func newProxyTransport(k transportKey) *h1.Transport {
+	return &h1.Transport{ConnectTimeout: k.connect, HeaderTimeout: k.header}
 }
 
 // copyBufSize is the size of the pooled body copy buffers.
@@ -82,13 +65,17 @@ type exchange struct {
 
 // bodyReader wraps the client's request body for the transport: Close does
 // nothing (the server closes the body after the handler; a transport that
-// closed it on a failed dial would make a retry impossible and could hang
-// on a 100-continue body), read records whether a retry would replay
-// anything, and after the request is over Read returns EOF.
+// closed it on a failed dial would make a retry impossible), read records
+// whether a retry would replay anything, and after the request is over Read
+// returns EOF. It records how reading ended, to tell the client's faults
+// (bad framing, a body cut short or too slow) from the backend's.
 type bodyReader struct {
-	rc   io.ReadCloser
-	read atomic.Bool
-	done atomic.Bool
+	rc     io.ReadCloser
+	read   atomic.Bool
+	done   atomic.Bool
+	eof    atomic.Bool // read to its end
+	inRead atomic.Bool // a Read waits for the client now
+	failed atomic.Bool // a Read failed: the client connection must close
 }
 
 func (b *bodyReader) Read(p []byte) (int, error) {
@@ -98,16 +85,52 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	if !b.read.Load() {
 		b.read.Store(true)
 	}
-	return b.rc.Read(p)
+	b.inRead.Store(true)
+	n, err := b.rc.Read(p)
+	b.inRead.Store(false)
+	switch {
+	case err == io.EOF:
+		b.eof.Store(true)
+	case err != nil:
+		b.failed.Store(true)
+	}
+	return n, err
 }
 
 func (b *bodyReader) Close() error { return nil }
+
+// clientFault reports whether a failed exchange was the client's doing: its
+// body failed to read (400; 408 when it timed out) or was still awaited
+// from the client when the request ran out of time (408).
+func (ex *exchange) clientFault(err error) (g *gatewayResponse, ok bool) {
+	b := &ex.body
+	if b.rc == nil {
+		return nil, false
+	}
+	var be *h1.BodyError
+	switch {
+	case errors.As(err, &be) || b.failed.Load():
+		if isTimeoutErr(err) {
+			return &slowRequestBody, true
+		}
+		return &badRequestBody, true
+	case isTimeoutErr(err) && !b.eof.Load() && b.inRead.Load():
+		return &slowRequestBody, true
+	}
+	return nil, false
+}
 
 // ServeHTTP proxies r to a backend of the service.
 func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	h := w.Header()
 	sc := scratchOf(r.Context())
+	hasBody := r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody
+	if hasBody {
+		// The goroutine that sends the body may outlive this call (an
+		// answer that came first): its exchange is its own.
+		sc = nil
+	}
 	var ex *exchange
 	var p peer
 	var lent http.Header
@@ -152,7 +175,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	ex.url = url.URL{Scheme: "http", Path: r.URL.Path, RawPath: r.URL.RawPath, RawQuery: r.URL.RawQuery}
 	out := outgoing(r, ctx, &ex.url, outHeader, cmp.Or(s.hdr.hostRewrite, r.Host))
-	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+	if hasBody {
 		ex.body.rc = r.Body
 		out.Body = &ex.body
 		// The answer may start before the body has all arrived (an echo, a
@@ -160,18 +183,17 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// discard the rest of the body under the transport's feet when the
 		// response header goes out. HTTP/2 is full duplex anyway.
 		http.NewResponseController(w).EnableFullDuplex()
+		// Full duplex skips net/http's own rule: a connection whose request
+		// body failed to read is closed after the answer (what is left on it
+		// is not a request).
+		defer func() {
+			if ex.body.failed.Load() || !ex.body.eof.Load() {
+				closeClientConn(w, h)
+			}
+		}()
 	}
-	if sc != nil && s.transport.direct(out) {
+	if sc != nil {
 		ex.header = outHeader // the next request on the connection reuses the map
-	}
-	if !deadline.IsZero() && !s.transport.direct(out) {
-		// net/http's transport takes the request timeout from the context;
-		// the direct path puts it on the backend connection, without a
-		// timer per request.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-		out = out.WithContext(ctx)
 	}
 
 	// Pick reads the client address (ip_hash) from the context and the
@@ -202,8 +224,12 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		ex.up, ex.us = u, s.upStats[u]
 		out.URL.Host = ex.us.label
-		res, err := s.transport.roundTrip(out, deadline)
+		res, err := s.transport.RoundTrip(out, deadline)
 		if err != nil {
+			if g, ok := ex.clientFault(err); ok {
+				s.clientError(w, h, ex, g, reqID)
+				return
+			}
 			kind, canceled := classify(err, ctx, clientCtx)
 			if canceled {
 				ex.code, ex.result = statusClientClosed, ResultCanceled
@@ -282,16 +308,7 @@ func (s *service) retryable(r *http.Request, ex *exchange) bool {
 	if !s.cfg.RetryIdempotent {
 		return false
 	}
-	return idempotent(r.Method) && (ex.body.rc == nil || !ex.body.read.Load())
-}
-
-// idempotent: RFC 9110 section 9.2.2.
-func idempotent(method string) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
-		return true
-	}
-	return false
+	return h1.Idempotent(r.Method) && (ex.body.rc == nil || !ex.body.read.Load())
 }
 
 // gatewayError answers with the proxy's own error for kind. count adds it
@@ -308,6 +325,29 @@ func (s *service) gatewayError(w http.ResponseWriter, h http.Header, ex *exchang
 	s.hdr.responseHeader(h, reqID, time.Since(ex.start), nil)
 	g.write(w, h)
 }
+
+// clientError answers a request the client got wrong with g (400 or 408):
+// counted, never against the backend, and the connection closes after it.
+func (s *service) clientError(w http.ResponseWriter, h http.Header, ex *exchange, g *gatewayResponse, reqID []string) {
+	ex.code, ex.result = g.status, ResultClientError
+	s.hdr.responseHeader(h, reqID, time.Since(ex.start), nil)
+	closeClientConn(w, h)
+	g.write(w, h)
+}
+
+// closeClientConn makes the server close the client connection after this
+// answer: a Connection: close header while the head is not written yet,
+// which net/http's HTTP/1 server and the fast path both honour (HTTP/2
+// ends the stream only).
+func closeClientConn(w http.ResponseWriter, h http.Header) {
+	if cc, ok := w.(interface{ CloseAfter() }); ok {
+		cc.CloseAfter()
+		return
+	}
+	h["Connection"] = connClose
+}
+
+var connClose = []string{"close"}
 
 // copyBody streams the response body to the client through a pooled
 // buffer, flushing after every write for event streams and bodies of
@@ -344,6 +384,12 @@ func (s *service) copyBody(w http.ResponseWriter, res *http.Response, ex *exchan
 		}
 		if rerr != nil {
 			res.Body.Close()
+			if _, ok := ex.clientFault(rerr); ok {
+				// The client's body failed after the answer had started:
+				// cut the answer off, blame nobody upstream.
+				ex.result = ResultClientError
+				panic(http.ErrAbortHandler)
+			}
 			kind, canceled := classify(rerr, ctx, clientCtx)
 			if canceled {
 				ex.result = ResultCanceled

@@ -1,6 +1,8 @@
 package l7
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
+
 	"cmp"
 	"context"
 	"errors"
@@ -106,7 +108,7 @@ type Server struct {
 	listeners  map[netip.AddrPort]*listener
 	retiring   sync.WaitGroup // listeners removed by Update, still draining
 	retired    map[*listener]struct{}
-	transports map[transportKey]*transport
+	transports map[transportKey]*h1.Transport
 }
 
 // generation is one applied configuration: services by name, sorted.
@@ -135,7 +137,7 @@ func NewServer(o Options) *Server {
 	s := &Server{
 		log: o.Logger, listen: o.ListenFunc, opts: o, prom: newPromMetrics(),
 		listeners: map[netip.AddrPort]*listener{}, retired: map[*listener]struct{}{},
-		transports: map[transportKey]*transport{},
+		transports: map[transportKey]*h1.Transport{},
 	}
 	s.gen.Store(&generation{byName: map[string]*service{}})
 	if o.Registerer != nil {
@@ -165,7 +167,7 @@ func (s *Server) Update(services []ServiceConfig) error {
 	}
 	old := s.gen.Load()
 	gen := &generation{byName: make(map[string]*service, len(services))}
-	newTransports := map[transportKey]*transport{}
+	newTransports := map[transportKey]*h1.Transport{}
 	for i := range services {
 		c := &services[i]
 		svc, err := s.buildService(c, old.byName[c.Name], newTransports)
@@ -230,7 +232,7 @@ func (s *Server) Update(services []ServiceConfig) error {
 // buildService returns the service for c: prev itself when only backend
 // states changed, else a new one that keeps prev's stats, policy and the
 // Upstreams of unchanged backends. New transports go to newT.
-func (s *Server) buildService(c *ServiceConfig, prev *service, newT map[transportKey]*transport) (*service, error) {
+func (s *Server) buildService(c *ServiceConfig, prev *service, newT map[transportKey]*h1.Transport) (*service, error) {
 	if prev != nil && sameConfig(&prev.cfg, c) {
 		return prev, nil
 	}
@@ -402,7 +404,7 @@ func validate(services []ServiceConfig) error {
 		if c.MaxInFlight < 0 {
 			bad("service %q: max in flight %d is negative", c.Name, c.MaxInFlight)
 		}
-		if c.Sticky != nil && c.Sticky.Cookie != "" && !validToken(c.Sticky.Cookie) {
+		if c.Sticky != nil && c.Sticky.Cookie != "" && !h1.ValidToken(c.Sticky.Cookie) {
 			bad("service %q: sticky cookie name %q is not a token", c.Name, c.Sticky.Cookie)
 		}
 		if c.Sticky != nil && c.Sticky.TTL != 0 && c.Sticky.TTL < MinStickyTTL {

@@ -1,6 +1,9 @@
 package l7
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
+	"io"
+
 	"bufio"
 	"net"
 	"net/http"
@@ -215,7 +218,7 @@ func TestTransportIdleClosedNotUsed(t *testing.T) {
 		t.Fatal(code)
 	}
 	<-closed
-	time.Sleep(peekAfterIdle + 50*time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
 	req, _ := http.NewRequest("POST", h.url(listenA, "/"), nil)
 	res, err := cl.Do(req)
 	mustf(t, err, "POST")
@@ -292,25 +295,20 @@ func TestTransportUnfinishedBodyClosesConnection(t *testing.T) {
 
 func TestConnPoolCloseIdle(t *testing.T) {
 	be := startScripted(t, func(_, _ int, _ *http.Request) string { return okAnswer })
-	tr := newProxyTransport(transportKey{connect: time.Second, header: time.Second})
+	tr := &h1.Transport{ConnectTimeout: time.Second, HeaderTimeout: time.Second}
 	for range 3 {
 		req, _ := http.NewRequest("GET", "http://"+be.addr.String()+"/", nil)
-		res, err := tr.RoundTrip(req)
+		res, err := tr.RoundTrip(req, time.Time{})
 		mustf(t, err, "RoundTrip")
-		buf := make([]byte, 8)
-		for {
-			if _, err := res.Body.Read(buf); err != nil {
-				break
-			}
-		}
+		io.Copy(io.Discard, res.Body)
 		res.Body.Close()
 	}
-	p := tr.pool(be.addr.String())
-	if left := p.closeIdle(time.Now().Add(-time.Hour)); left != 1 {
-		t.Errorf("%d idle connections left after closing those idle for an hour, want 1", left)
+	if n := tr.IdleConns(be.addr.String()); n != 1 {
+		t.Errorf("%d idle connections, want 1", n)
 	}
-	if left := p.closeIdle(time.Now()); left != 0 {
-		t.Errorf("%d idle connections left after closing those idle since now, want 0", left)
+	tr.CloseIdleConnections()
+	if n := tr.IdleConns(be.addr.String()); n != 0 {
+		t.Errorf("%d idle connections left after CloseIdleConnections, want 0", n)
 	}
 	if conns, _ := be.stats(); conns != 1 {
 		t.Errorf("%d connections for 3 sequential requests, want 1", conns)
