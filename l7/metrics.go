@@ -109,6 +109,14 @@ type promMetrics struct {
 	inFlight *prometheus.Desc
 	errors   *prometheus.Desc
 	duration *prometheus.HistogramVec
+	// refused counts the requests the HTTP/1 server refused itself, by
+	// status (400, 408, 414, 417, 431, 501, 505): a bounded set.
+	refused *prometheus.CounterVec
+}
+
+// rejected is h1.Server's OnReject.
+func (m *promMetrics) rejected(status int) {
+	m.refused.WithLabelValues(strconv.Itoa(status)).Inc()
 }
 
 func newPromMetrics() *promMetrics {
@@ -120,13 +128,17 @@ func newPromMetrics() *promMetrics {
 			"Requests in flight (WebSocket tunnels included), by service and backend.",
 			[]string{"service", "backend"}, nil),
 		errors: prometheus.NewDesc("xlb_l7_upstream_errors_total",
-			"Gateway errors, by service, backend and kind (connect, broken, timeout, no_backend, overloaded).",
+			"Gateway errors, by service, backend and kind (connect, broken, timeout, no_backend, overloaded, bad_response).",
 			[]string{"service", "backend", "kind"}, nil),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "xlb", Subsystem: "l7", Name: "request_duration_seconds",
 			Help:    "Time from a request's arrival to the end of its response, by service.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"service"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "xlb", Subsystem: "l7", Name: "refused_requests_total",
+			Help: "Requests refused by the HTTP/1 server before routing (malformed, too large, too slow), by status code.",
+		}, []string{"code"}),
 	}
 }
 
@@ -136,6 +148,7 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 	ch <- s.prom.inFlight
 	ch <- s.prom.errors
 	s.prom.duration.Describe(ch)
+	s.prom.refused.Describe(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -165,6 +178,7 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 		emit(&svc.stats.none, false)
 	}
 	m.duration.Collect(ch)
+	m.refused.Collect(ch)
 }
 
 var _ prometheus.Collector = (*Server)(nil)

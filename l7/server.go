@@ -84,10 +84,16 @@ type Options struct {
 	// RetireGrace bounds how long a listener that an Update removed keeps
 	// serving its open requests; 0: 30 s.
 	RetireGrace time.Duration
-	// ReadHeaderTimeout bounds reading a client's request header; 0: 30 s.
-	ReadHeaderTimeout time.Duration
-	// IdleTimeout closes idle client keep-alive connections; 0: 120 s.
-	IdleTimeout time.Duration
+	// Client connections (package h1's Server; zero: h1's defaults):
+	// HeadTimeout bounds a request head from its first byte (408),
+	// IdleTimeout a kept connection's silence, ClientTimeout each write to
+	// a client and each read of a request body; MaxRequestLine (414) and
+	// MaxRequestHead (431) bound request heads.
+	HeadTimeout    time.Duration
+	IdleTimeout    time.Duration
+	ClientTimeout  time.Duration
+	MaxRequestLine int
+	MaxRequestHead int
 }
 
 // ErrServerClosed is returned by Update after Shutdown.
@@ -128,11 +134,8 @@ func NewServer(o Options) *Server {
 	if o.RetireGrace <= 0 {
 		o.RetireGrace = 30 * time.Second
 	}
-	if o.ReadHeaderTimeout <= 0 {
-		o.ReadHeaderTimeout = 30 * time.Second
-	}
 	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 120 * time.Second
+		o.IdleTimeout = h1.DefaultIdleTimeout
 	}
 	s := &Server{
 		log: o.Logger, listen: o.ListenFunc, opts: o, prom: newPromMetrics(),
@@ -592,8 +595,8 @@ type listener struct {
 	addr    netip.AddrPort
 	ln      net.Listener
 	baseCtx context.Context // requests' contexts derive from it
-	h1      h1Conns         // connections served by the fast path (h1.go)
-	handoff *handoff        // and those it gave to hs
+	h1      *h1.Server      // serves HTTP/1.x connections
+	handoff *handoff        // and gives HTTP/2 ones to hs
 	hs      *http.Server
 	routes  atomic.Pointer[routeTable]
 	served  chan struct{} // closed when Serve has returned
@@ -617,12 +620,26 @@ func (s *Server) newListener(addr netip.AddrPort, ln net.Listener) *listener {
 	base := context.WithValue(context.Background(), listenerKey{}, l)
 	l.baseCtx = base
 	l.hs = &http.Server{
-		Handler:           l,
-		Protocols:         &protos,
-		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
-		IdleTimeout:       s.opts.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return base },
+		Handler:     l,
+		Protocols:   &protos,
+		IdleTimeout: s.opts.IdleTimeout,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext: func(net.Listener) context.Context { return base },
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context { return withOwner(ctx) },
+	}
+	o := &s.opts
+	l.h1 = &h1.Server{
+		Handler:        l,
+		HeadTimeout:    o.HeadTimeout,
+		IdleTimeout:    o.IdleTimeout,
+		ClientTimeout:  o.ClientTimeout,
+		MaxRequestLine: o.MaxRequestLine,
+		MaxRequestHead: o.MaxRequestHead,
+		BaseContext:    base,
+		ConnContext:    withScratch,
+		HandOff:        l.handoff.give,
+		OnReject:       s.prom.rejected,
+		Logger:         s.log,
 	}
 	return l
 }
@@ -651,7 +668,7 @@ func (l *listener) serve() {
 			continue
 		}
 		backoff = 0
-		go l.serveConn(nc)
+		go l.h1.ServeConn(nc)
 	}
 }
 
@@ -695,9 +712,9 @@ func (l *listener) shutdown(ctx context.Context) error {
 	l.stopOnce.Do(func() {
 		go func() {
 			l.ln.Close()
-			l.h1.shutdown(false)
+			l.h1.Shutdown(false)
 			l.hs.Shutdown(context.Background()) // ends early if forced
-			l.h1.wg.Wait()
+			l.h1.Wait()
 			l.tunnelWG.Wait()
 			<-l.served
 			close(l.drained)
@@ -715,7 +732,7 @@ func (l *listener) shutdown(ctx context.Context) error {
 
 // force closes the listener's connections, tunnels included.
 func (l *listener) force() {
-	l.h1.shutdown(true)
+	l.h1.Shutdown(true)
 	l.hs.Close()
 	l.tunnelMu.Lock()
 	for c := range l.tunnels {

@@ -296,15 +296,17 @@ func TestTransportUnfinishedBodyClosesConnection(t *testing.T) {
 func TestConnPoolCloseIdle(t *testing.T) {
 	be := startScripted(t, func(_, _ int, _ *http.Request) string { return okAnswer })
 	tr := &h1.Transport{ConnectTimeout: time.Second, HeaderTimeout: time.Second}
+	o := h1.NewOwner()
 	for range 3 {
-		req, _ := http.NewRequest("GET", "http://"+be.addr.String()+"/", nil)
+		req, _ := http.NewRequestWithContext(h1.WithOwner(t.Context(), o), "GET", "http://"+be.addr.String()+"/", nil)
 		res, err := tr.RoundTrip(req, time.Time{})
 		mustf(t, err, "RoundTrip")
 		io.Copy(io.Discard, res.Body)
 		res.Body.Close()
 	}
+	o.Close()
 	if n := tr.IdleConns(be.addr.String()); n != 1 {
-		t.Errorf("%d idle connections, want 1", n)
+		t.Errorf("%d idle connections after their owner closed, want 1", n)
 	}
 	tr.CloseIdleConnections()
 	if n := tr.IdleConns(be.addr.String()); n != 0 {

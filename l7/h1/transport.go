@@ -178,20 +178,21 @@ type connPool struct {
 // request's; zero: none), whichever comes first; the request's running
 // out is ErrRequestTimeout, not a dial error (504, not retried).
 func (p *connPool) get(ctx context.Context, d *net.Dialer, deadline time.Time) (*conn, error) {
+	o := ownerOf(ctx)
 	for {
-		p.mu.Lock()
-		n := len(p.idle)
-		if n == 0 {
-			p.mu.Unlock()
-			break
+		var c *conn
+		if o != nil {
+			c = o.take(p)
 		}
-		c := p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
-		p.mu.Unlock()
+		if c == nil {
+			if c = p.takeShared(time.Now().Add(-ShareAfter)); c == nil {
+				break
+			}
+		}
 		// Checked before every use however short the idle time: bytes
 		// that came after the last answer are not this request's.
 		if time.Since(c.idleSince) < IdleConnTimeout && c.quiet() {
+			c.owner = o
 			return c, nil
 		}
 		c.close()
@@ -211,15 +212,25 @@ func (p *connPool) get(ctx context.Context, d *net.Dialer, deadline time.Time) (
 		}
 		return nil, &DialError{err}
 	}
-	c := &conn{pool: p, nc: nc}
+	c := &conn{pool: p, nc: nc, owner: o}
 	c.interrupt = func() { nc.SetDeadline(ALongTimeAgo) }
 	c.br = bufio.NewReaderSize(countingReader{nc, &c.read}, 4<<10)
 	c.bw = bufio.NewWriterSize(nc, 4<<10)
 	return c, nil
 }
 
+// put returns c to its owner, or to the pool (see Owner).
 func (p *connPool) put(c *conn) {
 	c.idleSince = time.Now()
+	if c.owner != nil && c.owner.keep(c) {
+		return
+	}
+	c.owner = nil
+	p.add(c)
+}
+
+// add puts c in the shared pool, idle since c.idleSince.
+func (p *connPool) add(c *conn) {
 	p.mu.Lock()
 	if len(p.idle) >= p.maxIdle {
 		p.mu.Unlock()
@@ -231,6 +242,24 @@ func (p *connPool) put(c *conn) {
 		p.reap = time.AfterFunc(IdleConnTimeout, p.reapIdle)
 	}
 	p.mu.Unlock()
+}
+
+// takeShared takes the most recently used shared connection idle since
+// before cutoff, or returns nil.
+func (p *connPool) takeShared(cutoff time.Time) *conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := len(p.idle) - 1; i >= 0; i-- {
+		c := p.idle[i]
+		if c.idleSince.After(cutoff) {
+			continue
+		}
+		copy(p.idle[i:], p.idle[i+1:])
+		p.idle[len(p.idle)-1] = nil
+		p.idle = p.idle[:len(p.idle)-1]
+		return c
+	}
+	return nil
 }
 
 // reapIdle closes connections idle longer than IdleConnTimeout and comes
@@ -272,6 +301,7 @@ func (p *connPool) closeIdle(before time.Time) int {
 // time.
 type conn struct {
 	pool      *connPool
+	owner     *Owner // the client connection it serves, if any
 	nc        net.Conn
 	br        *bufio.Reader
 	bw        *bufio.Writer
@@ -540,6 +570,9 @@ func (c *conn) close() { c.nc.Close() }
 // sent anything unasked: one non-blocking peek, instead of a reader
 // goroutine per idle connection.
 func (c *conn) quiet() bool {
+	if t := c.rdl.t; !t.IsZero() && !time.Now().Before(t) {
+		c.rdl.SetRead(c.nc, time.Time{}, 0) // a past deadline fails the peek
+	}
 	sc, ok := c.nc.(syscall.Conn)
 	if !ok {
 		return true

@@ -104,9 +104,13 @@ func answerFor(req *http.Request) string {
 	return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 }
 
+// testOwner is the one client connection of the tests' requests, so that
+// they reuse backend connections.
+var testOwner = NewOwner()
+
 func do(t *testing.T, tr *Transport, method, url string) (*http.Response, string, error) {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
+	req, _ := http.NewRequestWithContext(WithOwner(t.Context(), testOwner), method, url, nil)
 	res, err := tr.RoundTrip(req, time.Now().Add(5*time.Second))
 	if err != nil {
 		return nil, "", err
@@ -253,7 +257,7 @@ func TestTransportBodies(t *testing.T) {
 		length int64
 		body   string
 	}{{5, "hello"}, {-1, "chunked body"}, {0, "unknown length too"}} {
-		req, _ := http.NewRequest("POST", "http://"+be.addr+"/up", io.NopCloser(strings.NewReader(tc.body)))
+		req, _ := http.NewRequestWithContext(WithOwner(t.Context(), testOwner), "POST", "http://"+be.addr+"/up", io.NopCloser(strings.NewReader(tc.body)))
 		req.ContentLength = tc.length
 		res, err := tr.RoundTrip(req, time.Now().Add(5*time.Second))
 		if err != nil {
@@ -298,3 +302,44 @@ func TestTransportClientBodyError(t *testing.T) {
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// A backend connection serves one client connection; another client gets
+// it only after ShareAfter idle, and after its owner closed.
+func TestTransportOwnership(t *testing.T) {
+	be := startRaw(t, func(_, _ int, req *http.Request) []string { return []string{answerFor(req)} })
+	tr := &Transport{ConnectTimeout: time.Second, HeaderTimeout: time.Second}
+	defer tr.CloseIdleConnections()
+	a, b := NewOwner(), NewOwner()
+	get := func(o *Owner) {
+		ctx := t.Context()
+		if o != nil {
+			ctx = WithOwner(ctx, o)
+		}
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+be.addr+"/", nil)
+		res, err := tr.RoundTrip(req, time.Now().Add(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+	}
+	conns := func() int { n, _ := be.stats(); return n }
+	get(a)
+	get(a)
+	if conns() != 1 {
+		t.Fatalf("one owner, two requests: %d connections, want 1", conns())
+	}
+	get(b)
+	if conns() != 2 {
+		t.Fatalf("a second owner: %d connections, want 2 (a's is a's)", conns())
+	}
+	a.Close()
+	get(nil)
+	if conns() != 3 {
+		t.Fatalf("right after its owner closed: %d connections, want 3 (a's idles for ShareAfter first)", conns())
+	}
+	time.Sleep(ShareAfter + 50*time.Millisecond)
+	get(nil)
+	if conns() != 3 {
+		t.Fatalf("after ShareAfter: %d connections, want 3 (a's connection shared)", conns())
+	}
+}

@@ -1,9 +1,10 @@
-package l7
+package h1
 
 import (
-	"github.com/xlb-dev/xlb/l7/h1"
-
+	"bufio"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -11,22 +12,25 @@ import (
 	"time"
 )
 
-// h1Response is the http.ResponseWriter of the fast path. It frames the
-// body as net/http's server does: the handler's Content-Length if it set
-// one; else, when the whole body fits in holdBytes and nothing was flushed,
-// a Content-Length of its own; else chunked, with trailers (the Trailer
-// header, http.TrailerPrefix). It adds Date, sniffs a missing Content-Type
-// and sends no body for HEAD, 1xx, 204 and 304.
-type h1Response struct {
-	c   *h1Conn
+// response is the http.ResponseWriter of a client connection. It frames
+// the body as net/http's server does: the handler's Content-Length if it
+// set one; else, when the whole body fits in holdBytes and nothing was
+// flushed, a Content-Length of its own; else chunked (HTTP/1.1) with
+// trailers (the Trailer header, http.TrailerPrefix), or to the end of the
+// connection (HTTP/1.0). It adds Date, sniffs a missing Content-Type and
+// sends no body for HEAD, 1xx, 204 and 304. Every write to the client
+// waits at most ClientTimeout.
+type response struct {
+	c   *clientConn
 	req *http.Request
 	h   http.Header
 
 	status      int
-	wroteHeader bool // the final status is decided
+	wroteHeader bool // the final status is decided (guarded by c.wmu)
 	headerSent  bool // and written to the connection
 	clen        int64
 	chunked     bool
+	untilClose  bool // HTTP/1.0, length unknown: the body ends with the connection
 	noBody      bool
 	hold        []byte // body held back while its length is unknown
 	trailers    []string
@@ -40,20 +44,35 @@ type h1Response struct {
 // short answers).
 const holdBytes = 4 << 10
 
-func (w *h1Response) Header() http.Header { return w.h }
+func (w *response) Header() http.Header { return w.h }
 
-func (w *h1Response) WriteHeader(code int) {
+// writeDeadline bounds the writes that follow by ClientTimeout.
+func (w *response) writeDeadline() {
+	c := w.c
+	c.wdl.SetWrite(c.nc, time.Now().Add(c.srv.ClientTimeout), Slack(c.srv.ClientTimeout))
+}
+
+func (w *response) WriteHeader(code int) {
+	w.c.wmu.Lock()
+	defer w.c.wmu.Unlock()
+	w.writeHeader(code)
+}
+
+func (w *response) writeHeader(code int) {
 	if w.wroteHeader {
 		return
 	}
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
-		w.writeHead(code, false) // informational: the final answer follows
+		if w.req.ProtoMinor > 0 { // HTTP/1.0 has no interim answers
+			w.writeDeadline()
+			w.writeHead(code, false)
+		}
 		return
 	}
 	w.wroteHeader = true
 	w.status = code
 	if cl := w.h["Content-Length"]; len(cl) == 1 {
-		if n, err := strconv.ParseInt(cl[0], 10, 64); err == nil && n >= 0 {
+		if n, ok := parseLength(cl[0]); ok {
 			w.clen = n
 		}
 	}
@@ -69,14 +88,16 @@ func (w *h1Response) WriteHeader(code int) {
 		w.clen = -1 // trailers need chunks
 		delete(w.h, "Content-Length")
 	}
-	if c := w.h["Connection"]; len(c) > 0 && h1.HasToken(c, "close") {
+	if c := w.h["Connection"]; len(c) > 0 && HasToken(c, "close") {
 		w.close = true
 	}
 }
 
-func (w *h1Response) Write(p []byte) (int, error) {
+func (w *response) Write(p []byte) (int, error) {
+	w.c.wmu.Lock()
+	defer w.c.wmu.Unlock()
 	if !w.wroteHeader {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	if w.err != nil {
 		return 0, w.err
@@ -93,7 +114,10 @@ func (w *h1Response) Write(p []byte) (int, error) {
 			w.hold = append(w.hold, p...)
 			return len(p), nil
 		}
+		w.writeDeadline()
 		w.sendHeader(p)
+	} else {
+		w.writeDeadline()
 	}
 	w.writeBody(p)
 	return len(p), w.err
@@ -101,10 +125,17 @@ func (w *h1Response) Write(p []byte) (int, error) {
 
 // Flush sends what is held and written; a body of unknown length becomes
 // chunked.
-func (w *h1Response) Flush() {
+func (w *response) Flush() {
+	w.c.wmu.Lock()
+	defer w.c.wmu.Unlock()
+	w.flush()
+}
+
+func (w *response) flush() {
 	if !w.wroteHeader {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
+	w.writeDeadline()
 	if !w.headerSent {
 		w.sendHeader(nil)
 	}
@@ -114,23 +145,57 @@ func (w *h1Response) Flush() {
 }
 
 // FlushError is Flush with its error, for http.ResponseController.
-func (w *h1Response) FlushError() error {
+func (w *response) FlushError() error {
 	w.Flush()
 	return w.err
 }
 
+// CloseAfter closes the connection after this answer.
+func (w *response) CloseAfter() {
+	w.c.wmu.Lock()
+	w.close = true
+	w.c.wmu.Unlock()
+}
+
+// EnableFullDuplex is what http.ResponseController calls: the connection
+// is full duplex already (an answer may be written while the body is
+// read).
+func (w *response) EnableFullDuplex() error { return nil }
+
+// Hijack hands the connection to the handler (a protocol switch): the
+// Server no longer reads, writes or closes it.
+func (w *response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c := w.c
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if w.headerSent {
+		return nil, nil, errors.New("h1: hijack after the answer began")
+	}
+	c.disarmWatch()
+	c.hijacked = true
+	c.nc.SetDeadline(time.Time{})
+	c.rdl, c.wdl = Deadline{}, Deadline{}
+	return c.nc, bufio.NewReadWriter(c.br, c.bw), nil
+}
+
 // finish ends the answer after the handler returned; false if the
 // connection broke.
-func (w *h1Response) finish() bool {
+func (w *response) finish() bool {
+	w.c.wmu.Lock()
+	defer w.c.wmu.Unlock()
 	if !w.wroteHeader {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
+	w.writeDeadline()
 	if !w.headerSent {
 		if w.clen < 0 && !w.noBody && len(w.trailers) == 0 {
 			w.clen = int64(len(w.hold))
 			w.h["Content-Length"] = []string{strconv.Itoa(len(w.hold))}
 		}
 		w.sendHeader(nil)
+	}
+	if w.clen >= 0 && !w.noBody && w.written < w.clen {
+		w.close = true // a body shorter than announced: the client must not wait for the rest on a kept connection
 	}
 	if w.chunked && w.err == nil {
 		bw := w.c.bw
@@ -148,18 +213,22 @@ func (w *h1Response) finish() bool {
 	if w.err == nil {
 		w.err = w.c.bw.Flush()
 	}
-	return w.err == nil
+	return w.err == nil && !w.untilClose
 }
 
 // sendHeader writes the status line and header, then what is held; first
 // is the first body write (for sniffing), if any.
-func (w *h1Response) sendHeader(first []byte) {
+func (w *response) sendHeader(first []byte) {
 	w.headerSent = true
-	if w.c.l.h1.isShutting() {
+	if w.c.srv.shutting.Load() {
 		w.close = true // as net/http: no more requests on this connection
 	}
 	if !w.noBody && w.clen < 0 {
-		w.chunked = true
+		if w.req.ProtoMinor == 0 {
+			w.untilClose, w.close = true, true
+		} else {
+			w.chunked = true
+		}
 		delete(w.h, "Content-Length")
 	}
 	if _, ok := w.h["Content-Type"]; !ok && !w.noBody {
@@ -180,7 +249,7 @@ func (w *h1Response) sendHeader(first []byte) {
 
 // writeHead writes a status line and the header. final adds what a final
 // answer carries (Date, framing, Connection).
-func (w *h1Response) writeHead(code int, final bool) {
+func (w *response) writeHead(code int, final bool) {
 	bw := w.c.bw
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(strconv.Itoa(code))
@@ -202,8 +271,11 @@ func (w *h1Response) writeHead(code int, final bool) {
 		if w.chunked {
 			bw.WriteString("Transfer-Encoding: chunked\r\n")
 		}
-		if w.close {
+		switch {
+		case w.close:
 			bw.WriteString("Connection: close\r\n")
+		case w.req.ProtoMinor == 0:
+			bw.WriteString("Connection: keep-alive\r\n")
 		}
 	}
 	bw.WriteString("\r\n")
@@ -213,12 +285,12 @@ func writeHeaderLines(bw io.StringWriter, k string, vv []string) {
 	for _, v := range vv {
 		bw.WriteString(k)
 		bw.WriteString(": ")
-		h1.WriteHeaderValue(bw, v)
+		WriteHeaderValue(bw, v)
 		bw.WriteString("\r\n")
 	}
 }
 
-func (w *h1Response) writeBody(p []byte) {
+func (w *response) writeBody(p []byte) {
 	if w.err != nil {
 		return
 	}
@@ -234,8 +306,9 @@ func (w *h1Response) writeBody(p []byte) {
 }
 
 var (
-	_ http.ResponseWriter = (*h1Response)(nil)
-	_ http.Flusher        = (*h1Response)(nil)
+	_ http.ResponseWriter = (*response)(nil)
+	_ http.Flusher        = (*response)(nil)
+	_ http.Hijacker       = (*response)(nil)
 )
 
 // dateLine is "Date: <now>\r\n", formatted once a second.
