@@ -27,10 +27,11 @@ import (
 type MetricsReport struct {
 	Service            string            `json:"service,omitempty"`
 	TotalRequests      uint64            `json:"total_requests"`
-	TotalErrors        uint64            `json:"total_errors"` // failed requests
+	TotalErrors        uint64            `json:"total_errors"` // failed requests (the older name of FailedRequests)
 	SuccessfulRequests uint64            `json:"successful_requests"`
-	SuccessRate        float64           `json:"success_rate"` // successful / total, 0 to 1; 1 with no requests
-	StatusCodes        map[string]uint64 `json:"status_codes"` // requests by status sent to the client
+	FailedRequests     uint64            `json:"failed_requests"` // total = successful + failed
+	SuccessRate        float64           `json:"success_rate"`    // successful / total, 0 to 1; 1 with no requests
+	StatusCodes        map[string]uint64 `json:"status_codes"`    // requests by status sent to the client
 	RequestsPerSecond  float64           `json:"requests_per_second"`
 	AvgLatencyUs       float64           `json:"avg_latency_us"`
 	HealthyBackends    int               `json:"healthy_backends"`
@@ -41,7 +42,8 @@ type MetricsReport struct {
 
 // BackendMetrics is one backend in a MetricsReport. Its requests count
 // every attempt sent to it (a connect failure that was retried elsewhere
-// included); ActiveConnections is its in-flight requests (and tunnels).
+// included); FailedRequests (also TotalErrors, the older name) the failed
+// ones; ActiveConnections is its in-flight requests (and tunnels).
 type BackendMetrics struct {
 	Service           string  `json:"service"`
 	ID                string  `json:"id"`
@@ -51,6 +53,7 @@ type BackendMetrics struct {
 	ActiveConnections int64   `json:"active_connections"`
 	TotalRequests     uint64  `json:"total_requests"`
 	TotalErrors       uint64  `json:"total_errors"`
+	FailedRequests    uint64  `json:"failed_requests"`
 	AvgLatencyUs      float64 `json:"avg_latency_us"`
 	ErrorRate         float64 `json:"error_rate"` // errors / requests, 0 to 1
 }
@@ -191,8 +194,13 @@ func metricsOf(scope []*service, name string, now time.Time) (MetricsReport, err
 	return rep, nil
 }
 
+// setSuccess derives the successful and failed counts and the rate from
+// TotalRequests and TotalErrors. The two counters are read one after the
+// other while requests finish: failed is capped at total, so that total =
+// successful + failed always holds.
 func (m *MetricsReport) setSuccess() {
-	m.SuccessfulRequests = m.TotalRequests - min(m.TotalErrors, m.TotalRequests)
+	m.FailedRequests = min(m.TotalErrors, m.TotalRequests)
+	m.SuccessfulRequests = m.TotalRequests - m.FailedRequests
 	m.SuccessRate = 1
 	if m.TotalRequests > 0 {
 		m.SuccessRate = round(float64(m.SuccessfulRequests)/float64(m.TotalRequests), 4)
@@ -230,6 +238,7 @@ func (svc *service) metrics(now time.Time) MetricsReport {
 		} else if u.State() != StateDown {
 			b.State = "ejected"
 		}
+		b.FailedRequests = min(b.TotalErrors, b.TotalRequests)
 		if b.TotalRequests > 0 {
 			b.AvgLatencyUs = round(float64(u.LatencySum.Load())/float64(b.TotalRequests)/1e3, 1)
 			b.ErrorRate = round(float64(b.TotalErrors)/float64(b.TotalRequests), 4)

@@ -2,9 +2,12 @@ package l7
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -48,7 +51,7 @@ func TestLBEndpoints(t *testing.T) {
 		mustf(t, json.Unmarshal(body, &raw), "json")
 		for _, k := range []string{"total_requests", "total_errors", "requests_per_second", "avg_latency_us",
 			"healthy_backends", "total_backends", "backends", "services",
-			"successful_requests", "success_rate", "status_codes"} {
+			"successful_requests", "failed_requests", "success_rate", "status_codes"} {
 			if _, ok := raw[k]; !ok {
 				t.Errorf("no %q in %s", k, body)
 			}
@@ -59,7 +62,7 @@ func TestLBEndpoints(t *testing.T) {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		for _, k := range []string{"address", "state", "active_connections", "total_requests", "total_errors", "avg_latency_us", "error_rate"} {
+		for _, k := range []string{"address", "state", "active_connections", "total_requests", "total_errors", "failed_requests", "avg_latency_us", "error_rate"} {
 			if _, ok := be[k]; !ok {
 				t.Errorf("backend has no %q: %v", k, keys)
 			}
@@ -146,6 +149,124 @@ func TestLBEndpoints(t *testing.T) {
 			t.Errorf("POST: %d", rec.Code)
 		}
 	})
+}
+
+// metricsWire is /lb/metrics as a client reads it: the JSON names, with
+// pointers so that a missing field shows.
+type metricsWire struct {
+	Total      *uint64           `json:"total_requests"`
+	Successful *uint64           `json:"successful_requests"`
+	Failed     *uint64           `json:"failed_requests"`
+	Errors     *uint64           `json:"total_errors"`
+	Codes      map[string]uint64 `json:"status_codes"`
+	Services   []metricsWire     `json:"services"`
+	Backends   []struct {
+		Address string  `json:"address"`
+		Total   *uint64 `json:"total_requests"`
+		Failed  *uint64 `json:"failed_requests"`
+		Errors  *uint64 `json:"total_errors"`
+	} `json:"backends"`
+}
+
+// TestMetricsFailedRequests: /lb/metrics counts the failed requests (gateway
+// errors such as the 502 of an unreachable backend, and 5xx answers) in
+// failed_requests for the service, the whole and each backend, next to
+// total_errors, and total_requests = successful_requests + failed_requests.
+func TestMetricsFailedRequests(t *testing.T) {
+	fail500 := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", 500) })
+	tests := []struct {
+		name     string
+		backends []string // "ok", "500" or "dead" (nothing listens)
+		method   string   // POST is not retried on another backend
+		n        int
+		failed   uint64
+		codes    map[string]uint64
+		perBack  map[string]uint64 // failed_requests by backend kind
+	}{
+		{name: "unreachable backend", backends: []string{"dead"}, method: "GET", n: 3, failed: 3,
+			codes: map[string]uint64{"502": 3}, perBack: map[string]uint64{"dead": 3}},
+		{name: "one of two unreachable", backends: []string{"ok", "dead"}, method: "POST", n: 4, failed: 2,
+			codes: map[string]uint64{"200": 2, "502": 2}, perBack: map[string]uint64{"ok": 0, "dead": 2}},
+		{name: "5xx answers", backends: []string{"ok", "500"}, method: "GET", n: 4, failed: 2,
+			codes: map[string]uint64{"200": 2, "500": 2}, perBack: map[string]uint64{"ok": 0, "500": 2}},
+		{name: "no failures", backends: []string{"ok"}, method: "GET", n: 3, failed: 0,
+			codes: map[string]uint64{"200": 3}, perBack: map[string]uint64{"ok": 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			kind := map[string]string{} // address -> backend kind
+			var addrs []netip.AddrPort
+			for i, k := range tt.backends {
+				var a netip.AddrPort
+				switch k {
+				case "ok":
+					a = startBackendOn(t, fmt.Sprintf("127.0.0.%d", i+1), named("ok"))
+				case "500":
+					a = startBackendOn(t, fmt.Sprintf("127.0.0.%d", i+1), fail500)
+				case "dead":
+					a = deadAddr(t)
+				}
+				kind[a.String()] = k
+				addrs = append(addrs, a)
+			}
+			h := newHarness(t)
+			h.update(svcConf("web", listenA, addrs...))
+			cl := testClient(t)
+			for range tt.n {
+				req, _ := http.NewRequest(tt.method, h.url(listenA, "/"), strings.NewReader("x"))
+				// A connection each: after a 502 to a POST whose body it did
+				// not forward, the proxy closes the client connection without
+				// saying Connection: close, and a reuse can race the close.
+				req.Close = true
+				resp, err := cl.Do(req)
+				mustf(t, err, "%s", tt.method)
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+
+			for _, path := range []string{"/lb/metrics?service=web", "/lb/metrics"} {
+				rec := httptest.NewRecorder()
+				h.srv.LBHandler().ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+				var m metricsWire
+				mustf(t, json.Unmarshal(rec.Body.Bytes(), &m), "json")
+				reports := map[string]metricsWire{path: m}
+				if len(m.Services) > 0 {
+					reports[path+" services[0]"] = m.Services[0]
+				} else if path == "/lb/metrics" {
+					t.Errorf("%s: no services[]", path)
+				}
+				for where, r := range reports {
+					if r.Total == nil || r.Successful == nil || r.Failed == nil || r.Errors == nil {
+						t.Fatalf("%s: a count is missing: %s", where, rec.Body)
+					}
+					if *r.Total != uint64(tt.n) || *r.Failed != tt.failed || *r.Successful != uint64(tt.n)-tt.failed {
+						t.Errorf("%s: total %d successful %d failed %d, want %d, %d, %d",
+							where, *r.Total, *r.Successful, *r.Failed, tt.n, uint64(tt.n)-tt.failed, tt.failed)
+					}
+					if *r.Total != *r.Successful+*r.Failed || *r.Errors != *r.Failed {
+						t.Errorf("%s: total %d != successful %d + failed %d, or total_errors %d != failed",
+							where, *r.Total, *r.Successful, *r.Failed, *r.Errors)
+					}
+					if !maps.Equal(r.Codes, tt.codes) {
+						t.Errorf("%s: status codes %v, want %v", where, r.Codes, tt.codes)
+					}
+					if len(r.Backends) != len(tt.backends) {
+						t.Fatalf("%s: %d backends, want %d", where, len(r.Backends), len(tt.backends))
+					}
+					for _, b := range r.Backends {
+						k := kind[b.Address]
+						if b.Failed == nil || b.Errors == nil {
+							t.Fatalf("%s: backend %s: failed_requests or total_errors missing", where, b.Address)
+						}
+						if *b.Failed != tt.perBack[k] || *b.Errors != *b.Failed || *b.Failed > *b.Total {
+							t.Errorf("%s: %s backend: failed %d errors %d of %d, want %d failed",
+								where, k, *b.Failed, *b.Errors, *b.Total, tt.perBack[k])
+						}
+					}
+				}
+			}
+		})
+	}
 }
 
 func TestRateRing(t *testing.T) {

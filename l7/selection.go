@@ -61,12 +61,30 @@ func lighter(aLoad int64, aWeight int, bLoad int64, bWeight int) bool {
 // candidate's current weight grows by its weight, the largest (first in pool
 // order on a tie) wins and loses the sum of the candidates' weights. Equal
 // weights cycle in pool order; weights 2:1 give a, b, a; a down upstream is
-// not a candidate and takes no turn. The current weights are in the
-// Upstreams (so a swap that carries them over keeps the rotation); the
-// mutex keeps one pick's read-modify-write of all of them whole.
+// not a candidate and takes no turn.
+//
+// The current weights are in the Upstreams (so a swap that carries them over
+// keeps the rotation); the mutex keeps one pick's read-modify-write of all of
+// them whole. They are only meaningful for the set of usable upstreams they
+// were accumulated over: when that set changes (one goes down, up, draining,
+// is ejected or readmitted, or a swap adds or removes one), the survivors'
+// current weights are whatever the old rotation left, and the leaver's stale
+// one would give it a head start on its return. So each usable upstream
+// records the set it was last balanced in (rrSet), and a pick that finds
+// the usable set changed zeroes their current weights first: the rotation
+// restarts from the new set, in pool order, honouring the weights. (The
+// upstream a retry excludes still belongs to the set: a retry does not
+// restart the rotation.)
 type roundRobin struct {
 	mu sync.Mutex
 }
+
+// rrSets numbers the usable sets round robin has balanced over (0: none).
+var rrSets atomic.Uint32
+
+// rrSetID packs a set's number and its size into Upstream.rrSet: one atomic
+// word, so the two are read together.
+func rrSetID(set uint32, n int) uint64 { return uint64(set)<<32 | uint64(uint32(n)) }
 
 func (*roundRobin) String() string { return PolicyRoundRobin }
 
@@ -75,6 +93,31 @@ func (rr *roundRobin) Select(p *Pool, _ *http.Request, exclude *Upstream) *Upstr
 	var best *Upstream
 	var bestCur, total int64
 	rr.mu.Lock()
+	// Is the usable set the one the current weights belong to? It is when
+	// every usable upstream recorded the same set and that set had as many
+	// members: a set's number is recorded only by its members, so they are
+	// all here.
+	n, same, set := 0, true, uint64(0)
+	for _, u := range p.Upstreams {
+		if !u.usable(&c) {
+			continue
+		}
+		if s := u.rrSet.Load(); n == 0 {
+			set = s
+		} else if s != set {
+			same = false
+		}
+		n++
+	}
+	if n > 0 && (!same || set>>32 == 0 || uint32(set) != uint32(n)) {
+		id := rrSetID(rrSets.Add(1), n)
+		for _, u := range p.Upstreams {
+			if u.usable(&c) {
+				u.rrCurrent.Store(0)
+				u.rrSet.Store(id)
+			}
+		}
+	}
 	for _, u := range p.Upstreams {
 		if !candidate(u, exclude, &c) {
 			continue

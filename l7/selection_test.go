@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -135,6 +136,145 @@ func TestRoundRobinAcrossSwaps(t *testing.T) {
 	ups[1].SetState(StateUp)
 	if c := counts(pickSeq(t, p3, 40), 4); !slices.Equal(c, []int{10, 10, 10, 10}) {
 		t.Errorf("after coming back: %v, want 10 each", c)
+	}
+}
+
+// TestRoundRobinSetChange: when the usable set changes, the rotation
+// restarts from the new set, whatever position the old one had reached: with
+// three equal upstreams and one gone the next picks alternate between the
+// other two (the stale current weights used to give 2,2,0,2 after one
+// request), one coming back takes its turn at once, and weights still hold.
+func TestRoundRobinSetChange(t *testing.T) {
+	// change is applied to the upstreams (and may return a new upstream list
+	// for the pool, a swap) after `before` picks.
+	type change func(ups []*Upstream) []*Upstream
+	set := func(i int, s State) change {
+		return func(ups []*Upstream) []*Upstream { ups[i].SetState(s); return ups }
+	}
+	ejectNow := func(i int) change {
+		return func(ups []*Upstream) []*Upstream { unusable("ejected", ups[i]); return ups }
+	}
+	readmit := func(i int) change {
+		return func(ups []*Upstream) []*Upstream { ups[i].Readmit(); return ups }
+	}
+	remove := func(i int) change {
+		return func(ups []*Upstream) []*Upstream { return slices.Delete(slices.Clone(ups), i, i+1) }
+	}
+	tests := []struct {
+		name    string
+		weights []int
+		setup   map[int]string // unusable from the start: index -> how
+		before  int            // picks before the change
+		change  change
+		after   int
+		seq     string // the picks after the change (indexes into the original upstreams)
+		counts  []int  // their counts, if set
+	}{
+		{name: "down after 0", weights: []int{1, 1, 1}, before: 0, change: set(1, StateDown), after: 4, seq: "[0 2 0 2]"},
+		{name: "down after 1 (the issue)", weights: []int{1, 1, 1}, before: 1, change: set(1, StateDown), after: 4, seq: "[0 2 0 2]"},
+		{name: "down after 2", weights: []int{1, 1, 1}, before: 2, change: set(1, StateDown), after: 4, seq: "[0 2 0 2]"},
+		{name: "last down after 1", weights: []int{1, 1, 1}, before: 1, change: set(2, StateDown), after: 4, seq: "[0 1 0 1]"},
+		{name: "first down after 2", weights: []int{1, 1, 1}, before: 2, change: set(0, StateDown), after: 4, seq: "[1 2 1 2]"},
+		{name: "draining after 4", weights: []int{1, 1, 1}, before: 4, change: set(1, StateDraining), after: 4, seq: "[0 2 0 2]"},
+		{name: "ejected after 1", weights: []int{1, 1, 1}, before: 1, change: ejectNow(1), after: 4, seq: "[0 2 0 2]"},
+		{name: "removed by a swap after 1", weights: []int{1, 1, 1}, before: 1, change: remove(1), after: 4, seq: "[0 2 0 2]"},
+		{name: "back up after 1", weights: []int{1, 1, 1}, setup: map[int]string{1: "down"}, before: 1, change: set(1, StateUp), after: 6, seq: "[0 1 2 0 1 2]"},
+		{name: "back up after 3", weights: []int{1, 1, 1}, setup: map[int]string{1: "down"}, before: 3, change: set(1, StateUp), after: 6, seq: "[0 1 2 0 1 2]"},
+		{name: "readmitted after 1", weights: []int{1, 1, 1}, setup: map[int]string{0: "ejected"}, before: 1, change: readmit(0), after: 6, seq: "[0 1 2 0 1 2]"},
+		{name: "weighted 2:1:1, one down", weights: []int{2, 1, 1}, before: 1, change: set(2, StateDown), after: 6, seq: "[0 1 0 0 1 0]", counts: []int{4, 2, 0}},
+		{name: "weighted 3:2:1, one down", weights: []int{3, 2, 1}, before: 5, change: set(1, StateDown), after: 40, counts: []int{30, 0, 10}},
+		{name: "weighted 5:1:1, one back", weights: []int{5, 1, 1}, setup: map[int]string{2: "draining"}, before: 3, change: set(2, StateUp), after: 7, seq: "[0 0 1 0 2 0 0]", counts: []int{5, 1, 1}},
+		{name: "weighted 1:3, one added", weights: []int{1, 3, 2}, setup: map[int]string{2: "down"}, before: 2, change: set(2, StateUp), after: 60, counts: []int{10, 30, 20}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ups := testUpstreams(tt.weights...)
+			for i, how := range tt.setup {
+				unusable(how, ups[i])
+			}
+			p := testPool(t, PolicyRoundRobin, ups)
+			pickSeq(t, p, tt.before)
+			if now := tt.change(ups); !slices.Equal(now, ups) {
+				p = &Pool{Service: p.Service, Upstreams: now, Policy: p.Policy}
+			}
+			var seq []int
+			for _, i := range pickSeq(t, p, tt.after) {
+				seq = append(seq, indexOf(ups, p.Upstreams[i]))
+			}
+			if tt.seq != "" {
+				if got := fmt.Sprint(seq); got != tt.seq {
+					t.Errorf("after the change: %s, want %s", got, tt.seq)
+				}
+			}
+			if tt.counts != nil {
+				if got := counts(seq, len(ups)); !slices.Equal(got, tt.counts) {
+					t.Errorf("counts after the change %v, want %v", got, tt.counts)
+				}
+			}
+		})
+	}
+}
+
+// TestRoundRobinRetryKeepsRotation: a retry's exclude does not restart the
+// rotation (the excluded upstream is still in the usable set).
+func TestRoundRobinRetryKeepsRotation(t *testing.T) {
+	ups := testUpstreams(1, 1, 1)
+	p := testPool(t, PolicyRoundRobin, ups)
+	seq := pickSeq(t, p, 1)                                                      // 0
+	seq = append(seq, indexOf(ups, p.Policy.Select(p, testRequest(""), ups[1]))) // a retry away from 1: 2
+	seq = append(seq, pickSeq(t, p, 4)...)
+	// The rotation goes on: 1 gets the turn the retry skipped it for. (A
+	// restart on the retry and again on the next pick would give 0 0 0 1 2 0.)
+	if got := fmt.Sprint(seq); got != "[0 2 1 2 0 1]" {
+		t.Errorf("sequence %s, want [0 2 1 2 0 1]", got)
+	}
+}
+
+// TestRoundRobinSetChangeConcurrent: picks from many goroutines (through
+// two policy values, as around a swap) while two upstreams go down and up
+// always find one (two stay up), the race detector sees no unguarded access,
+// and once the flapping stops the rotation is even again.
+func TestRoundRobinSetChangeConcurrent(t *testing.T) {
+	const workers, rounds = 16, 500
+	ups := testUpstreams(1, 1, 1, 1)
+	p1 := testPool(t, PolicyRoundRobin, ups)
+	p2 := testPool(t, PolicyRoundRobin, ups)
+	stop := make(chan struct{})
+	var flap sync.WaitGroup
+	flap.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			u := ups[1+i%2] // 0 and 3 stay up
+			u.SetState(StateDown)
+			time.Sleep(10 * time.Microsecond)
+			u.SetState(StateUp)
+		}
+	})
+	var wg sync.WaitGroup
+	for w := range workers {
+		p := p1
+		if w%2 == 1 {
+			p = p2
+		}
+		wg.Go(func() {
+			r := testRequest("")
+			for range rounds {
+				if u := p.Policy.Select(p, r, nil); u == nil {
+					t.Error("no upstream while two stay up")
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	flap.Wait()
+	if c := counts(pickSeq(t, p1, 400), 4); !slices.Equal(c, []int{100, 100, 100, 100}) {
+		t.Errorf("after the flapping: %v, want 100 each", c)
 	}
 }
 

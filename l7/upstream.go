@@ -50,9 +50,11 @@ type Upstream struct {
 	ejectedUntil     atomic.Int64 // unix nanoseconds; 0 = not ejected
 	ejections        atomic.Int32 // successive ejections, for the back-off
 
-	// Smooth weighted round robin's current weight (selection.go). It lives
-	// here, not in the policy, so the rotation survives pool swaps.
+	// Smooth weighted round robin's current weight and the usable set it
+	// belongs to (selection.go). They live here, not in the policy, so the
+	// rotation survives pool swaps.
 	rrCurrent atomic.Int64
+	rrSet     atomic.Uint64
 
 	// Cookie value for stickiness, computed once (sticky.go).
 	stickyValue atomic.Pointer[string]

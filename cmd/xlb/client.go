@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strings"
@@ -53,6 +54,9 @@ func newAdminClient(addr, token, cfgPath string) (*adminClient, error) {
 	}
 	if addr == "" {
 		addr = config.DefaultAdmin().Listen
+	}
+	if err := checkAdminAddr(addr); err != nil {
+		return nil, err
 	}
 	if token == "" {
 		token = os.Getenv("XLB_ADMIN_TOKEN")
@@ -127,32 +131,87 @@ const backendUsage = `usage:
   xlb backend remove ID     drain, then remove once its flows end (or after drain_timeout)
   xlb backend list [--service NAME]
 IDs are service@address (L4) or service@address:port (L7), as 'xlb backend list' shows.
-Common flags: --admin ADDR, --token TOKEN (or $XLB_ADMIN_TOKEN), -c FILE.`
+Common flags: --admin ADDR, --token TOKEN (or $XLB_ADMIN_TOKEN), -c FILE; flags may
+come before or after the ID. xlb backend COMMAND --help lists a command's flags.`
+
+// backendUsages are the subcommands' --help texts.
+var backendUsages = map[string]string{
+	"add": `usage: xlb backend add --service NAME --address ADDR [--port N] [--weight N] [--mac MAC]
+Add a backend (ready, health-checked like the service's others). --port is for
+L7 services only (1..65535), --mac for L4 services only; --weight is 0..65535.`,
+	"drain": `usage: xlb backend drain ID
+Stop new flows/requests to backend ID; established ones finish.`,
+	"ready": `usage: xlb backend ready ID
+Take new flows again (also ends a passive-health ejection).`,
+	"remove": `usage: xlb backend remove ID
+Drain backend ID, then remove it once its flows end (or after drain_timeout).`,
+	"list": `usage: xlb backend list [--service NAME]
+List the backends as the daemon sees them.`,
+}
 
 func backendCmd(args []string, out io.Writer) error {
 	if len(args) == 0 {
 		return usageError("%s", backendUsage)
 	}
 	sub, args := args[0], args[1:]
+	switch sub {
+	case "help", "-h", "-help", "--help":
+		if len(args) > 0 && backendUsages[args[0]] != "" {
+			return backendCmd([]string{args[0], "--help"}, out)
+		}
+		fmt.Fprintln(out, backendUsage)
+		return flag.ErrHelp
+	}
+	help, ok := backendUsages[sub]
+	if !ok {
+		return usageError("unknown backend command %q\n%s", sub, backendUsage)
+	}
 	fs := flag.NewFlagSet("backend "+sub, flag.ContinueOnError)
 	addr, token, cfgPath := adminFlags(fs)
 	var service, address, mac *string
-	var port, weight *int
+	var port, weight *rangeFlag
 	switch sub {
 	case "add":
-		service = fs.String("service", "", "service name")
-		address = fs.String("address", "", "backend IP address")
-		port = fs.Int("port", 0, "backend port (L7 services only)")
-		weight = fs.Int("weight", 1, "weight")
+		service = fs.String("service", "", "service name (required)")
+		address = fs.String("address", "", "backend IP address (required)")
+		port = newRangeFlag(fs, "port", 0, 1, 65535, "backend port (L7 services only)")
+		weight = newRangeFlag(fs, "weight", 1, 0, config.MaxWeight, "weight")
 		mac = fs.String("mac", "", "backend MAC (L4, optional)")
 	case "list":
 		service = fs.String("service", "", "only this service")
-	case "drain", "ready", "remove":
-	default:
-		return usageError("unknown backend command %q\n%s", sub, backendUsage)
 	}
-	if err := fs.Parse(args); err != nil {
-		return &exitError{2, err}
+	pos, err := parseArgs(fs, args, help, out)
+	if err != nil {
+		return err
+	}
+	// Everything is checked before the first byte goes to the daemon.
+	var id string
+	switch sub {
+	case "add", "list":
+		if err := noArgs(fs, pos); err != nil {
+			return err
+		}
+	default:
+		if len(pos) != 1 {
+			return usageError("backend %s: exactly one backend ID (see xlb backend %s --help)", sub, sub)
+		}
+		id = pos[0]
+	}
+	var req control.AddRequest
+	if sub == "add" {
+		if *service == "" || *address == "" {
+			return usageError("backend add: --service and --address are required")
+		}
+		if _, err := netip.ParseAddr(strings.TrimSpace(*address)); err != nil {
+			return usageError("backend add: address %q is not an IP address", *address)
+		}
+		if *mac != "" {
+			if hw, err := net.ParseMAC(*mac); err != nil || len(hw) != 6 {
+				return usageError("backend add: mac %q is not an Ethernet address", *mac)
+			}
+		}
+		w := int(weight.v)
+		req = control.AddRequest{Service: *service, Address: *address, Port: uint16(port.v), Weight: &w, MAC: *mac}
 	}
 	c, err := newAdminClient(*addr, *token, *cfgPath)
 	if err != nil {
@@ -161,10 +220,6 @@ func backendCmd(args []string, out io.Writer) error {
 	var info control.BackendInfo
 	switch sub {
 	case "add":
-		if *service == "" || *address == "" {
-			return usageError("backend add: --service and --address are required")
-		}
-		req := control.AddRequest{Service: *service, Address: *address, Port: uint16(*port), Weight: weight, MAC: *mac}
 		err = c.do(http.MethodPost, "/lb/admin/backends", req, &info)
 	case "list":
 		var list []control.BackendInfo
@@ -177,19 +232,12 @@ func backendCmd(args []string, out io.Writer) error {
 		}
 		printBackends(out, list)
 		return nil
-	default:
-		if fs.NArg() != 1 {
-			return usageError("backend %s: exactly one backend ID", sub)
-		}
-		id := url.PathEscape(fs.Arg(0))
-		switch sub {
-		case "drain":
-			err = c.do(http.MethodPut, "/lb/admin/backends/"+id+"/drain", nil, &info)
-		case "ready":
-			err = c.do(http.MethodPut, "/lb/admin/backends/"+id+"/ready", nil, &info)
-		case "remove":
-			err = c.do(http.MethodDelete, "/lb/admin/backends/"+id, nil, &info)
-		}
+	case "drain":
+		err = c.do(http.MethodPut, "/lb/admin/backends/"+url.PathEscape(id)+"/drain", nil, &info)
+	case "ready":
+		err = c.do(http.MethodPut, "/lb/admin/backends/"+url.PathEscape(id)+"/ready", nil, &info)
+	case "remove":
+		err = c.do(http.MethodDelete, "/lb/admin/backends/"+url.PathEscape(id), nil, &info)
 	}
 	var ae *errAPI
 	if errors.As(err, &ae) && ae.code == http.StatusBadRequest {

@@ -4,8 +4,11 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
+	"slices"
 
 	"github.com/xlb-dev/xlb/config"
 )
@@ -19,6 +22,10 @@ Usage:
   xlb backend add|drain|ready|remove|list ...   change backends through the running daemon's admin API
   xlb sidecar --listen ADDR --backend URL [--timeout 30s] [--header K=V ...]
                                       a one-backend L7 proxy (no root, no config file)
+  xlb version                         print the version (also xlb --version)
+
+xlb COMMAND --help (or -h, or xlb help COMMAND) shows a command's flags; flags
+may come before or after a command's arguments.
 
 Exit codes: 0 ok, 1 runtime error, 2 bad config or usage.
 `
@@ -37,38 +44,50 @@ func usageError(format string, args ...any) error {
 }
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
-	}
-	var err error
-	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
-	case "run":
-		err = runCmd(args)
-	case "status":
-		err = statusCmd(args, os.Stdout)
-	case "sidecar":
-		err = sidecarCmd(args)
-	case "backend":
-		err = backendCmd(args, os.Stdout)
-	case "validate":
-		err = validateCmd(args, os.Stdout)
-	case "help", "-h", "--help":
-		fmt.Print(usage)
-		return
-	default:
-		err = usageError("unknown command %q (see xlb help)", cmd)
-	}
-	os.Exit(exitCode(err))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// exitCode prints err and maps it to the exit code: 2 for config and usage
-// errors, 1 for everything else.
-func exitCode(err error) int {
-	if err == nil {
+// run runs the command line args (without the program name) and returns the
+// exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, args := args[0], args[1:]; cmd {
+	case "run":
+		err = runCmd(args, stdout)
+	case "status":
+		err = statusCmd(args, stdout)
+	case "sidecar":
+		err = sidecarCmd(args, stdout)
+	case "backend":
+		err = backendCmd(args, stdout)
+	case "validate":
+		err = validateCmd(args, stdout)
+	case "version", "--version", "-version":
+		err = versionCmd(args, stdout)
+	case "help", "-h", "--help", "-help":
+		if len(args) > 0 && args[0] != "help" {
+			// xlb help COMMAND [SUBCOMMAND]: that command's --help.
+			return run(append(slices.Clone(args), "--help"), stdout, stderr)
+		}
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		err = usageError("unknown command %q (see xlb --help)", cmd)
+	}
+	return exitCode(err, stderr)
+}
+
+// exitCode prints err and maps it to the exit code: 0 for help that was
+// asked for, 2 for config and usage errors, 1 for everything else.
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "xlb:", err)
+	fmt.Fprintln(stderr, "xlb:", err)
 	var ee *exitError
 	if errors.As(err, &ee) {
 		return ee.code

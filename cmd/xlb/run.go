@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -23,12 +24,19 @@ import (
 	"github.com/xlb-dev/xlb/loader"
 )
 
-func runCmd(args []string) error {
+const runUsage = `usage: xlb run -c FILE [--keep-datapath]
+Run the daemon until SIGINT or SIGTERM; SIGHUP reloads the config file.`
+
+func runCmd(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	path := fs.String("c", "", "config file")
 	keep := fs.Bool("keep-datapath", false, "on exit leave the XDP program attached and the maps pinned, for a restart that adopts them")
-	if err := fs.Parse(args); err != nil {
-		return &exitError{2, err}
+	pos, err := parseArgs(fs, args, runUsage, out)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(fs, pos); err != nil {
+		return err
 	}
 	if *path == "" {
 		return usageError("run: -c FILE is required")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -37,7 +38,11 @@ func (h headerFlags) Set(v string) error {
 // sidecarCmd is a one-backend L7 proxy for the sidecar pattern: no root, no
 // config file, the same headers, gateway errors and /lb endpoints as an L7
 // service.
-func sidecarCmd(args []string) error {
+const sidecarUsage = `usage: xlb sidecar --listen ADDR --backend URL [--timeout 30s] [--grace 30s] [--header K=V ...]
+A one-backend L7 proxy for the sidecar pattern: no root, no config file, the
+same headers, gateway errors and /lb endpoints as an L7 service.`
+
+func sidecarCmd(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	listen := fs.String("listen", "", "address to listen on, e.g. 127.0.0.1:8080 (required)")
 	backend := fs.String("backend", "", "backend URL, e.g. http://127.0.0.1:3000 (required)")
@@ -45,8 +50,15 @@ func sidecarCmd(args []string) error {
 	grace := fs.Duration("grace", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	headers := headerFlags{}
 	fs.Var(headers, "header", "set a request header K=V on the way to the backend (repeatable)")
-	if err := fs.Parse(args); err != nil {
-		return &exitError{2, err}
+	pos, err := parseArgs(fs, args, sidecarUsage, out)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(fs, pos); err != nil {
+		return err
+	}
+	if *grace < 0 {
+		return usageError("sidecar: --grace must not be negative")
 	}
 	svc, err := sidecarService(*listen, *backend, *timeout, headers)
 	if err != nil {

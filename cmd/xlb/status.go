@@ -15,13 +15,21 @@ import (
 	"github.com/xlb-dev/xlb/loader"
 )
 
+const statusUsage = `usage: xlb status [--bpffs DIR] [--json] [--admin ADDR] [--token TOKEN] [-c FILE]
+Show services, backends and counters from the pinned maps (no daemon needed)
+and, when the daemon runs, its health and backends' admin state.`
+
 func statusCmd(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	dir := fs.String("bpffs", config.DefaultBPFFSDir, "bpffs directory the daemon pins its maps in")
 	asJSON := fs.Bool("json", false, "print JSON")
 	addr, token, cfgPath := adminFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		return &exitError{2, err}
+	pos, err := parseArgs(fs, args, statusUsage, out)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(fs, pos); err != nil {
+		return err
 	}
 	if *cfgPath != "" {
 		cfg, err := config.Load(*cfgPath)

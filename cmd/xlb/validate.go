@@ -8,11 +8,18 @@ import (
 	"github.com/xlb-dev/xlb/config"
 )
 
+const validateUsage = `usage: xlb validate -c FILE
+Check a config file and exit: 0 if it is valid, 2 naming file, line and field if not.`
+
 func validateCmd(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
 	path := fs.String("c", "", "config file")
-	if err := fs.Parse(args); err != nil {
-		return &exitError{2, err}
+	pos, err := parseArgs(fs, args, validateUsage, out)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(fs, pos); err != nil {
+		return err
 	}
 	if *path == "" {
 		return usageError("validate: -c FILE is required")
