@@ -5,10 +5,14 @@ PKGS    := ./...
 # Packages whose tests need root, the real kernel and network namespaces run
 # one at a time: they share the machine's two cores and its bpffs.
 TESTFLAGS ?= -count=1 -timeout 40m
+# make test-race: the packages with concurrent Go code and no root-only tests.
+RACEPKGS := ./l7/... ./health/... ./control/... ./admin/...
+# make fuzz: how long each fuzz target runs.
+FUZZTIME ?= 20s
 
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3
 
-.PHONY: all deps generate build test test-unit e2e bench bench-xdp bench-control bench-l7 demo fmt vet clean check-generate
+.PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 demo fmt vet clean check-generate
 
 all: build
 
@@ -37,9 +41,40 @@ build:
 vet:
 	$(GO) vet $(PKGS)
 
-## test: every test, including the root-only datapath and namespace tests
+## test: every test, including the root-only datapath and namespace tests,
+## then the race detector run and every fuzz target for FUZZTIME
 test: deps build vet
 	XLB_BIN_DIR=$(CURDIR)/$(BIN) $(GO) test $(TESTFLAGS) -p 1 $(PKGS)
+	$(MAKE) --no-print-directory test-race
+	$(MAKE) --no-print-directory fuzz
+
+## test-race: the L7 proxy, health checks, controller and admin API under -race
+## (one package at a time: some health tests count checks against the clock)
+test-race:
+	$(GO) test -race -count=1 -timeout 20m -p 1 $(RACEPKGS)
+
+## fuzz: every `func FuzzXxx(f *testing.F)` in the repository, found with grep,
+## for FUZZTIME each, one at a time (go test takes one -fuzz target per run).
+## A crash fails it, and go test writes the input to the package's
+## testdata/fuzz/FuzzXxx/ (commit it as a regression case once fixed); the
+## corpus it grows is kept in GOCACHE, out of the tree.
+fuzz:
+	@targets=$$(grep -rEo --include='*_test.go' --exclude-dir=.git --exclude-dir=testdata --exclude-dir=vendor \
+		'^func Fuzz[A-Za-z0-9_]*\([A-Za-z_][A-Za-z0-9_]* \*testing\.F\)' . \
+		| sed -E 's#^(.*)/[^/]*:func (Fuzz[A-Za-z0-9_]*)\(.*#\1:\2#' | sort -u); \
+	if [ -z "$$targets" ]; then echo "fuzz: no fuzz targets found"; exit 1; fi; \
+	echo "fuzz: $$(echo $$targets | wc -w) targets, $(FUZZTIME) each"; \
+	log=$$(mktemp); trap 'rm -f "$$log"' EXIT; failed=0; summary=""; \
+	for t in $$targets; do \
+		dir=$${t%%:*}; name=$${t##*:}; start=$$(date +%s); \
+		if $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$dir/" >"$$log" 2>&1; then res=ok; \
+		else res=FAIL; failed=$$((failed + 1)); cat "$$log"; fi; \
+		execs=$$(grep -Eo 'execs: [0-9]+' "$$log" | tail -n 1); \
+		line=$$(printf '%-4s %-22s %-10s %4ss  %s' "$$res" "$$name" "$$dir" "$$(( $$(date +%s) - start ))" "$${execs:-no execs}"); \
+		echo "fuzz: $$line"; summary="$$summary$$line\n"; \
+	done; \
+	echo "fuzz summary:"; printf '%b' "$$summary" | sed 's/^/  /'; \
+	if [ $$failed -gt 0 ]; then echo "fuzz: $$failed target(s) failed (inputs in testdata/fuzz/ of their package)"; exit 1; fi
 
 ## test-unit: the tests that need neither root nor namespaces
 test-unit:

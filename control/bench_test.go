@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/health"
+	"github.com/xlb-dev/xlb/internal/testenv"
 	"github.com/xlb-dev/xlb/loader"
 )
 
@@ -55,9 +55,7 @@ const (
 // thresholds of 1, so the other checks run in the background as they would
 // (1000 checks a second). Run it with `make bench-control`.
 func BenchmarkTransitionToTable(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root: loads the XDP datapath")
-	}
+	testenv.RequireRoot(b, "needs root: loads the XDP datapath")
 	backends := make([]*benchBackend, benchBackendCount)
 	for i := range backends {
 		backends[i] = newBenchBackend(b, netip.AddrFrom4([4]byte{127, 3, 0, byte(i + 1)}))

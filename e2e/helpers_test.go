@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/xlb-dev/xlb/internal/testenv"
 )
 
 // Addresses of the test topology (scripts/topology.sh, /tmp/contract.md).
@@ -60,17 +62,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// requireRoot skips the test without root, or fails it when CI=true (where a
+// requireRoot skips the test without root, or fails it in CI (where a
 // skipped end-to-end suite would pass unnoticed).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("end-to-end tests need root (CI=true, so not skipping)")
-	}
-	t.Skip("end-to-end tests need root")
+	testenv.RequireRoot(t, "end-to-end tests need root")
 }
 
 // repoRoot is the module root: the parent of this package's directory.

@@ -8,12 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
 
 	"github.com/xlb-dev/xlb/bpf"
+	"github.com/xlb-dev/xlb/internal/testenv"
 	"github.com/xlb-dev/xlb/maglev"
 )
 
@@ -48,13 +48,7 @@ var (
 // test) and skips elsewhere.
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("this test needs root and CI runs as root")
-	}
-	t.Skip("needs root")
+	testenv.RequireRoot(t, "needs root")
 }
 
 // backendMAC is the fixtures' MAC for a backend address: 02:be:00:00:xx:yy
