@@ -622,6 +622,7 @@ func (s *Server) newListener(addr netip.AddrPort, ln net.Listener) *listener {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		BaseContext:       func(net.Listener) context.Context { return base },
 	}
+	configureHTTP2(l.hs, s.log) // h2.go
 	return l
 }
 
@@ -655,6 +656,13 @@ func (l *listener) serve() {
 
 // ServeHTTP routes a request to its service (or the /lb endpoints).
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 2 {
+		c, ok := admitHTTP2(w, r) // h2.go: validation and stream limits
+		if !ok {
+			return
+		}
+		defer c.release(r)
+	}
 	rt := l.routes.Load()
 	svc := rt.match(r.Host, r.URL.Path)
 	if isLBPath(r.URL.Path) && (svc != nil && svc.cfg.LBEndpoints || svc == nil && len(rt.lb) > 0) {
