@@ -43,6 +43,10 @@ import (
 //   - Each client connection has h2BackendSlots slots: a request takes one
 //     before it is proxied and waits for it at most until its stream ends.
 //     A stream already reset when its handler starts goes nowhere.
+//   - A connection whose client resets many streams (h2SuspectResets),
+//     more than it lets finish, is suspect: its requests wait a moment
+//     (h2SuspectDelay) before they are proxied, so that those its client
+//     resets at once never reach a backend.
 //   - A connection whose client reset more than h2MaxResets streams before
 //     their answer within h2ResetWindow, and more than it let finish, is
 //     abusive. Its handlers from then on do not return: they hold the
@@ -66,6 +70,12 @@ const (
 	// up to h2MaxStreams at once, so the budget is twice that.
 	h2MaxResets   = 2 * h2MaxStreams
 	h2ResetWindow = 10 * time.Second
+	// Past h2SuspectResets resets in the window, while they outnumber the
+	// answers, a connection's requests wait h2SuspectDelay before they go
+	// to a backend: a stream reset right after it was opened ends in the
+	// wait instead of cutting a backend connection.
+	h2SuspectResets = h2BackendSlots
+	h2SuspectDelay  = 5 * time.Millisecond
 	// h2AbuseGrace is how long an abusive connection has to fill the
 	// server's queue (and get its GOAWAY) before it is closed outright.
 	h2AbuseGrace = 2 * time.Second
@@ -117,6 +127,7 @@ type h2Conn struct {
 	resets      int // in the window: streams reset before their answer
 	answered    int // in the window: streams answered
 
+	suspect atomic.Bool // resets are many, and more than answers: see h2SuspectResets
 	abusive atomic.Bool
 	kill    *time.Timer // set with abusive, under mu
 
@@ -155,6 +166,22 @@ func admitHTTP2(w http.ResponseWriter, r *http.Request) (c *h2Conn, ok bool) {
 		c.record(true)
 		return nil, false
 	}
+	if c.suspect.Load() {
+		// A stream that its client resets at once ends here, before it
+		// costs a backend connection.
+		t := time.NewTimer(h2SuspectDelay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			c.record(true)
+			return nil, false
+		}
+		if c.abusive.Load() {
+			<-c.done
+			return nil, false
+		}
+	}
 	c.slotsOnce.Do(func() { c.slots = make(chan struct{}, h2BackendSlots) })
 	select {
 	case c.slots <- struct{}{}:
@@ -163,11 +190,14 @@ func admitHTTP2(w http.ResponseWriter, r *http.Request) (c *h2Conn, ok bool) {
 	}
 	select {
 	case c.slots <- struct{}{}:
-		return c, true
+		if ctx.Err() == nil {
+			return c, true
+		}
+		<-c.slots // the stream ended as the slot came free
 	case <-ctx.Done():
-		c.record(true)
-		return nil, false
 	}
+	c.record(true)
+	return nil, false
 }
 
 // release ends a request admitted on c: it frees the slot and counts the
@@ -195,12 +225,13 @@ func (c *h2Conn) record(reset bool) {
 	if now.Sub(c.windowStart) > h2ResetWindow {
 		c.windowStart, c.resets, c.answered = now, 0, 0
 	}
-	if !reset {
+	if reset {
+		c.resets++
+	} else {
 		c.answered++
-		return
 	}
-	c.resets++
-	if c.resets <= h2MaxResets || c.resets <= c.answered || c.abusive.Load() {
+	c.suspect.Store(c.resets > h2SuspectResets && c.resets > c.answered)
+	if !reset || c.resets <= h2MaxResets || c.resets <= c.answered || c.abusive.Load() {
 		return
 	}
 	c.abusive.Store(true)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -388,9 +389,9 @@ attack:
 	if sent >= maxStreams {
 		t.Errorf("the server took all %d streams", sent)
 	}
-	// Before the connection is found abusive, its requests reach backends:
-	// up to h2BackendSlots at a time, a new connection for each one cut.
-	if limit := int64(h2MaxResets + h2BackendSlots); conns > limit {
+	// Until the connection is suspect, its requests reach backends, and
+	// each one cut costs a backend connection; then few do.
+	if limit := int64(h2SuspectResets + h2BackendSlots); conns > limit {
 		t.Errorf("the backend accepted %d connections, want at most %d", conns, limit)
 	}
 	if politeOK.Load() == 0 || politeBad.Load() > 0 {
@@ -459,6 +460,17 @@ func TestH2BackendSlots(t *testing.T) {
 	if got := inFlight.Load(); got != h2BackendSlots {
 		t.Errorf("%d requests at the backend, want %d", got, h2BackendSlots)
 	}
+	// One more, given up while it waits: it never reaches the backend.
+	gctx, gcancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	req, _ := http.NewRequestWithContext(gctx, "GET", h.url(listenA, "/given-up"), nil)
+	if resp, err := cl.Do(req); err == nil {
+		resp.Body.Close()
+		t.Errorf("a request over the limit got %s while the slots were taken", resp.Status)
+	}
+	gcancel()
+	// Do returns before the client's RST_STREAM is out: give the server
+	// time to see it before the slots come free.
+	time.Sleep(200 * time.Millisecond)
 	close(release)
 	for range n {
 		select {
@@ -473,7 +485,78 @@ func TestH2BackendSlots(t *testing.T) {
 	if p := peak.Load(); p > h2BackendSlots {
 		t.Errorf("peak %d requests in flight, want at most %d", p, h2BackendSlots)
 	}
+	if got := be.reqs.Load(); got != n {
+		t.Errorf("the backend got %d requests, want %d", got, n)
+	}
 	if got := be.conns.Load(); got > h2BackendSlots {
 		t.Errorf("%d backend connections for one client connection, want at most %d", got, h2BackendSlots)
+	}
+}
+
+// TestH2AbusiveConnectionGoesQuiet: a client found abusive that stops
+// opening streams (so the server's queue never fills) is cut after
+// h2AbuseGrace.
+func TestH2AbusiveConnectionGoesQuiet(t *testing.T) {
+	be := startCountingBackend(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
+	h := newHarness(t)
+	h.update(svcConf("s", listenA, be.addr))
+	c := dialH2Raw(t, h.real(listenA), time.Now().Add(h2AbuseGrace+5*time.Second))
+	// Enough resets to be found abusive, too few to fill the queue behind
+	// the handlers it then holds.
+	const n = h2MaxResets + h2MaxStreams/2
+	start := time.Now()
+	for i := range n {
+		if ahead := time.Duration(i/20)*time.Millisecond - time.Since(start); ahead > 0 {
+			time.Sleep(ahead)
+		}
+		id := c.headers(":method", "GET", ":scheme", "http", ":authority", "example.com", ":path", "/")
+		mustf(t, c.fr.WriteRSTStream(id, http2.ErrCodeCancel), "RST_STREAM")
+	}
+	for {
+		f, err := c.fr.ReadFrame()
+		if err != nil {
+			if isTimeoutErr(err) {
+				t.Fatalf("the connection is still open %v after the attack", time.Since(start))
+			}
+			t.Logf("closed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			break
+		}
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			t.Logf("GOAWAY %v after %v", ga.ErrCode, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if d := time.Since(start); d < h2AbuseGrace/2 || d > h2AbuseGrace+2*time.Second {
+		t.Errorf("closed after %v, want about %v", d, h2AbuseGrace)
+	}
+}
+
+func TestH2ResetBudget(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	for _, tc := range []struct {
+		resets, answered int
+		suspect, abusive bool
+	}{
+		{h2SuspectResets, 0, false, false},
+		{h2SuspectResets + 1, 0, true, false},
+		{h2SuspectResets + 1, h2SuspectResets + 1, false, false},
+		{h2MaxResets, 0, true, false},
+		{h2MaxResets + 1, 0, true, true},
+		{h2MaxResets + 1, h2MaxResets + 1, false, false}, // a busy connection that cancels some
+		{3 * h2MaxResets, 3*h2MaxResets + 1, false, false},
+	} {
+		c := &h2Conn{nc: a, log: slog.New(slog.NewTextHandler(io.Discard, nil)), done: make(chan struct{})}
+		for range tc.answered {
+			c.record(false)
+		}
+		for range tc.resets {
+			c.record(true)
+		}
+		if c.suspect.Load() != tc.suspect || c.abusive.Load() != tc.abusive {
+			t.Errorf("%d resets, %d answered: suspect %v, abusive %v; want %v, %v",
+				tc.resets, tc.answered, c.suspect.Load(), c.abusive.Load(), tc.suspect, tc.abusive)
+		}
+		c.end()
 	}
 }
