@@ -641,6 +641,7 @@ func (s *Server) newListener(addr netip.AddrPort, ln net.Listener) *listener {
 		OnReject:       s.prom.rejected,
 		Logger:         s.log,
 	}
+	configureHTTP2(l.hs, s.log) // h2.go
 	return l
 }
 
@@ -674,6 +675,13 @@ func (l *listener) serve() {
 
 // ServeHTTP routes a request to its service (or the /lb endpoints).
 func (l *listener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 2 {
+		c, ok := admitHTTP2(w, r) // h2.go: validation and stream limits
+		if !ok {
+			return
+		}
+		defer c.release(r)
+	}
 	rt := l.routes.Load()
 	svc := rt.match(r.Host, r.URL.Path)
 	if isLBPath(r.URL.Path) && (svc != nil && svc.cfg.LBEndpoints || svc == nil && len(rt.lb) > 0) {
