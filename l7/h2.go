@@ -2,6 +2,7 @@ package l7
 
 import (
 	"context"
+	"github.com/xlb-dev/xlb/l7/h1"
 	"log/slog"
 	"net"
 	"net/http"
@@ -86,7 +87,13 @@ const (
 func configureHTTP2(hs *http.Server, log *slog.Logger) {
 	hs.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: h2MaxStreams}
 	g := &h2Guard{log: log}
-	hs.ConnContext = g.connContext
+	next := hs.ConnContext
+	hs.ConnContext = func(ctx context.Context, nc net.Conn) context.Context {
+		if next != nil {
+			ctx = next(ctx, nc)
+		}
+		return g.connContext(ctx, nc)
+	}
 	hs.ConnState = g.connState
 }
 
@@ -246,10 +253,10 @@ func (c *h2Conn) record(reset bool) {
 // validHTTP2Request checks what Go's HTTP/2 server lets through (see the
 // top of the file) and returns why r is malformed, or "".
 func validHTTP2Request(r *http.Request) string {
-	if !validToken(r.Method) {
+	if !h1.ValidToken(r.Method) {
 		return h2BadMethod
 	}
-	if !validHost(r.Host) {
+	if !h1.ValidHost(r.Host) {
 		return h2BadAuthority
 	}
 	if hv, ok := r.Header["Host"]; ok {

@@ -25,9 +25,10 @@ type Owner struct {
 const ShareAfter = time.Second
 
 // maxOwnedPerBackend bounds the idle connections an Owner keeps to one
-// backend (an HTTP/2 client runs requests side by side); more go to the
-// shared pool.
-const maxOwnedPerBackend = 4
+// backend; more go to the shared pool. An HTTP/1 client has one request at
+// a time; an HTTP/2 one runs up to l7's per-connection limit (32) side by
+// side, and keeps that many.
+const maxOwnedPerBackend = 32
 
 // NewOwner returns the Owner of a new client connection.
 func NewOwner() *Owner { return &Owner{} }
