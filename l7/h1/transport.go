@@ -213,8 +213,12 @@ func (p *connPool) get(ctx context.Context, d *net.Dialer, deadline time.Time) (
 		return nil, &DialError{err}
 	}
 	c := &conn{pool: p, nc: nc, owner: o}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+		c.peek = c.peekFD
+	}
 	c.interrupt = func() { nc.SetDeadline(ALongTimeAgo) }
-	c.br = bufio.NewReaderSize(countingReader{nc, &c.read}, 4<<10)
+	c.br = bufio.NewReaderSize(countingReader{c}, 4<<10)
 	c.bw = bufio.NewWriterSize(nc, 4<<10)
 	return c, nil
 }
@@ -305,9 +309,13 @@ type conn struct {
 	nc        net.Conn
 	br        *bufio.Reader
 	bw        *bufio.Writer
-	read      int64 // bytes read from nc, ever
-	served    int   // requests answered on it before this one
-	answered  bool  // this request got bytes back
+	read      int64           // bytes read from nc, ever
+	drained   bool            // the last read from nc left nothing queued
+	raw       syscall.RawConn // nc's, for quiet's peek
+	peek      func(fd uintptr) bool
+	peekQuiet bool
+	served    int  // requests answered on it before this one
+	answered  bool // this request got bytes back
 	idleSince time.Time
 	interrupt func() // makes blocked I/O on nc return at once
 
@@ -342,15 +350,15 @@ func (w *bodyWrite) finished() bool {
 }
 
 // countingReader counts what the backend sent, so that a failure can tell
-// "closed before answering" (safe to resend) from a broken answer.
-type countingReader struct {
-	r io.Reader
-	n *int64
-}
+// "closed before answering" (safe to resend) from a broken answer, and
+// notes whether the last read drained the socket: a read that returned
+// less than it had room for found nothing more queued at that moment.
+type countingReader struct{ c *conn }
 
-func (c countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	*c.n += int64(n)
+func (r countingReader) Read(p []byte) (int, error) {
+	n, err := r.c.nc.Read(p)
+	r.c.read += int64(n)
+	r.c.drained = n < len(p)
 	return n, err
 }
 
@@ -553,10 +561,11 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }
 
 // release ends a request on c: the connection goes back to its pool when
 // the answer ended exactly at its framing boundary, the request body went
-// out whole, nothing interrupted it and the backend has sent nothing more;
-// else it is closed.
+// out whole, nothing interrupted it and the backend has sent nothing more.
+// The last check is the read that brought the answer's last bytes when it
+// drained the socket (the common case: no system call), else a peek.
 func (c *conn) release(stop func() bool, reuse bool) {
-	if stop() && reuse && (c.body == nil || c.body.finished()) && c.br.Buffered() == 0 && c.quiet() {
+	if stop() && reuse && (c.body == nil || c.body.finished()) && c.br.Buffered() == 0 && (c.drained || c.quiet()) {
 		c.served++
 		c.pool.put(c)
 		return
@@ -573,22 +582,22 @@ func (c *conn) quiet() bool {
 	if t := c.rdl.t; !t.IsZero() && !time.Now().Before(t) {
 		c.rdl.SetRead(c.nc, time.Time{}, 0) // a past deadline fails the peek
 	}
-	sc, ok := c.nc.(syscall.Conn)
-	if !ok {
+	rc := c.raw
+	if rc == nil {
 		return true
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	ok = false
-	err = rc.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		ok = errors.Is(rerr, syscall.EAGAIN)
-		return true
-	})
-	return ok && err == nil
+	c.peekQuiet = false
+	err := rc.Read(c.peek)
+	return c.peekQuiet && err == nil
+}
+
+// peek is quiet's callback (a method value made once per connection, so
+// that a peek allocates nothing).
+func (c *conn) peekFD(fd uintptr) bool {
+	var b [1]byte
+	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	c.peekQuiet = errors.Is(err, syscall.EAGAIN)
+	return true
 }
 
 // backendBody is the body of an answer: at its end the connection goes
