@@ -1,6 +1,7 @@
 package config
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
 	"net"
 	"net/netip"
 	"time"
@@ -120,6 +121,14 @@ const (
 	maxInterfaceNameLen = 15
 )
 
+// Bounds of the client-connection limits (daemon.max_request_line,
+// daemon.max_request_head, and the three client-side timeouts).
+const (
+	MinRequestLine    = 256
+	MaxRequestHeadCap = 1 << 20
+	MaxClientTimeout  = time.Hour
+)
+
 // MaxThreads bounds daemon.threads.
 const MaxThreads = 1024
 
@@ -169,6 +178,16 @@ type Daemon struct {
 	// L7 tier's share of the host, as HAProxy's nbthread. 0 leaves Go's
 	// default: one per core, or the GOMAXPROCS environment variable.
 	Threads uint32
+	// The L7 tier's client connections (package l7/h1 defines the
+	// defaults and applies them): HeadTimeout bounds a request head from
+	// its first byte (408), IdleTimeout a kept connection's silence,
+	// ClientTimeout each write to a client and each read of a request
+	// body; MaxRequestLine (414) and MaxRequestHead (431) bound heads.
+	HeadTimeout    time.Duration
+	IdleTimeout    time.Duration
+	ClientTimeout  time.Duration
+	MaxRequestLine uint32
+	MaxRequestHead uint32
 }
 
 // HealthCheck is how the backends of a service are checked. In a parsed
@@ -348,6 +367,15 @@ func (c *Config) ApplyDefaults() {
 	setDefault(&d.LogFormat, DefaultLogFormat)
 	setDefault(&d.LogLevel, DefaultLogLevel)
 	setZero(&d.ShutdownGrace, DefaultShutdownGrace)
+	setZero(&d.HeadTimeout, h1.DefaultHeadTimeout)
+	setZero(&d.IdleTimeout, h1.DefaultIdleTimeout)
+	setZero(&d.ClientTimeout, h1.DefaultClientTimeout)
+	if d.MaxRequestLine == 0 {
+		d.MaxRequestLine = h1.DefaultMaxRequestLine
+	}
+	if d.MaxRequestHead == 0 {
+		d.MaxRequestHead = h1.DefaultMaxRequestHead
+	}
 	c.HealthCheck.fillFrom(DefaultHealthCheck())
 	c.Admin.applyDefaults()
 

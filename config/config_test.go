@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"flag"
+	"github.com/xlb-dev/xlb/l7/h1"
 	"net"
 	"net/netip"
 	"os"
@@ -42,7 +43,7 @@ func TestParseValid(t *testing.T) {
 			MaglevTableSize: 251,
 			LogFormat:       "json",
 			LogLevel:        "debug",
-			ShutdownGrace:   DefaultShutdownGrace,
+			ShutdownGrace:   DefaultShutdownGrace, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead,
 		},
 		HealthCheck: DefaultHealthCheck(),
 		Admin:       DefaultAdmin(),
@@ -104,7 +105,7 @@ address = "198.18.0.11"
 		t.Fatal(err)
 	}
 	wantDaemon := Daemon{XDPMode: XDPAuto, BPFFSDir: DefaultBPFFSDir, MaglevTableSize: DefaultMaglevTableSize,
-		LogFormat: "text", LogLevel: "info", ShutdownGrace: 30 * time.Second}
+		LogFormat: "text", LogLevel: "info", ShutdownGrace: 30 * time.Second, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead}
 	if cfg.Daemon != wantDaemon {
 		t.Errorf("daemon defaults = %+v, want %+v", cfg.Daemon, wantDaemon)
 	}
@@ -148,7 +149,7 @@ func TestExampleConfig(t *testing.T) {
 		"unhealthy_threshold", "healthy_threshold", "initial_state",
 		"listen", "token_file", "token_env", "drain_timeout",
 		"algorithm", "health_check_path", "health_check_port",
-		"shutdown_grace", "threads",
+		"shutdown_grace", "threads", "head_timeout", "idle_timeout", "client_timeout", "max_request_line", "max_request_head",
 		"hosts", "path_prefix", "add_vip", "lb_endpoints", "connect_timeout", "response_header_timeout",
 		"request_timeout", "retry_idempotent", "max_in_flight",
 		"cookie", "ttl", "max_fails", "ejection", "max_ejection",

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"github.com/xlb-dev/xlb/l7/h1"
 	"net/netip"
 	"os"
 	"reflect"
@@ -292,7 +293,7 @@ func TestLegacyForm(t *testing.T) {
 	check := DefaultHealthCheck() // the file's values are the defaults
 	want := &Config{
 		Daemon: Daemon{XDPMode: XDPAuto, BPFFSDir: DefaultBPFFSDir, MaglevTableSize: DefaultMaglevTableSize,
-			LogFormat: "text", LogLevel: "info", ShutdownGrace: DefaultShutdownGrace},
+			LogFormat: "text", LogLevel: "info", ShutdownGrace: DefaultShutdownGrace, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead},
 		HealthCheck: check,
 		Admin:       DefaultAdmin(),
 		Services: []Service{withL7Defaults(Service{

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"github.com/xlb-dev/xlb/l7/h1"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -317,5 +318,23 @@ func TestParsePrefix(t *testing.T) {
 		if _, msg := parsePrefix(in); msg == "" {
 			t.Errorf("parsePrefix(%q) accepted", in)
 		}
+	}
+}
+
+// The client-connection limits: parsed, defaulted from package h1, and a
+// request line longer than the head refused with its field and line.
+func TestClientLimits(t *testing.T) {
+	cfg, err := Parse([]byte("[daemon]\nhead_timeout = \"2s\"\nclient_timeout = \"5s\"\nmax_request_head = 4096\nmax_request_line = 1024\n"), "x.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cfg.Daemon
+	if d.HeadTimeout != 2*time.Second || d.ClientTimeout != 5*time.Second || d.IdleTimeout != h1.DefaultIdleTimeout ||
+		d.MaxRequestHead != 4096 || d.MaxRequestLine != 1024 {
+		t.Errorf("%+v", d)
+	}
+	_, err = Parse([]byte("[daemon]\nmax_request_head = 4096\nmax_request_line = 8192\n"), "x.toml")
+	if err == nil || !strings.Contains(err.Error(), "x.toml:3: daemon.max_request_line") {
+		t.Errorf("line over head: %v", err)
 	}
 }

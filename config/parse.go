@@ -89,6 +89,11 @@ func decodeDaemon(t *table) Daemon {
 	enum(t, "log_level", &d.LogLevel)
 	t.duration("shutdown_grace", MinDuration, MaxShutdownGrace, &d.ShutdownGrace)
 	t.uint32("threads", 0, MaxThreads, &d.Threads)
+	t.duration("head_timeout", MinDuration, MaxClientTimeout, &d.HeadTimeout)
+	t.duration("idle_timeout", MinDuration, MaxClientTimeout, &d.IdleTimeout)
+	t.duration("client_timeout", MinDuration, MaxClientTimeout, &d.ClientTimeout)
+	t.uint32("max_request_line", MinRequestLine, MaxRequestHeadCap, &d.MaxRequestLine)
+	t.uint32("max_request_head", MinRequestLine, MaxRequestHeadCap, &d.MaxRequestHead)
 	t.finish()
 	return d
 }

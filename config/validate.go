@@ -1,6 +1,8 @@
 package config
 
 import (
+	"time"
+
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -64,6 +66,20 @@ func (v *validator) daemon(d *Daemon) {
 	checkEnum(v, "daemon.log_level", line, d.LogLevel, logLevels)
 	if msg := durationRange(d.ShutdownGrace, MinDuration, MaxShutdownGrace); msg != "" {
 		v.errorf(v.durationKey("daemon", "shutdown_grace"), line, "%s, got %s", msg, fmtDuration(d.ShutdownGrace))
+	}
+	for _, c := range []struct {
+		key string
+		v   time.Duration
+	}{{"head_timeout", d.HeadTimeout}, {"idle_timeout", d.IdleTimeout}, {"client_timeout", d.ClientTimeout}} {
+		if msg := durationRange(c.v, MinDuration, MaxClientTimeout); msg != "" {
+			v.errorf(v.durationKey("daemon", c.key), line, "%s, got %s", msg, fmtDuration(c.v))
+		}
+	}
+	if d.MaxRequestLine < MinRequestLine || d.MaxRequestLine > d.MaxRequestHead {
+		v.errorf("daemon.max_request_line", line, "must be %d..max_request_head (%d), got %d", MinRequestLine, d.MaxRequestHead, d.MaxRequestLine)
+	}
+	if d.MaxRequestHead > MaxRequestHeadCap {
+		v.errorf("daemon.max_request_head", line, "must be at most %d, got %d", MaxRequestHeadCap, d.MaxRequestHead)
 	}
 }
 

@@ -104,8 +104,11 @@ func runCmd(args []string, out io.Writer) error {
 	defer vips.close()
 	vips.sync(cfg)
 
+	d := &cfg.Daemon
 	proxy := l7.NewServer(l7.Options{
 		Logger: log, Registerer: reg,
+		HeadTimeout: d.HeadTimeout, IdleTimeout: d.IdleTimeout, ClientTimeout: d.ClientTimeout,
+		MaxRequestLine: int(d.MaxRequestLine), MaxRequestHead: int(d.MaxRequestHead),
 		OnEject: func(service string, u *l7.Upstream, until time.Time, reason string) {
 			log.Warn("backend ejected by passive health", "service", service, "backend", u.ID,
 				"until", until.Format(time.RFC3339), "reason", reason)
