@@ -406,3 +406,59 @@ func TestNoCrossedAnswers(t *testing.T) {
 	}
 	t.Logf("%d requests answered by a backend, %d with another client's answer, %d with an earlier answer of their own client's", served.Load(), crossed.Load(), confused.Load())
 }
+
+// A response header timeout ends the request within 100 ms of its setting,
+// once (never resent), for HTTP/1 and HTTP/2 clients, with and without a
+// request body; the backend is blamed (504, a timeout).
+func TestHeaderTimeoutOnTime(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	var hits atomic.Int64
+	be := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/slow" {
+			hits.Add(1)
+			time.Sleep(3 * timeout)
+		}
+		io.WriteString(w, "ok")
+	}))
+	h := newHarness(t)
+	c := svcConf("s", listenA, be)
+	c.ResponseHeaderTimeout = timeout
+	h.update(c)
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		body   bool
+	}{
+		{"HTTP/1.1 GET", testClient(t), false},
+		{"HTTP/1.1 POST", testClient(t), true},
+		{"HTTP/2 GET", h2cClient(t), false},
+		{"HTTP/2 POST", h2cClient(t), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			get(t, tc.client, h.url(listenA, "/warm")) // a kept connection to the backend
+			before := hits.Load()
+			var body io.Reader
+			method := "GET"
+			if tc.body {
+				method, body = "POST", strings.NewReader("payload")
+			}
+			req, _ := http.NewRequest(method, h.url(listenA, "/slow"), body)
+			start := time.Now()
+			res, err := tc.client.Do(req)
+			mustf(t, err, "request")
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+			took := time.Since(start)
+			if res.StatusCode != http.StatusGatewayTimeout {
+				t.Fatalf("got %d, want 504", res.StatusCode)
+			}
+			if took < timeout-100*time.Millisecond || took > timeout+100*time.Millisecond {
+				t.Errorf("504 after %v, want %v within 100 ms", took, timeout)
+			}
+			if n := hits.Load() - before; n != 1 {
+				t.Errorf("the backend got the request %d times, want once", n)
+			}
+		})
+	}
+}
