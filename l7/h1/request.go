@@ -77,14 +77,14 @@ func (c *clientConn) readHead(first bool) (head string, status int, reason strin
 			return "", handOffStatus, ""
 		}
 		if i := bytes.Index(buf, crlfCRLF); i >= 0 {
-			if st, why := c.checkHead(buf[:i+4], true); st != 0 {
+			if st, why := c.checkHead(buf[:i+4]); st != 0 {
 				return "", st, why
 			}
 			head = string(buf[:i+4])
 			br.Discard(i + 4)
 			return head, 0, ""
 		}
-		if st, why := c.checkHead(buf, false); st != 0 {
+		if st, why := c.checkHead(buf); st != 0 {
 			return "", st, why
 		}
 		if len(buf) > 0 && len(buf) == br.Size() {
@@ -108,7 +108,7 @@ func (c *clientConn) readHead(first bool) (head string, status int, reason strin
 		line, err := br.ReadSlice('\n')
 		acc = append(acc, line...)
 		done := bytes.HasSuffix(acc, crlfCRLF)
-		if st, why := c.checkHead(acc, done); st != 0 {
+		if st, why := c.checkHead(acc); st != 0 {
 			return "", st, why
 		}
 		if done {
@@ -130,9 +130,9 @@ func (c *clientConn) headReadFailed(n int, err error) (int, string) {
 	return 0, ""
 }
 
-// checkHead checks what has come of a head so far (all of it with
-// complete) against the limits and line ends.
-func (c *clientConn) checkHead(b []byte, complete bool) (int, string) {
+// checkHead checks what has come of a head so far against the limits and
+// line ends.
+func (c *clientConn) checkHead(b []byte) (int, string) {
 	s := c.srv
 	line := b
 	if i := bytes.IndexByte(b, '\n'); i >= 0 {
@@ -147,7 +147,6 @@ func (c *clientConn) checkHead(b []byte, complete bool) (int, string) {
 	if bareLF(b) {
 		return http.StatusBadRequest, "a line of the request head does not end in CRLF"
 	}
-	_ = complete
 	return 0, ""
 }
 
