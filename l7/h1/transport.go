@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // Transport sends requests to backends over HTTP/1.1 keep-alive pools, one
@@ -83,6 +84,7 @@ func (t *Transport) RoundTrip(req *http.Request, deadline time.Time) (*http.Resp
 	p := t.pool(req.URL.Host)
 	hasBody := req.Body != nil && req.Body != http.NoBody
 	resentFresh := false
+	yieldBeforeWrite() // before the reuse check, which should be as late as can be
 	for {
 		c, err := p.get(ctx, t.dialer, deadline)
 		if err != nil {
@@ -212,10 +214,11 @@ func (p *connPool) get(ctx context.Context, d *net.Dialer, deadline time.Time) (
 		}
 		return nil, &DialError{err}
 	}
-	c := &conn{pool: p, nc: nc, owner: o}
+	c := &conn{pool: p, nc: nc, owner: o, fd: -1}
 	if sc, ok := nc.(syscall.Conn); ok {
-		c.raw, _ = sc.SyscallConn()
-		c.peek = c.peekFD
+		if raw, err := sc.SyscallConn(); err == nil {
+			raw.Control(func(fd uintptr) { c.fd = int(fd) })
+		}
 	}
 	c.interrupt = func() { nc.SetDeadline(ALongTimeAgo) }
 	c.br = bufio.NewReaderSize(countingReader{c}, 4<<10)
@@ -309,13 +312,12 @@ type conn struct {
 	nc        net.Conn
 	br        *bufio.Reader
 	bw        *bufio.Writer
-	read      int64           // bytes read from nc, ever
-	drained   bool            // the last read from nc left nothing queued
-	raw       syscall.RawConn // nc's, for quiet's peek
-	peek      func(fd uintptr) bool
-	peekQuiet bool
-	served    int  // requests answered on it before this one
-	answered  bool // this request got bytes back
+	read      int64   // bytes read from nc, ever
+	drained   bool    // the last read from nc left nothing queued
+	fd        int     // nc's descriptor, for quiet's peek (-1: none)
+	peekBuf   [1]byte // where the peek reads (a field: no allocation)
+	served    int     // requests answered on it before this one
+	answered  bool    // this request got bytes back
 	idleSince time.Time
 	interrupt func() // makes blocked I/O on nc return at once
 
@@ -578,26 +580,19 @@ func (c *conn) close() { c.nc.Close() }
 // quiet reports whether the backend has neither closed the connection nor
 // sent anything unasked: one non-blocking peek, instead of a reader
 // goroutine per idle connection.
+//
+// The peek is a raw system call on the descriptor, not a RawConn.Read: it
+// never blocks, and the runtime's bookkeeping around a system call and
+// the poller's locks cost as much as the call itself (the peek runs
+// before every reuse). The descriptor stays valid: c is closed only by
+// whoever holds it, and the caller does.
 func (c *conn) quiet() bool {
-	if t := c.rdl.t; !t.IsZero() && !time.Now().Before(t) {
-		c.rdl.SetRead(c.nc, time.Time{}, 0) // a past deadline fails the peek
-	}
-	rc := c.raw
-	if rc == nil {
+	if c.fd < 0 {
 		return true
 	}
-	c.peekQuiet = false
-	err := rc.Read(c.peek)
-	return c.peekQuiet && err == nil
-}
-
-// peek is quiet's callback (a method value made once per connection, so
-// that a peek allocates nothing).
-func (c *conn) peekFD(fd uintptr) bool {
-	var b [1]byte
-	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	c.peekQuiet = errors.Is(err, syscall.EAGAIN)
-	return true
+	_, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(c.fd), uintptr(unsafe.Pointer(&c.peekBuf[0])), 1,
+		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+	return errno == syscall.EAGAIN
 }
 
 // backendBody is the body of an answer: at its end the connection goes

@@ -211,6 +211,9 @@ func (w *response) finish() bool {
 		bw.WriteString("\r\n")
 	}
 	if w.err == nil {
+		if w.c.bw.Buffered() > 0 {
+			yieldBeforeWrite()
+		}
 		w.err = w.c.bw.Flush()
 	}
 	return w.err == nil && !w.untilClose
