@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -47,16 +48,29 @@ func main() {
 	conns := flag.Int("conns", 50, "connections for the throughput cases")
 	xlbBin := flag.String("xlb", "bin/xlb", "xlb binary")
 	flag.Parse()
-	if err := run(*rounds, *dur, *conns, *xlbBin); err != nil {
+	// Interrupted, it still stops what it started (run's deferred calls).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *rounds, *dur, *conns, *xlbBin); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-l7:", err)
 		os.Exit(1)
 	}
 }
 
-func run(rounds int, dur time.Duration, conns int, xlbBin string) error {
+// benchPorts are the ports the bench listens on: backends, then proxies.
+var benchPorts = []int{3101, 3102, 3103, 3201, 3202, 3203, 8101, 8111, 8102, 8112, 8103, 8113}
+
+func run(ctx context.Context, rounds int, dur time.Duration, conns int, xlbBin string) error {
 	for _, tool := range []string{"wrk", "haproxy", "nginx"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not installed (apt-get install wrk haproxy nginx)", tool)
+		}
+	}
+	// A port someone else listens on would be measured in place of ours.
+	for _, p := range benchPorts {
+		if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), 200*time.Millisecond); err == nil {
+			c.Close()
+			return fmt.Errorf("port %d is already in use on 127.0.0.1 (the bench needs %v)", p, benchPorts)
 		}
 	}
 	dir, err := os.MkdirTemp("", "xlb-bench-l7-")
@@ -150,7 +164,7 @@ func run(rounds int, dur time.Duration, conns int, xlbBin string) error {
 				if c.body {
 					port = t.bport
 				}
-				res, err := measure(t, port, c.conns, c.dur)
+				res, err := measure(ctx, t, port, c.conns, c.dur)
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", c.name, t.name, err)
 				}
@@ -188,15 +202,18 @@ func run(rounds int, dur time.Duration, conns int, xlbBin string) error {
 	return w.Flush()
 }
 
-func measure(t target, port, conns int, dur time.Duration) (result, error) {
+func measure(ctx context.Context, t target, port, conns int, dur time.Duration) (result, error) {
 	var before []float64
 	if t.pids != nil {
 		before = cpuSeconds(t.pids())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), dur+30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, dur+30*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "wrk", "-t1", fmt.Sprintf("-c%d", conns), "-d"+dur.String(),
 		"--latency", fmt.Sprintf("http://127.0.0.1:%d/", port)).CombinedOutput()
+	if ctx.Err() != nil {
+		return result{}, fmt.Errorf("wrk: %w", context.Cause(ctx))
+	}
 	if err != nil {
 		return result{}, fmt.Errorf("wrk: %v: %s", err, out)
 	}
