@@ -6,6 +6,32 @@ import (
 	"time"
 )
 
+// TestSecondDaemonRefused: a second `xlb run` on the pin directory of a
+// running one exits 1 naming the first one's PID, and the first keeps its
+// datapath: same program, same pins, same maps, traffic still forwarded.
+func TestSecondDaemonRefused(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	e := newLifeEnv(t, "xlk")
+	first := e.tp.StartXLB(t, e.config, e.pinDir, "generic")
+	e.requireForwarding(t, "first daemon")
+	before := e.state(t)
+
+	second := e.tp.StartNet(t, "lb", Binary(t, "xlb"), "run", "-c", e.config)
+	e.requireFailedStart(t, second, 1, "in use by another xlb daemon", fmt.Sprintf("(pid %d)", first.Process.Pid))
+
+	requireSameState(t, before, e.state(t))
+	e.requireForwarding(t, "after the refused start")
+	if p := e.tp.proc(first); p != nil {
+		select {
+		case <-p.done:
+			t.Fatalf("the first daemon exited: %v", p.err)
+		default:
+		}
+	}
+	e.tp.requireCleanStop(t, first, e.pinDir)
+}
+
 // TestFailedRestartKeepsDatapath: after `xlb run --keep-datapath` stopped, a
 // start that adopts the pins and then fails (at the admin listener, or when
 // the L7 tier binds, with the admin API already up) exits 1 and leaves the

@@ -1,10 +1,13 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -40,6 +43,30 @@ func ensureBPFFS(dir string, log *slog.Logger) error {
 	}
 }
 
+// claimPinDir creates dir if needed and takes an exclusive flock on the
+// directory itself, so that a second daemon never adopts (and, failing,
+// removes) a running one's pins. The lock sits on the directory's inode:
+// bpffs holds no regular files to lock, a lock on a file elsewhere (/run)
+// would tie daemons in other mount namespaces that use distinct bpffs
+// instances under the same path, and a flock ends with its process, so a
+// killed daemon leaves nothing stale behind. created says whether this call
+// made the directory.
+func claimPinDir(dir string) (lock *os.File, created bool, err error) {
+	// A holder that stops removes the directory; a lock taken on the removed
+	// one would guard nothing, so such a race starts over.
+	for range 3 {
+		created, err = mkdirOwned(dir)
+		if err != nil {
+			return nil, false, err
+		}
+		lock, err = lockDir(dir)
+		if err != nil || lock != nil {
+			return lock, created, err
+		}
+	}
+	return nil, false, fmt.Errorf("lock pin directory %s: it keeps being removed", dir)
+}
+
 // mkdirOwned is os.MkdirAll, telling whether dir itself was created.
 func mkdirOwned(dir string) (bool, error) {
 	if _, err := os.Stat(dir); err == nil {
@@ -49,4 +76,62 @@ func mkdirOwned(dir string) (bool, error) {
 		return false, fmt.Errorf("create pin directory: %w", err)
 	}
 	return true, nil
+}
+
+// lockDir locks dir; nil, nil means dir was removed under the lock.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pin directory: %w", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat pin directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, inUseError(dir, st)
+		}
+		return nil, fmt.Errorf("lock pin directory %s: %w", dir, err)
+	}
+	var now unix.Stat_t
+	if err := unix.Stat(dir, &now); err != nil || now.Dev != st.Dev || now.Ino != st.Ino {
+		f.Close()
+		return nil, nil
+	}
+	return f, nil
+}
+
+func inUseError(dir string, st unix.Stat_t) error {
+	holder := "its PID unknown"
+	if pid := flockHolder(st.Dev, st.Ino); pid > 0 {
+		holder = "pid " + strconv.Itoa(pid)
+	}
+	return fmt.Errorf("%s: %w (%s): stop it first, or give this one another bpffs_dir", dir, ErrPinDirInUse, holder)
+}
+
+// flockHolder is the PID holding a flock on the inode, from /proc/locks
+// (0 if not listed, or not visible in this PID namespace).
+func flockHolder(dev, ino uint64) int {
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return 0
+	}
+	// "1: FLOCK  ADVISORY  WRITE 1234 00:27:78744 0 EOF", device in hex; a
+	// blocked waiter's line has "->" after the number and is skipped.
+	want := fmt.Sprintf("%02x:%02x:%d", unix.Major(dev), unix.Minor(dev), ino)
+	for line := range strings.Lines(string(data)) {
+		f := strings.Fields(line)
+		if len(f) >= 6 && f[1] == "FLOCK" && f[5] == want {
+			if pid, err := strconv.Atoi(f[4]); err == nil {
+				return pid
+			}
+		}
+	}
+	return 0
 }

@@ -72,7 +72,8 @@ type Datapath struct {
 	saved       *checkpoint // adopted maps as found, until Commit
 	committed   bool
 	pinDir      string
-	createdDir  bool // Open made pinDir
+	createdDir  bool     // Open made pinDir
+	lock        *os.File // flock on pinDir, held until Close
 	log         *slog.Logger
 }
 
@@ -145,15 +146,15 @@ func Open(opts Options) (*Datapath, error) {
 	return d, nil
 }
 
-// preparePins mounts bpffs if needed, creates the pin directory and marks in
+// preparePins mounts bpffs if needed, locks the pin directory and marks in
 // spec the maps this start creates (none pinned, or pinned by an older,
 // incompatible build): those load unpinned until Commit.
 func (d *Datapath) preparePins(spec *ebpf.CollectionSpec) error {
 	if err := ensureBPFFS(d.pinDir, d.log); err != nil {
 		return err
 	}
-	created, err := mkdirOwned(d.pinDir)
-	d.createdDir = created
+	lock, created, err := claimPinDir(d.pinDir)
+	d.lock, d.createdDir = lock, created
 	if err != nil {
 		return err
 	}
@@ -343,6 +344,10 @@ func (d *Datapath) Close(keep bool) error {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}
+	}
+	if d.lock != nil {
+		errs = append(errs, d.lock.Close()) // releases the flock
+		d.lock = nil
 	}
 	return errors.Join(errs...)
 }

@@ -9,6 +9,8 @@ var (
 	ErrNoInterface = errors.New("no such interface")
 	// ErrNoBPFFS: the pin directory is not on a mounted bpffs.
 	ErrNoBPFFS = errors.New("not on a bpf filesystem")
+	// ErrPinDirInUse: another daemon holds the pin directory's lock.
+	ErrPinDirInUse = errors.New("pin directory in use by another xlb daemon")
 	// ErrVerifier: the kernel's verifier rejected the program.
 	ErrVerifier = errors.New("verifier rejected the XDP program")
 	// ErrNotPinned: no pinned xlb datapath in the directory.

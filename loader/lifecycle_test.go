@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -184,4 +185,40 @@ func TestFailedFreshStartLeavesNothing(t *testing.T) {
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("pin directory left by a failed fresh start: %v %v", err, pinNames(t, dir))
 	}
+}
+
+// One pin directory, one daemon: a second Open fails naming the holder's PID
+// and touches nothing; once the first is closed the directory is free again.
+func TestPinDirLocked(t *testing.T) {
+	requireRoot(t)
+	dir := testPinDir(t, "lock")
+	first, err := Open(Options{PinDir: dir, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close(false)
+	if err := first.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	pins := pinNames(t, dir)
+
+	_, err = Open(Options{PinDir: dir, Logger: quietLogger()})
+	if !errors.Is(err, ErrPinDirInUse) {
+		t.Fatalf("second Open: %v, want ErrPinDirInUse", err)
+	}
+	if want := fmt.Sprintf("(pid %d)", os.Getpid()); !strings.Contains(err.Error(), want) {
+		t.Errorf("second Open: %q does not name the holder %s", err, want)
+	}
+	if got := pinNames(t, dir); !slices.Equal(got, pins) || len(pins) == 0 {
+		t.Errorf("pins after the refused Open: %v, were %v", got, pins)
+	}
+
+	if err := first.Close(false); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Open(Options{PinDir: dir, Logger: quietLogger()})
+	if err != nil {
+		t.Fatalf("Open after the holder closed: %v", err)
+	}
+	again.Close(false)
 }
