@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -75,5 +79,78 @@ func TestFailedRestartKeepsDatapath(t *testing.T) {
 			}
 			e.tp.requireCleanStop(t, next, e.pinDir)
 		})
+	}
+}
+
+// TestKeepDatapathUnderIPNetnsExec: `ip netns exec` gives xlb a private /sys,
+// so the bpffs it mounts there goes with it: --keep-datapath is refused before
+// anything is attached, and a run without it says its pins end with it.
+func TestKeepDatapathUnderIPNetnsExec(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	ns := throwawayNS(t, "xkn")
+	for _, args := range [][]string{
+		{"ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"},
+		{"ip", "-n", ns, "link", "set", "eth0", "up"},
+		{"ip", "-n", ns, "link", "set", "eth1", "up"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	// Under /sys/fs/bpf: on the host nothing is made there, which is checked.
+	pinDir := filepath.Join(pinRoot, "xlb-e2e-"+ns)
+	t.Cleanup(func() { os.RemoveAll(pinDir) })
+	cfg := filepath.Join(t.TempDir(), "xlb.toml")
+	text := fmt.Sprintf("[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n"+
+		"\n[[service]]\nname = \"web\"\nvip = %q\nport = 80\n  [[service.backend]]\n  address = \"198.18.0.11\"\n", pinDir, VIP4)
+	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inNS := []string{"ip", "netns", "exec", ns, Binary(t, "xlb"), "run", "-c", cfg}
+	xdpOnEth0 := func() string {
+		out, err := exec.Command("ip", "-n", ns, "-d", "link", "show", "eth0").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip link: %v: %s", err, out)
+		}
+		return xdpFlag(string(out))
+	}
+
+	t.Run("keep refused", func(t *testing.T) {
+		code, _, stderr := runCode(t, append(inNS, "--keep-datapath")...)
+		if code != 1 {
+			t.Errorf("exit code %d, want 1\n%s", code, stderr)
+		}
+		for _, w := range []string{"--keep-datapath", "private to this process's mount namespace", "nsenter --net="} {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("stderr lacks %q:\n%s", w, stderr)
+			}
+		}
+		if strings.Contains(stderr, "XDP attached") {
+			t.Errorf("xlb attached XDP before refusing:\n%s", stderr)
+		}
+		if f := xdpOnEth0(); f != "" {
+			t.Errorf("XDP (%s) left on eth0 by the refused start", f)
+		}
+	})
+
+	t.Run("without keep", func(t *testing.T) {
+		xlb := startBackground(t, inNS...)
+		waitFor(t, "xlb running", 20*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(xlb.stderr.String(), "xlb running") })
+		if !strings.Contains(xlb.stderr.String(), "pins end with xlb") {
+			t.Errorf("xlb did not say its pins end with it:\n%s", xlb.stderr.String())
+		}
+		if f := xdpOnEth0(); f != "xdpgeneric" {
+			t.Errorf("XDP on eth0 while xlb runs: %q, want xdpgeneric", f)
+		}
+		if xlb.stop(); xlb.err != nil {
+			t.Errorf("xlb after SIGTERM: %v\n%s", xlb.err, xlb.stderr.String())
+		}
+		if f := xdpOnEth0(); f != "" {
+			t.Errorf("XDP (%s) left on eth0 after xlb stopped", f)
+		}
+	})
+	if _, err := os.Stat(pinDir); err == nil {
+		t.Errorf("%s made on the host's bpffs by a run in a private mount namespace", pinDir)
 	}
 }

@@ -1,11 +1,13 @@
 package loader
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -41,6 +43,45 @@ func ensureBPFFS(dir string, log *slog.Logger) error {
 		}
 		p = parent
 	}
+}
+
+// initMountInfo is where the mounts that outlive any one process are listed:
+// those of PID 1's mount namespace.
+const initMountInfo = "/proc/1/mountinfo"
+
+// bpffsOutlivesProcess reports whether the bpffs holding dir stays mounted
+// when this process exits, that is whether PID 1's mount namespace has that
+// bpffs instance mounted. `ip netns exec` gives its command a mount namespace
+// of its own with a fresh /sys, where ensureBPFFS mounts a bpffs that nothing
+// else sees and that goes with the process. ok is false, with an error, when
+// it cannot tell.
+func bpffsOutlivesProcess(dir string) (outlives, ok bool, err error) {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return false, false, fmt.Errorf("stat %s: %w", dir, err)
+	}
+	f, err := os.Open(initMountInfo)
+	if err != nil {
+		return false, false, err
+	}
+	defer f.Close()
+	dev := fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "36 35 0:27 / /sys/fs/bpf rw,relatime shared:8 - bpf bpf rw": the
+		// device is the third field, the type the first after "-".
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 || fields[2] != dev {
+			continue
+		}
+		if i := slices.Index(fields, "-"); i >= 0 && i+1 < len(fields) && fields[i+1] == "bpf" {
+			return true, true, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return false, false, err
+	}
+	return false, true, nil
 }
 
 // claimPinDir creates dir if needed and takes an exclusive flock on the

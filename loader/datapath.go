@@ -39,6 +39,9 @@ type Options struct {
 	Mode      XDPMode
 	// PinDir is the bpffs directory; empty disables pinning.
 	PinDir string
+	// KeepOnExit says the caller means to Close(true): Open refuses a PinDir
+	// whose bpffs would go with this process (ErrPinsDieWithProcess).
+	KeepOnExit bool
 	// ConntrackSize overrides the connection table's capacity (0: default).
 	ConntrackSize uint32
 	Logger        *slog.Logger
@@ -113,7 +116,7 @@ func Open(opts Options) (*Datapath, error) {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
 		}
-	} else if err := d.preparePins(spec); err != nil {
+	} else if err := d.preparePins(spec, opts.KeepOnExit); err != nil {
 		d.Close(false)
 		return nil, err
 	}
@@ -149,7 +152,7 @@ func Open(opts Options) (*Datapath, error) {
 // preparePins mounts bpffs if needed, locks the pin directory and marks in
 // spec the maps this start creates (none pinned, or pinned by an older,
 // incompatible build): those load unpinned until Commit.
-func (d *Datapath) preparePins(spec *ebpf.CollectionSpec) error {
+func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
 	if err := ensureBPFFS(d.pinDir, d.log); err != nil {
 		return err
 	}
@@ -158,8 +161,28 @@ func (d *Datapath) preparePins(spec *ebpf.CollectionSpec) error {
 	if err != nil {
 		return err
 	}
+	if err := d.checkOutlives(keep); err != nil {
+		return err
+	}
 	d.fresh, d.Adopted, err = splitPins(spec, d.pinDir, d.log)
 	return err
+}
+
+// checkOutlives refuses keep when the pins would go with this process, and
+// says so when they will anyway.
+func (d *Datapath) checkOutlives(keep bool) error {
+	outlives, ok, err := bpffsOutlivesProcess(d.pinDir)
+	switch {
+	case !ok:
+		d.log.Debug("cannot tell whether the bpffs outlives xlb; assuming it does", "dir", d.pinDir, "err", err)
+	case outlives:
+	case keep:
+		return fmt.Errorf("%s: %w", d.pinDir, ErrPinsDieWithProcess)
+	default:
+		d.log.Warn("the bpffs holding bpffs_dir is private to this process's mount namespace: pins end with xlb, and no restart can adopt them",
+			"dir", d.pinDir)
+	}
+	return nil
 }
 
 // Commit makes this start's datapath the pinned one, once the daemon has

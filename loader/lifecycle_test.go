@@ -222,3 +222,19 @@ func TestPinDirLocked(t *testing.T) {
 	}
 	again.Close(false)
 }
+
+// The host's bpffs outlives the process: KeepOnExit is accepted there (the
+// refusal under a private mount namespace is an e2e test: `ip netns exec`).
+func TestKeepOnExitOnHostBPFFS(t *testing.T) {
+	requireRoot(t)
+	dir := testPinDir(t, "keep")
+	dp, err := Open(Options{PinDir: dir, KeepOnExit: true, Logger: quietLogger()})
+	if err != nil {
+		t.Fatalf("Open with KeepOnExit on the host's bpffs: %v", err)
+	}
+	dp.Close(false)
+	outlives, ok, err := bpffsOutlivesProcess(bpffsRoot)
+	if !ok || !outlives {
+		t.Errorf("bpffsOutlivesProcess(%s) = %v (known %v, %v), want true", bpffsRoot, outlives, ok, err)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -71,11 +72,16 @@ func runCmd(args []string, out io.Writer) error {
 		return loader.ErrNotRoot
 	default:
 		dp, err = loader.Open(loader.Options{
-			Interface: cfg.Daemon.Interface,
-			Mode:      loader.XDPMode(cfg.Daemon.XDPMode),
-			PinDir:    cfg.Daemon.BPFFSDir,
-			Logger:    log,
+			Interface:  cfg.Daemon.Interface,
+			Mode:       loader.XDPMode(cfg.Daemon.XDPMode),
+			PinDir:     cfg.Daemon.BPFFSDir,
+			KeepOnExit: *keep,
+			Logger:     log,
 		})
+		if errors.Is(err, loader.ErrPinsDieWithProcess) {
+			return fmt.Errorf("--keep-datapath: %w (`ip netns exec` gives xlb such a namespace: start it with `nsenter --net=/run/netns/NAME` instead, "+
+				"or set bpffs_dir on a bpffs mounted in the host's mount namespace)", err)
+		}
 		if err != nil {
 			return err
 		}
