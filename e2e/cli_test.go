@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -160,28 +159,8 @@ func TestL7WithoutRoot(t *testing.T) {
 		t.Fatalf("lo up: %v: %s", err, out)
 	}
 	inNS := []string{"nsenter", "--net=/run/netns/" + ns}
-	start := func(name string, args ...string) (*exec.Cmd, *syncBuffer) {
-		var out syncBuffer
-		cmd := exec.Command(args[0], args[1:]...)
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Signal(syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				cmd.Process.Kill()
-				<-done
-			}
-		})
-		return cmd, &out
-	}
-	_, beOut := start("backend", append(inNS, Binary(t, "xlbtest"), "serve", "--name", "nr", "--listen", "127.0.0.1:8300")...)
-	waitFor(t, "the backend ready", 10*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(beOut.String(), "ready ") })
+	backend := startBackground(t, append(inNS, Binary(t, "xlbtest"), "serve", "--name", "nr", "--listen", "127.0.0.1:8300")...)
+	waitFor(t, "the backend ready", 10*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(backend.stdout.String(), "ready ") })
 
 	cfg := filepath.Join(dir, "l7.toml")
 	text := "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\n" +
@@ -190,25 +169,24 @@ func TestL7WithoutRoot(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	xlb, xlbOut := start("xlb", append(inNS, "setpriv", "--reuid="+nobody, "--regid="+nobody, "--clear-groups",
+	xlb := startBackground(t, append(inNS, "setpriv", "--reuid="+nobody, "--regid="+nobody, "--clear-groups",
 		pubXLB, "run", "-c", cfg)...)
-	waitFor(t, "xlb running", 10*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(xlbOut.String(), "xlb running") })
+	waitFor(t, "xlb running", 10*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(xlb.stderr.String(), "xlb running") })
 	out, err := exec.Command(inNS[0], append(inNS[1:], Binary(t, "xlbtest"), "load", "--target", "http://127.0.0.1:8301/",
 		"--conns", "5", "--timeout", "3s")...).Output()
 	var sum LoadSummary
 	if jerr := json.Unmarshal(out, &sum); jerr != nil || sum.OK != 5 || sum.ByBackend["nr"] != 5 {
 		t.Errorf("requests through the unprivileged proxy: %+v (%v, %v)", sum, err, jerr)
 	}
-	logs := xlbOut.String()
+	logs := xlb.stderr.String()
 	if n := strings.Count(logs, "only the L7 tier runs"); n != 1 {
 		t.Errorf("%d log lines say the L7 tier runs alone, want 1:\n%s", n, logs)
 	}
 	if !strings.Contains(logs, "not root") {
 		t.Errorf("the log does not say why (not root):\n%s", logs)
 	}
-	xlb.Process.Signal(syscall.SIGTERM)
-	if err := xlb.Wait(); err != nil {
-		t.Errorf("xlb after SIGTERM: %v\n%s", err, logs)
+	if xlb.stop(); xlb.err != nil {
+		t.Errorf("xlb after SIGTERM: %v\n%s", xlb.err, logs)
 	}
 }
 

@@ -329,15 +329,11 @@ func (tp *Topology) startCmd(t *testing.T, host string, cmd *exec.Cmd, args []st
 // it is stopped when owner (t or an ancestor of t) ends.
 func (tp *Topology) startOwnedCmd(owner, t *testing.T, host string, cmd *exec.Cmd, args []string) *exec.Cmd {
 	t.Helper()
-	p := &proc{host: host, done: make(chan struct{}), cmd: cmd}
-	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
-	if err := p.cmd.Start(); err != nil {
+	p, err := startProc(cmd)
+	if err != nil {
 		t.Fatalf("start %v in %s: %v", args, host, err)
 	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
+	p.host = host
 	tp.mu.Lock()
 	tp.procs = append(tp.procs, p)
 	tp.mu.Unlock()
@@ -348,6 +344,32 @@ func (tp *Topology) startOwnedCmd(owner, t *testing.T, host string, cmd *exec.Cm
 		}
 	})
 	return p.cmd
+}
+
+// startProc starts cmd with its output captured and a goroutine waiting for it.
+func startProc(cmd *exec.Cmd) (*proc, error) {
+	p := &proc{done: make(chan struct{}), cmd: cmd}
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// startBackground starts args outside any topology; it is stopped by PID
+// (SIGTERM, then SIGKILL) when t ends, or by its stop method.
+func startBackground(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p, err := startProc(exec.Command(args[0], args[1:]...))
+	if err != nil {
+		t.Fatalf("start %v: %v", args, err)
+	}
+	t.Cleanup(p.stop)
+	return p
 }
 
 // tail is the end of a long process output (a streaming load prints a line per

@@ -39,6 +39,9 @@ type Options struct {
 	Mode      XDPMode
 	// PinDir is the bpffs directory; empty disables pinning.
 	PinDir string
+	// KeepOnExit says the caller means to Close(true): Open refuses a PinDir
+	// whose bpffs would go with this process (ErrPinsDieWithProcess).
+	KeepOnExit bool
 	// ConntrackSize overrides the connection table's capacity (0: default).
 	ConntrackSize uint32
 	Logger        *slog.Logger
@@ -49,21 +52,37 @@ type Options struct {
 }
 
 // Datapath is a loaded (and usually attached and pinned) XDP datapath.
+//
+// Open takes what is pinned in PinDir without changing it: the pinned maps
+// and XDP link go on serving with the program that runs them, maps this
+// start creates stay unpinned, and the reconciler's maps are copied. Commit,
+// once the daemon has started, puts this program into the pinned link and
+// pins what this start created. A datapath closed before Commit (a failed
+// start) puts the copied maps back and leaves every pin and the attached
+// program as Open found them.
 type Datapath struct {
 	Maps
-	Program  *ebpf.Program // xlb_xdp
-	Noop     *ebpf.Program // xlb_noop, the XDP_PASS program
-	IfIndex  int
-	Mode     XDPMode // the mode actually attached
-	Adopted  bool    // maps were adopted from existing pins
-	link     link.Link
-	pinDir   string
-	log      *slog.Logger
-	otherFDs []*ebpf.Map
+	Program *ebpf.Program // xlb_xdp
+	Noop    *ebpf.Program // xlb_noop, the XDP_PASS program
+	IfIndex int
+	Mode    XDPMode // the mode actually attached
+	Adopted bool    // maps were adopted from existing pins
+
+	link        link.Link
+	linkAdopted bool      // link came from its pin: another run's
+	staleLink   link.Link // pinned for another interface: replaced at Commit
+	fresh       map[string]bool
+	saved       *checkpoint // adopted maps as found, until Commit
+	committed   bool
+	pinDir      string
+	createdDir  bool     // Open made pinDir
+	lock        *os.File // flock on pinDir, held until Close
+	log         *slog.Logger
 }
 
 // Open loads the datapath, adopting pinned maps and link when present, and
-// attaches it to opts.Interface.
+// attaches it to opts.Interface (see Datapath for what it leaves unchanged
+// until Commit).
 func Open(opts Options) (*Datapath, error) {
 	log := opts.Logger
 	if log == nil {
@@ -92,40 +111,33 @@ func Open(opts Options) (*Datapath, error) {
 	if opts.ConntrackSize > 0 {
 		spec.Maps[bpf.XlbMapConntrack].MaxEntries = opts.ConntrackSize
 	}
-	adopted := false
+	d := &Datapath{pinDir: opts.PinDir, log: log}
 	if opts.PinDir == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
 		}
-	} else {
-		if err := ensureBPFFS(opts.PinDir, log); err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create pin directory: %w", err)
-		}
-		adopted, err = dropIncompatiblePins(spec, opts.PinDir, log)
-		if err != nil {
-			return nil, err
-		}
+	} else if err := d.preparePins(spec, opts.KeepOnExit); err != nil {
+		d.Close(false)
+		return nil, err
 	}
 
 	var objs bpf.XlbObjects
 	collOpts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
 	if err := spec.LoadAndAssign(&objs, collOpts); err != nil {
+		d.Close(false)
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("%w: %s", ErrVerifier, verifierTail(ve, 8))
 		}
 		return nil, fmt.Errorf("load XDP collection: %w", err)
 	}
-	d := &Datapath{
-		Maps:    Maps{objs.XlbMaps},
-		Program: objs.XlbXdp,
-		Noop:    objs.XlbNoop,
-		Adopted: adopted,
-		pinDir:  opts.PinDir,
-		log:     log,
+	d.Maps = Maps{objs.XlbMaps}
+	d.Program, d.Noop = objs.XlbXdp, objs.XlbNoop
+	if d.Adopted {
+		if d.saved, err = d.takeCheckpoint(d.fresh); err != nil {
+			d.Close(false)
+			return nil, err
+		}
 	}
 	if iface == nil {
 		return d, nil
@@ -137,22 +149,124 @@ func Open(opts Options) (*Datapath, error) {
 	return d, nil
 }
 
-// attach adopts a pinned link (swapping in the new program atomically) or
-// attaches a new one.
+// preparePins mounts bpffs if needed, locks the pin directory and marks in
+// spec the maps this start creates (none pinned, or pinned by an older,
+// incompatible build): those load unpinned until Commit.
+func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
+	if err := ensureBPFFS(d.pinDir, d.log); err != nil {
+		return err
+	}
+	lock, created, err := claimPinDir(d.pinDir)
+	d.lock, d.createdDir = lock, created
+	if err != nil {
+		return err
+	}
+	if err := d.checkOutlives(keep); err != nil {
+		return err
+	}
+	d.fresh, d.Adopted, err = splitPins(spec, d.pinDir, d.log)
+	return err
+}
+
+// checkOutlives refuses keep when the pins would go with this process, and
+// says so when they will anyway.
+func (d *Datapath) checkOutlives(keep bool) error {
+	outlives, ok, err := bpffsOutlivesProcess(d.pinDir)
+	switch {
+	case !ok:
+		d.log.Debug("cannot tell whether the bpffs outlives xlb; assuming it does", "dir", d.pinDir, "err", err)
+	case outlives:
+	case keep:
+		return fmt.Errorf("%s: %w", d.pinDir, ErrPinsDieWithProcess)
+	default:
+		d.log.Warn("the bpffs holding bpffs_dir is private to this process's mount namespace: pins end with xlb, and no restart can adopt them",
+			"dir", d.pinDir)
+	}
+	return nil
+}
+
+// Commit makes this start's datapath the pinned one, once the daemon has
+// started: the adopted link gets this program (atomically), or the new link
+// is pinned in place of a stale one, and the maps this start created are
+// pinned, replacing incompatible pins. From then on Close(false) removes the
+// pins. A failure means the bpffs refused a pin; what was done stays.
+func (d *Datapath) Commit() error {
+	if d.committed {
+		return nil
+	}
+	if d.pinDir != "" {
+		if err := d.commitLink(); err != nil {
+			return err
+		}
+		if err := d.pinFresh(); err != nil {
+			return err
+		}
+	}
+	d.committed = true
+	d.saved.close()
+	d.saved = nil
+	return nil
+}
+
+// Committed reports whether Commit succeeded.
+func (d *Datapath) Committed() bool { return d.committed }
+
+func (d *Datapath) commitLink() error {
+	switch {
+	case d.link == nil:
+		return nil
+	case d.linkAdopted:
+		if err := d.link.Update(d.Program); err != nil {
+			return fmt.Errorf("update pinned XDP link: %w", err)
+		}
+		return nil
+	}
+	if d.staleLink != nil {
+		// Unpinning detaches it from its interface once the last fd (ours) goes.
+		if err := d.staleLink.Unpin(); err != nil {
+			return fmt.Errorf("unpin stale XDP link: %w", err)
+		}
+		d.staleLink.Close()
+		d.staleLink = nil
+	}
+	if err := replacePin(d.link, filepath.Join(d.pinDir, linkPinName)); err != nil {
+		return fmt.Errorf("pin XDP link: %w", err)
+	}
+	return nil
+}
+
+func (d *Datapath) pinFresh() error {
+	for name, ptr := range d.mapFields() {
+		if !d.fresh[name] {
+			continue
+		}
+		if err := replacePin(*ptr, filepath.Join(d.pinDir, name)); err != nil {
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// replacePin pins obj at path in place of whatever is pinned there (an
+// unreadable link, or a map of an incompatible layout).
+func replacePin(obj interface{ Pin(string) error }, path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return obj.Pin(path)
+}
+
+// attach adopts a pinned link for iface (its program keeps running until
+// Commit) or attaches a new, unpinned one.
 func (d *Datapath) attach(iface netlink.Link, mode XDPMode) error {
 	ifindex := iface.Attrs().Index
 	d.IfIndex = ifindex
-	pin := ""
 	if d.pinDir != "" {
-		pin = filepath.Join(d.pinDir, linkPinName)
+		pin := filepath.Join(d.pinDir, linkPinName)
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 			info, ierr := l.Info()
 			if ierr == nil && info.XDP() != nil && int(info.XDP().Ifindex) == ifindex {
-				if err := l.Update(d.Program); err != nil {
-					l.Close()
-					return fmt.Errorf("update pinned XDP link: %w", err)
-				}
-				d.link = l
+				d.link, d.linkAdopted = l, true
 				d.Mode = attachedMode(iface)
 				if mode != XDPAuto && mode != d.Mode {
 					d.log.Warn("adopted XDP link keeps its attach mode; restart without --keep-datapath to change it",
@@ -161,9 +275,8 @@ func (d *Datapath) attach(iface netlink.Link, mode XDPMode) error {
 				d.log.Info("adopted pinned XDP link", "interface", iface.Attrs().Name, "mode", string(d.Mode), "pin", pin)
 				return nil
 			}
-			// Pinned for another interface (or unreadable): replace it.
-			l.Unpin()
-			l.Close()
+			// Pinned for another interface (or unreadable): Commit replaces it.
+			d.staleLink = l
 		}
 	}
 
@@ -193,12 +306,6 @@ func (d *Datapath) attach(iface netlink.Link, mode XDPMode) error {
 		d.log.Warn("native XDP on veth: XDP_TX needs an XDP program on the peer veth and checksum offload off on the sender (see README)",
 			"interface", iface.Attrs().Name)
 	}
-	if pin != "" {
-		if err := l.Pin(pin); err != nil {
-			l.Close()
-			return fmt.Errorf("pin XDP link: %w", err)
-		}
-	}
 	d.link = l
 	d.log.Info("XDP attached", "interface", iface.Attrs().Name, "mode", string(d.Mode))
 	return nil
@@ -217,27 +324,41 @@ func attachXDP(prog *ebpf.Program, ifindex int, flags link.XDPAttachFlags) (link
 	return link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex, Flags: flags})
 }
 
-// Close releases the datapath. keep leaves the program attached and the maps
-// pinned (for a restart that adopts them); otherwise it detaches and unpins.
+// Close releases the datapath. After Commit, keep leaves the program attached
+// and the maps pinned (for a restart that adopts them); otherwise it detaches
+// and unpins. Before Commit, whatever keep says, it puts the adopted maps'
+// contents back, leaves adopted pins and link alone, and removes only what
+// this start created (its link, its maps, the directory if it made it).
 func (d *Datapath) Close(keep bool) error {
 	var errs []error
+	if d.saved != nil {
+		errs = append(errs, d.saved.restore())
+		d.saved.close()
+		d.saved = nil
+	}
+	drop := d.committed && !keep
 	if d.link != nil {
-		if !keep {
+		if drop {
 			errs = append(errs, d.link.Unpin())
 		}
+		// An unpinned link (this start's, before Commit) detaches here.
 		errs = append(errs, d.link.Close())
 		d.link = nil
 	}
-	if !keep && d.pinDir != "" {
+	if d.staleLink != nil {
+		errs = append(errs, d.staleLink.Close())
+		d.staleLink = nil
+	}
+	if drop {
 		for _, ptr := range d.mapFields() {
 			if *ptr != nil {
-				if err := (*ptr).Unpin(); err != nil {
-					errs = append(errs, err)
-				}
+				errs = append(errs, (*ptr).Unpin())
 			}
 		}
+	}
+	if drop || (!d.committed && d.createdDir) {
 		// Only removes the directory if nothing else lives there.
-		if err := os.Remove(d.pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(d.pinDir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
 			errs = append(errs, err)
 		}
 	}
@@ -247,45 +368,19 @@ func (d *Datapath) Close(keep bool) error {
 			errs = append(errs, p.Close())
 		}
 	}
+	if d.lock != nil {
+		errs = append(errs, d.lock.Close()) // releases the flock
+		d.lock = nil
+	}
 	return errors.Join(errs...)
 }
 
-// bpffsRoot is the conventional bpffs mount point. Like bpftool and Cilium,
-// xlb mounts it when it is missing (fresh hosts often lack it); any other pin
-// directory must already be on a bpffs.
-const bpffsRoot = "/sys/fs/bpf"
-
-// ensureBPFFS makes sure dir is (or will be created) on a mounted bpffs.
-func ensureBPFFS(dir string, log *slog.Logger) error {
-	p := filepath.Clean(dir)
-	for {
-		var st unix.Statfs_t
-		if err := unix.Statfs(p, &st); err == nil {
-			if st.Type == unix.BPF_FS_MAGIC {
-				return nil
-			}
-			if p == bpffsRoot {
-				if err := unix.Mount("bpf", bpffsRoot, "bpf", 0, "mode=0700"); err != nil {
-					return fmt.Errorf("%s: %w: mount bpffs on %s: %v", dir, ErrNoBPFFS, bpffsRoot, err)
-				}
-				log.Info("mounted bpffs", "path", bpffsRoot)
-				return nil
-			}
-			return fmt.Errorf("%s: %w (mount one: mount -t bpf bpf %s)", dir, ErrNoBPFFS, p)
-		}
-		parent := filepath.Dir(p)
-		if parent == p {
-			return fmt.Errorf("%s: %w", dir, ErrNoBPFFS)
-		}
-		p = parent
-	}
-}
-
-// dropIncompatiblePins removes pins whose layout no longer matches the program
-// (an upgrade changed a map), so loading creates them afresh. It reports
-// whether any compatible pinned map was found to adopt.
-func dropIncompatiblePins(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) (bool, error) {
-	adopted := false
+// splitPins sorts the pinned maps: compatible ones are adopted (adopted says
+// whether there is any); the rest, missing or of a layout an upgrade changed,
+// are fresh: spec loads them unpinned, and Commit pins them, replacing an
+// incompatible pin only then, so a failed start leaves it to whatever uses it.
+func splitPins(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) (fresh map[string]bool, adopted bool, err error) {
+	fresh = map[string]bool{}
 	for name, ms := range spec.Maps {
 		if ms.Pinning != ebpf.PinByName {
 			continue
@@ -293,10 +388,12 @@ func dropIncompatiblePins(spec *ebpf.CollectionSpec, dir string, log *slog.Logge
 		path := filepath.Join(dir, name)
 		m, err := ebpf.LoadPinnedMap(path, nil)
 		if errors.Is(err, os.ErrNotExist) {
+			fresh[name] = true
+			ms.Pinning = ebpf.PinNone
 			continue
 		}
 		if err != nil {
-			return false, fmt.Errorf("open pinned map %s: %w", path, err)
+			return nil, false, fmt.Errorf("open pinned map %s: %w", path, err)
 		}
 		cerr := ms.Compatible(m)
 		if cerr == nil && name == bpf.XlbMapRings {
@@ -307,13 +404,12 @@ func dropIncompatiblePins(spec *ebpf.CollectionSpec, dir string, log *slog.Logge
 			adopted = true
 			continue
 		}
-		log.Warn("pinned map incompatible with this program, recreating it (its state is lost)",
+		log.Warn("pinned map incompatible with this program: a new one replaces it once xlb has started (its state is lost)",
 			"map", name, "reason", cerr.Error())
-		if err := os.Remove(path); err != nil {
-			return false, fmt.Errorf("remove incompatible pin: %w", err)
-		}
+		fresh[name] = true
+		ms.Pinning = ebpf.PinNone
 	}
-	return adopted, nil
+	return fresh, adopted, nil
 }
 
 // ringsTemplateCompatible checks what Compatible cannot see: the pinned outer

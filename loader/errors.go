@@ -9,6 +9,12 @@ var (
 	ErrNoInterface = errors.New("no such interface")
 	// ErrNoBPFFS: the pin directory is not on a mounted bpffs.
 	ErrNoBPFFS = errors.New("not on a bpf filesystem")
+	// ErrPinDirInUse: another daemon holds the pin directory's lock.
+	ErrPinDirInUse = errors.New("pin directory in use by another xlb daemon")
+	// ErrPinsDieWithProcess: the bpffs holding the pin directory is mounted
+	// only in this process's mount namespace, so nothing pinned there can
+	// outlive the process.
+	ErrPinsDieWithProcess = errors.New("the bpffs holding the pins is private to this process's mount namespace and goes when it exits")
 	// ErrVerifier: the kernel's verifier rejected the program.
 	ErrVerifier = errors.New("verifier rejected the XDP program")
 	// ErrNotPinned: no pinned xlb datapath in the directory.

@@ -656,6 +656,9 @@ func TestAdoptPinnedState(t *testing.T) {
 	_, out := f.run(p.build())
 	first := backendOf(t, out, be4)
 	id := f.serviceID(vip4, 80, protoTCP)
+	if err := f.dp.Commit(); err != nil {
+		t.Fatal(err)
+	}
 	if err := f.dp.Close(true); err != nil {
 		t.Fatal(err)
 	}
@@ -685,6 +688,9 @@ func TestAdoptPinnedState(t *testing.T) {
 	_, out = g.run(p.build())
 	if got := backendOf(t, out, be4); got != first {
 		t.Fatalf("established flow moved from %s to %s across the restart", first, got)
+	}
+	if err := g.dp.Commit(); err != nil {
+		t.Fatal(err)
 	}
 	if err := g.dp.Close(false); err != nil {
 		t.Fatal(err)
@@ -731,4 +737,33 @@ func TestIncompatibleRingsTemplateRecreated(t *testing.T) {
 	f.apply(standardDesired())
 	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpSYN}
 	f.expectOne(t, p.build(), xdpTX, rTX)
+
+	// The old pin stays until the start commits: a failed one leaves it.
+	pinnedID := func() ebpf.MapID {
+		m, err := ebpf.LoadPinnedMap(dir+"/rings", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		info, err := m.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+	ours, err := dp.Rings.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oursID, _ := ours.ID()
+	if pinnedID() == oursID {
+		t.Fatal("incompatible rings pin replaced before Commit")
+	}
+	if err := dp.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if pinnedID() != oursID {
+		t.Fatal("incompatible rings pin not replaced by Commit")
+	}
 }

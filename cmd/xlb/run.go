@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -60,6 +61,7 @@ func runCmd(args []string, out io.Writer) error {
 
 	var rec *loader.Reconciler
 	var maps *loader.Maps
+	var dp *loader.Datapath
 	root := os.Geteuid() == 0
 	switch {
 	case cfg.Daemon.Interface == "":
@@ -69,28 +71,24 @@ func runCmd(args []string, out io.Writer) error {
 	case !root:
 		return loader.ErrNotRoot
 	default:
-		dp, err := loader.Open(loader.Options{
-			Interface: cfg.Daemon.Interface,
-			Mode:      loader.XDPMode(cfg.Daemon.XDPMode),
-			PinDir:    cfg.Daemon.BPFFSDir,
-			Logger:    log,
+		dp, err = loader.Open(loader.Options{
+			Interface:  cfg.Daemon.Interface,
+			Mode:       loader.XDPMode(cfg.Daemon.XDPMode),
+			PinDir:     cfg.Daemon.BPFFSDir,
+			KeepOnExit: *keep,
+			Logger:     log,
 		})
+		if errors.Is(err, loader.ErrPinsDieWithProcess) {
+			return fmt.Errorf("--keep-datapath: %w (`ip netns exec` gives xlb such a namespace: start it with `nsenter --net=/run/netns/NAME` instead, "+
+				"or set bpffs_dir on a bpffs mounted in the host's mount namespace)", err)
+		}
 		if err != nil {
 			return err
 		}
 		if dp.Adopted {
 			log.Info("adopted pinned maps: established flows keep their backends", "dir", cfg.Daemon.BPFFSDir)
 		}
-		defer func() {
-			if err := dp.Close(*keep); err != nil {
-				log.Error("closing datapath", "err", err)
-			}
-			if *keep {
-				log.Info("datapath kept: XDP stays attached, maps stay pinned", "dir", cfg.Daemon.BPFFSDir)
-			} else {
-				log.Info("XDP detached and pins removed")
-			}
-		}()
+		defer closeDatapath(dp, *keep, cfg.Daemon.BPFFSDir, log)
 		rec, err = loader.NewReconciler(&dp.Maps, loader.NetlinkResolver{}, dp.IfIndex, log)
 		if err != nil {
 			return err
@@ -146,6 +144,10 @@ func runCmd(args []string, out io.Writer) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// A start that fails after the admin API is up must end it before
+	// waiting for it (the signal context ends only on a signal).
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
 	if cfg.Admin.Listen != "" {
 		token, err := admin.LoadToken(cfg.Admin.TokenFile, cfg.Admin.TokenEnv)
 		if err != nil {
@@ -162,7 +164,7 @@ func runCmd(args []string, out io.Writer) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := admin.Serve(ctx, l, srv); err != nil {
+			if err := admin.Serve(serveCtx, l, srv); err != nil {
 				log.Error("admin listener", "err", err)
 			}
 		}()
@@ -188,10 +190,34 @@ func runCmd(args []string, out io.Writer) error {
 	if err := ctl.Start(ctx); err != nil {
 		return fmt.Errorf("apply config: %w", err)
 	}
+	// Started: only now does this run's datapath replace what it adopted.
+	if dp != nil {
+		if err := dp.Commit(); err != nil {
+			return fmt.Errorf("take over the pinned datapath: %w", err)
+		}
+	}
 	log.Info("xlb running", "interface", cfg.Daemon.Interface, "services", len(cfg.Services), "config", *path)
 	ctl.Run(ctx)
 	log.Info("shutting down")
 	return nil
+}
+
+// closeDatapath closes dp and says what it left: a start that failed leaves
+// the datapath as it found it; a daemon that ran leaves it pinned with keep,
+// removed without.
+func closeDatapath(dp *loader.Datapath, keep bool, dir string, log *slog.Logger) {
+	committed := dp.Committed()
+	if err := dp.Close(keep); err != nil {
+		log.Error("closing datapath", "err", err)
+	}
+	switch {
+	case !committed:
+		log.Warn("start failed: the datapath is left as this start found it (an adopted XDP link stays attached, pins and maps unchanged)", "dir", dir)
+	case keep:
+		log.Info("datapath kept: XDP stays attached, maps stay pinned", "dir", dir)
+	default:
+		log.Info("XDP detached and pins removed")
+	}
 }
 
 func hasMode(cfg *config.Config, m config.Mode) bool {
