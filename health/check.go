@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 )
 
 // userAgent is sent with every HTTP check.
@@ -68,7 +70,7 @@ type prober interface {
 func newProber(spec Spec) (prober, error) {
 	switch spec.Kind {
 	case KindTCP:
-		return &tcpProber{addr: spec.Target.String(), dialer: newDialer()}, nil
+		return &tcpProber{addr: spec.Target.String(), dialer: newDialer(spec.Mark)}, nil
 	case KindHTTP, KindHTTPS:
 		expect, err := spec.ExpectStatus.ranges()
 		if err != nil {
@@ -84,7 +86,7 @@ func newProber(spec Spec) (prober, error) {
 		}
 		p := &httpProber{
 			addr:    spec.Target.String(),
-			dialer:  newDialer(),
+			dialer:  newDialer(spec.Mark),
 			expect:  expect,
 			perConn: max(spec.ChecksPerConnection, 1),
 		}
@@ -110,10 +112,30 @@ func newProber(spec Spec) (prober, error) {
 	return nil, fmt.Errorf("%w: unknown kind %q", ErrInvalidSpec, string(spec.Kind))
 }
 
-func newDialer() *net.Dialer {
+// newDialer dials with mark (SO_MARK) on the socket unless it is 0.
+func newDialer(mark uint32) *net.Dialer {
 	// No TCP keep-alive probes: a kept connection is used again one Interval
 	// later, and that check finds a dead peer (by timeout at worst).
-	return &net.Dialer{KeepAlive: -1}
+	d := &net.Dialer{KeepAlive: -1}
+	if mark != 0 {
+		d.Control = func(_, _ string, c syscall.RawConn) error { return setMark(c, mark) }
+	}
+	return d
+}
+
+// setMark sets SO_MARK before the connect, so that policy routing sees the
+// SYN already marked.
+func setMark(c syscall.RawConn, mark uint32) error {
+	var serr error
+	if err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("SO_MARK %#x: %w", mark, serr)
+	}
+	return nil
 }
 
 // Bounds of what one HTTP check reads: the status line and headers, and the

@@ -289,3 +289,61 @@ func TestReadResponse(t *testing.T) {
 		t.Errorf("%v allocations per answer", allocs)
 	}
 }
+
+// A check through a backend (Via) marks its socket before the connect, so
+// that policy routing sees the SYN marked; SO_MARK needs CAP_NET_ADMIN,
+// without which the check fails and says why.
+func TestCheckMark(t *testing.T) {
+	const mark = 0x786c0042
+	target := tcpServer(t)
+	for _, kind := range []Kind{KindTCP, KindHTTP} {
+		spec, err := Spec{Kind: kind, Target: target, Via: netip.MustParseAddr("127.0.0.2"), Mark: mark}.Normalize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := newProber(spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d *net.Dialer
+		switch p := p.(type) {
+		case *tcpProber:
+			d = p.dialer
+		case *httpProber:
+			d = p.dialer
+		}
+		conn, err := d.DialContext(t.Context(), "tcp", target.String())
+		if os.Geteuid() != 0 {
+			if !errors.Is(err, syscall.EPERM) {
+				t.Errorf("%s: dial with a mark as non-root = %v, want EPERM", kind, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: dial: %v", kind, err)
+		}
+		if got := socketMark(t, conn); got != mark {
+			t.Errorf("%s: socket mark %#x, want %#x", kind, got, mark)
+		}
+		conn.Close()
+	}
+	if d := newDialer(0); d.Control != nil {
+		t.Errorf("a dialer without a mark sets socket options")
+	}
+}
+
+func socketMark(t *testing.T, conn net.Conn) int {
+	t.Helper()
+	rc, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mark int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		mark, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
+	}); err != nil || serr != nil {
+		t.Fatalf("SO_MARK: %v %v", err, serr)
+	}
+	return mark
+}

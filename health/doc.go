@@ -24,6 +24,12 @@
 // the server name). A TCP check succeeds when a connection completes; it is
 // closed at once.
 //
+// A Spec with Via checks Target, a VIP, through the backend Via: its
+// sockets carry Spec.Mark (SO_MARK, set before the connect; it needs
+// CAP_NET_ADMIN), which the caller's policy routing (package checkroute)
+// sends to the VIP via that backend. The Host header then defaults to the
+// VIP and port, as a client's would.
+//
 // HTTP(S) checks reuse their connection (keep-alive, as Envoy does), which
 // at 1000 checks a second saves most of their cost, but a connection serves
 // at most Spec.ChecksPerConnection checks (default 10): the last of them

@@ -502,5 +502,7 @@ func compareSpecs(a, b Spec) int {
 		cmp.Compare(a.HealthyThreshold, b.HealthyThreshold),
 		cmp.Compare(a.UnhealthyThreshold, b.UnhealthyThreshold),
 		cmp.Compare(a.Jitter, b.Jitter),
+		a.Via.Compare(b.Via),
+		cmp.Compare(a.Mark, b.Mark),
 	)
 }

@@ -119,14 +119,26 @@ type Spec struct {
 	// uniformly in [Interval*(1-Jitter), Interval*(1+Jitter)]. Zero means
 	// DefaultJitter, negative means none; it must be below 1.
 	Jitter float64
+
+	// Via, when set, checks Target (a VIP) through this backend: the
+	// check's socket carries Mark (SO_MARK), which the caller's policy
+	// routing maps to a route to Target via Via (package checkroute). Mark
+	// is required with Via and unused without it.
+	Via  netip.Addr
+	Mark uint32
 }
 
-// String is short, for logs: "http 10.0.0.1:80/healthz", "tcp 10.0.0.1:443".
+// String is short, for logs: "http 10.0.0.1:80/healthz", "tcp 10.0.0.1:443",
+// "http 10.0.1.1:80/healthz via 10.0.0.1".
 func (s Spec) String() string {
-	if s.Kind == KindTCP {
-		return string(s.Kind) + " " + s.Target.String()
+	out := string(s.Kind) + " " + s.Target.String()
+	if s.Kind != KindTCP {
+		out += s.Path
 	}
-	return string(s.Kind) + " " + s.Target.String() + s.Path
+	if s.Via.IsValid() {
+		out += " via " + s.Via.String()
+	}
+	return out
 }
 
 // Normalize fills in the defaults, clears the fields that do not apply to the
@@ -172,6 +184,17 @@ func (s Spec) Normalize() (Spec, error) {
 		bad("target address is required")
 	} else if s.Target.Port() == 0 {
 		bad("target %s: port is required", s.Target)
+	}
+
+	s.Via = s.Via.Unmap()
+	switch {
+	case !s.Via.IsValid() && s.Mark != 0:
+		bad("mark %#x without via", s.Mark)
+	case !s.Via.IsValid():
+	case s.Mark == 0:
+		bad("via %s needs a mark", s.Via)
+	case s.Target.IsValid() && s.Via.Is4() != s.Target.Addr().Unmap().Is4():
+		bad("via %s and target %s differ in family", s.Via, s.Target)
 	}
 
 	if s.Interval == 0 {

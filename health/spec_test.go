@@ -54,6 +54,18 @@ func TestSpecNormalize(t *testing.T) {
 				"checks per connection -1"},
 		},
 		{name: "path with space", in: Spec{Kind: KindHTTP, Target: addr, Path: "/a b"}, wantErr: []string{"must not contain spaces"}},
+		{
+			name: "via a backend, mapped address unmapped",
+			in:   Spec{Kind: KindTCP, Target: addr, Via: netip.MustParseAddr("::ffff:127.0.0.2"), Mark: 0x786c0001},
+			want: Spec{Kind: KindTCP, Target: addr, Via: netip.MustParseAddr("127.0.0.2"), Mark: 0x786c0001,
+				Interval: 5 * time.Second, Timeout: 2 * time.Second,
+				HealthyThreshold: 2, UnhealthyThreshold: 3, Jitter: 0.1},
+		},
+		{name: "via without mark", in: Spec{Kind: KindTCP, Target: addr, Via: netip.MustParseAddr("127.0.0.2")},
+			wantErr: []string{"via 127.0.0.2 needs a mark"}},
+		{name: "mark without via", in: Spec{Kind: KindTCP, Target: addr, Mark: 7}, wantErr: []string{"mark 0x7 without via"}},
+		{name: "via of another family", in: Spec{Kind: KindTCP, Target: addr, Via: netip.MustParseAddr("2001:db8::1"), Mark: 7},
+			wantErr: []string{"differ in family"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -79,6 +91,24 @@ func TestSpecNormalize(t *testing.T) {
 				t.Errorf("Normalize is not idempotent: %+v, %v", again, err)
 			}
 		})
+	}
+}
+
+func TestSpecString(t *testing.T) {
+	addr := netip.MustParseAddrPort("198.19.0.10:80")
+	via := netip.MustParseAddr("198.18.0.12")
+	for _, tt := range []struct {
+		in   Spec
+		want string
+	}{
+		{Spec{Kind: KindTCP, Target: addr}, "tcp 198.19.0.10:80"},
+		{Spec{Kind: KindHTTP, Target: addr, Path: "/health"}, "http 198.19.0.10:80/health"},
+		{Spec{Kind: KindTCP, Target: addr, Via: via, Mark: 1}, "tcp 198.19.0.10:80 via 198.18.0.12"},
+		{Spec{Kind: KindHTTP, Target: addr, Path: "/", Via: via, Mark: 1}, "http 198.19.0.10:80/ via 198.18.0.12"},
+	} {
+		if got := tt.in.String(); got != tt.want {
+			t.Errorf("String() = %q, want %q", got, tt.want)
+		}
 	}
 }
 
