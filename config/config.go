@@ -209,6 +209,11 @@ type HealthCheck struct {
 	// Port is the port checked; 0 means the service port (L4) or the
 	// backend port (L7). BackendCheck resolves it.
 	Port uint16
+	// CheckViaVIP checks each backend through the service's VIP, as the
+	// datapath reaches it: addressed to VIP:Port with the backend's MAC
+	// (package checkroute), so that a backend lacking the VIP fails. L4
+	// services with dsr forwarding only.
+	CheckViaVIP bool
 }
 
 // DefaultHealthCheck is the check used where the configuration says nothing.
@@ -406,7 +411,8 @@ func (c *Config) ApplyDefaults() {
 }
 
 // fillFrom makes a zero h a copy of base, and otherwise fills the fields of h
-// whose zero value is not meaningful (all but Enabled and Port) from base.
+// whose zero value is not meaningful (all but Enabled, Port and CheckViaVIP)
+// from base.
 func (h *HealthCheck) fillFrom(base HealthCheck) {
 	if *h == (HealthCheck{}) {
 		*h = base

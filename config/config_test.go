@@ -146,7 +146,7 @@ func TestExampleConfig(t *testing.T) {
 		"name", "vip", "port", "protocol", "mode", "hash", "forwarding",
 		"address", "weight", "mac",
 		"enabled", "type", "path", "expect_status", "interval", "interval_secs", "timeout", "timeout_secs",
-		"unhealthy_threshold", "healthy_threshold", "initial_state",
+		"unhealthy_threshold", "healthy_threshold", "initial_state", "check_via_vip",
 		"listen", "token_file", "token_env", "drain_timeout",
 		"algorithm", "health_check_path", "health_check_port",
 		"shutdown_grace", "threads", "head_timeout", "idle_timeout", "client_timeout", "max_request_line", "max_request_head",

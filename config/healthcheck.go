@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,6 +22,7 @@ const (
 	hcHealthy
 	hcInitialState
 	hcPort
+	hcCheckViaVIP
 )
 
 // hcOverride is one [health_check] or [service.health_check] table as
@@ -54,6 +56,7 @@ func decodeHealthCheck(t *table) hcOverride {
 		h.Port = uint16(n)
 		o.set |= hcPort
 	}
+	o.mark(hcCheckViaVIP, t.boolean("check_via_vip", &h.CheckViaVIP))
 	t.finish()
 	return o
 }
@@ -92,6 +95,7 @@ func (o hcOverride) resolve(base HealthCheck) HealthCheck {
 		{hcHealthy, func() { h.HealthyThreshold = v.HealthyThreshold }},
 		{hcInitialState, func() { h.InitialState = v.InitialState }},
 		{hcPort, func() { h.Port = v.Port }},
+		{hcCheckViaVIP, func() { h.CheckViaVIP = v.CheckViaVIP }},
 	} {
 		if o.set&f.k != 0 {
 			f.apply()
@@ -268,4 +272,47 @@ func (v *validator) durationKey(p, name string) string {
 		}
 	}
 	return key
+}
+
+// checkViaVIP reports check_via_vip = true where it cannot work: on a
+// service that is not L4 with dsr forwarding (the check is sent as the dsr
+// datapath sends packets), and on a VIP that xlb itself puts on this host's
+// lo (add_vip), whose checks would never leave the host. The error names the
+// key as written: the service's own, else the global one it inherits.
+func (v *validator) checkViaVIP(c *Config, i int) {
+	s := &c.Services[i]
+	if !s.HealthCheck.CheckViaVIP {
+		return
+	}
+	p := indexPath("service", i)
+	key, who := p+".health_check.check_via_vip", "this service"
+	if _, own := v.lines[v.name(key)]; !own {
+		if _, global := v.lines["health_check.check_via_vip"]; global {
+			key, who = "health_check.check_via_vip", v.where(c, i, true)
+		}
+	}
+	line := v.lines.line(v.name(p+".health_check"), s.Line)
+	const only = `applies to l4 services with forwarding = "dsr" only`
+	switch {
+	case s.Mode == ModeL7:
+		v.errorf(key, line, "%s, and %s is l7%s", only, who, inheritHint(who))
+	case s.Mode == ModeL4 && s.Forwarding != ForwardDSR && slices.Contains(forwardings, s.Forwarding):
+		v.errorf(key, line, "%s, and %s forwards by %q%s", only, who, s.Forwarding, inheritHint(who))
+	case s.Mode == ModeL4:
+		for j := range c.Services {
+			if o := &c.Services[j]; o.Mode == ModeL7 && o.AddVIP && o.VIP == s.VIP {
+				v.errorf(key, line, "the vip %s of %s is also on this host's lo (%s has add_vip = true): checks through it would never leave the host",
+					s.VIP, who, v.where(c, j, true))
+				return
+			}
+		}
+	}
+}
+
+// inheritHint says how to keep a global check_via_vip from a service.
+func inheritHint(who string) string {
+	if who == "this service" {
+		return ""
+	}
+	return ": set check_via_vip = false in its [service.health_check], or set the key per service"
 }

@@ -115,6 +115,7 @@ func (v *validator) services(c *Config) {
 		s := &c.Services[i]
 		p := indexPath("service", i)
 		v.service(s, p, c.Daemon.MaglevTableSize, &c.HealthCheck)
+		v.checkViaVIP(c, i)
 
 		if s.Name != "" {
 			if j, dup := byName[s.Name]; dup {
