@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xlb-dev/xlb/checkroute"
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/l7"
@@ -58,14 +59,27 @@ type service struct {
 	backends []*backend
 }
 
+// CheckRoutes routes the checks of check_via_vip backends through their
+// VIP (a *checkroute.Router).
+type CheckRoutes interface {
+	Mark(p checkroute.Path) (uint32, error)
+	Install(paths []checkroute.Path) error
+	Retry() error
+	Prune(keep []checkroute.Path) error
+}
+
 // Controller owns the desired state. All methods are safe for concurrent use.
 type Controller struct {
 	rec     *loader.Reconciler // nil without an XDP datapath
 	maps    *loader.Maps
 	l7      L7 // nil without L7 tier
 	hm      *health.Manager
+	routes  CheckRoutes // nil without an XDP datapath
 	log     *slog.Logger
 	metrics *Metrics
+
+	// healthMu orders syncHealth's calls: routes in, checks set, routes out.
+	healthMu sync.Mutex
 
 	mu       sync.Mutex
 	cfg      *config.Config
@@ -74,7 +88,8 @@ type Controller struct {
 
 	transitions <-chan health.Transition
 	unsubscribe func()
-	unresolved  bool // the last apply left backends unresolved: retry
+	unresolved  bool   // the last apply left backends unresolved: retry
+	routesErr   string // the check routes' last problems: retry
 }
 
 // Options configure New.
@@ -83,8 +98,11 @@ type Options struct {
 	Maps       *loader.Maps
 	L7         L7 // nil: no L7 tier
 	Health     *health.Manager
-	Logger     *slog.Logger
-	Metrics    *Metrics
+	// CheckRoutes routes checks through VIPs (check_via_vip); nil: such
+	// backends are not checked (there is no L4 datapath to check for).
+	CheckRoutes CheckRoutes
+	Logger      *slog.Logger
+	Metrics     *Metrics
 }
 
 // New builds a controller for cfg; Run applies it.
@@ -93,11 +111,12 @@ func New(cfg *config.Config, o Options) *Controller {
 		o.Logger = slog.Default()
 	}
 	c := &Controller{
-		rec: o.Reconciler, maps: o.Maps, l7: o.L7, hm: o.Health, log: o.Logger, metrics: o.Metrics,
+		rec: o.Reconciler, maps: o.Maps, l7: o.L7, hm: o.Health, routes: o.CheckRoutes, log: o.Logger, metrics: o.Metrics,
 		kick: make(chan struct{}, 1),
 	}
 	c.cfg = cfg
 	c.services = buildServices(cfg, nil)
+	c.assignMarks(c.services)
 	return c
 }
 
@@ -132,6 +151,11 @@ func newBackend(s config.Service, b config.Backend, fromConfig bool) *backend {
 			Timeout:            hc.Timeout,
 			HealthyThreshold:   hc.HealthyThreshold,
 			UnhealthyThreshold: hc.UnhealthyThreshold,
+		}
+		if hc.CheckViaVIP && s.Mode == config.ModeL4 {
+			// As the datapath sends packets: to the VIP, through the
+			// backend. assignMarks gives it the mark of that route.
+			spec.Target, spec.Via = netip.AddrPortFrom(s.VIP, checkPort), b.Address
 		}
 		if st, err := health.ParseStatusSet(hc.ExpectStatus); err == nil {
 			spec.ExpectStatus = st
@@ -173,13 +197,52 @@ func buildServices(cfg *config.Config, prev []*service) []*service {
 		if o != nil && o.cfg.Mode == sc.Mode && o.cfg.VIP == sc.VIP && o.cfg.Port == sc.Port {
 			for _, b := range o.backends {
 				if !b.fromConfig && !seen[b.id] {
-					s.backends = append(s.backends, b)
+					// Checked as the service's other backends now are.
+					nb := newBackend(sc, config.Backend{Address: b.address, Port: b.port, Weight: b.weight, MAC: b.mac}, false)
+					nb.admin, nb.deadline = b.admin, b.deadline
+					s.backends = append(s.backends, nb)
 				}
 			}
 		}
 		out = append(out, s)
 	}
 	return out
+}
+
+// assignMarks gives every check through a VIP in services the mark of its
+// route. The caller holds c.mu, or is New.
+func (c *Controller) assignMarks(services []*service) {
+	for _, s := range services {
+		for _, b := range s.backends {
+			c.assignMark(b)
+		}
+	}
+}
+
+// assignMark gives b's check, if it goes through a VIP and has no mark yet,
+// the mark of its route: the same one for the same VIP and backend, so that
+// a reload keeps the checker. Without check routes b is not checked.
+func (c *Controller) assignMark(b *backend) {
+	if b.check == nil || !b.check.Via.IsValid() || b.check.Mark != 0 {
+		return
+	}
+	if c.routes == nil {
+		c.log.Warn("check_via_vip needs the L4 datapath: backend not checked", "backend", b.id)
+		b.check = nil
+		return
+	}
+	mark, err := c.routes.Mark(viaPath(b.check))
+	if err != nil {
+		c.log.Error("check_via_vip: backend not checked", "backend", b.id, "err", err)
+		b.check = nil
+		return
+	}
+	b.check.Mark = mark
+}
+
+// viaPath is the route of a check through a VIP.
+func viaPath(spec *health.Spec) checkroute.Path {
+	return checkroute.Path{VIP: spec.Target.Addr(), Backend: spec.Via}
 }
 
 // Start subscribes to health transitions, starts the checks and applies the
@@ -240,6 +303,8 @@ func (c *Controller) Run(ctx context.Context) error {
 			removed := c.finishRemovals()
 			if removed {
 				c.syncHealth()
+			} else {
+				c.retryRoutes()
 			}
 			if removed || retry {
 				if err := c.reconcile(ctx); err != nil {
@@ -257,13 +322,18 @@ func (c *Controller) requestReconcile() {
 	}
 }
 
-// syncHealth gives the health manager the checks the current backends need.
+// syncHealth gives the health manager the checks the current backends need,
+// with the routes of the checks through a VIP in place before they start and
+// removed once they have stopped.
 func (c *Controller) syncHealth() {
 	if c.hm == nil {
 		return
 	}
+	c.healthMu.Lock()
+	defer c.healthMu.Unlock()
 	c.mu.Lock()
 	var targets []health.Target
+	var paths []checkroute.Path
 	for _, s := range c.services {
 		for _, b := range s.backends {
 			if b.check == nil {
@@ -273,10 +343,64 @@ func (c *Controller) syncHealth() {
 				Spec: *b.check, Initial: b.initial,
 				Subjects: []health.Subject{{Service: s.cfg.Name, Backend: b.label(s)}},
 			})
+			if b.check.Via.IsValid() {
+				paths = append(paths, viaPath(b.check))
+			}
 		}
 	}
 	c.mu.Unlock()
+	if c.routes != nil {
+		c.noteRoutes(c.routes.Install(paths))
+	}
 	c.hm.Set(targets)
+	if c.routes != nil {
+		if err := c.routes.Prune(paths); err != nil {
+			c.log.Warn("removing check routes", "err", err)
+		}
+	}
+}
+
+// retryRoutes installs again the check routes that failed.
+func (c *Controller) retryRoutes() {
+	c.mu.Lock()
+	failing := c.routesErr != ""
+	c.mu.Unlock()
+	if failing && c.routes != nil {
+		c.healthMu.Lock()
+		defer c.healthMu.Unlock()
+		c.noteRoutes(c.routes.Retry())
+	}
+}
+
+// noteRoutes logs the check routes' problems when they change (one line
+// each, at error level: such a check fails) and remembers them for
+// retryRoutes.
+func (c *Controller) noteRoutes(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	c.mu.Lock()
+	prev := c.routesErr
+	c.routesErr = msg
+	c.mu.Unlock()
+	switch {
+	case msg == prev:
+	case err == nil:
+		c.log.Info("check routes through the VIP in place")
+	default:
+		for _, e := range unjoin(err) {
+			c.log.Error("check_via_vip: checks of this path fail until it is fixed", "err", e)
+		}
+	}
+}
+
+// unjoin is the errors of an errors.Join, or err alone.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func (b *backend) addrPort() netip.AddrPort { return netip.AddrPortFrom(b.address, b.port) }
@@ -387,6 +511,7 @@ func (c *Controller) Reload(cfg *config.Config) error {
 	}
 	prevServices, prevCfg := c.services, c.cfg
 	c.services = buildServices(cfg, c.services)
+	c.assignMarks(c.services)
 	c.cfg = cfg
 	if c.l7 != nil {
 		if err := c.l7.Update(c.l7Configs()); err != nil {
@@ -486,6 +611,7 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 		return BackendInfo{}, fmt.Errorf("%w: too many backends", ErrBadRequest)
 	}
 	s.backends = append(s.backends, nb)
+	c.assignMark(nb)
 	info := c.info(s, nb)
 	c.mu.Unlock()
 	c.log.Info("backend added through the admin API", "service", s.cfg.Name, "backend", nb.id)

@@ -21,6 +21,12 @@ type BackendInfo struct {
 	State string `json:"state"`
 	// Health is the checker's verdict: healthy, unhealthy, or unchecked.
 	Health string `json:"health"`
+	// Check is the health check as the logs name it ("http
+	// 198.18.0.12:80/health"; through the VIP, "http 198.19.0.10:80/health
+	// via 198.18.0.12"), and CheckVia which way it goes: "address" (the
+	// backend's own) or "vip" (check_via_vip). Both empty when unchecked.
+	Check    string `json:"check,omitempty"`
+	CheckVia string `json:"check_via,omitempty"`
 	// Admin is what the admin API asked: ready, draining, removing.
 	Admin      string `json:"admin"`
 	FromConfig bool   `json:"from_config"`
@@ -50,6 +56,10 @@ func (c *Controller) infoWith(s *service, b *backend, flows map[string]int) Back
 	}
 	if st, checked := c.healthState(b); checked {
 		bi.Health = st.String()
+		bi.Check, bi.CheckVia = b.check.String(), "address"
+		if b.check.Via.IsValid() {
+			bi.CheckVia = "vip"
+		}
 	}
 	if s.cfg.Mode == config.ModeL4 && c.rec != nil {
 		if sid, ok := c.rec.ServiceID(s.cfg.VIP, s.cfg.Port, s.cfg.Protocol.Number()); ok {
