@@ -701,11 +701,12 @@ func (e *hcEnv) statusText(t *testing.T) string {
 }
 
 // backendRow is one row of the backend table `xlb status` and `xlb backend list`
-// print: BACKEND STATE HEALTH ADMIN WEIGHT OPEN-FLOWS NEW-FLOWS PACKETS.
+// print: BACKEND STATE HEALTH ADMIN WEIGHT OPEN-FLOWS NEW-FLOWS PACKETS CHECKED-AT.
 type backendRow struct {
 	ID, State, Health, Admin string
 	Weight, OpenFlows        int
 	NewFlows, Packets        uint64
+	CheckedAt                string // address, vip or -
 }
 
 // backendRows parses the backend table of `xlb status` or `xlb backend list`.
@@ -722,10 +723,10 @@ func backendRows(t *testing.T, out string) map[string]backendRow {
 		if !in {
 			continue
 		}
-		if len(f) != 8 {
+		if len(f) != 9 {
 			break
 		}
-		r := backendRow{ID: f[0], State: f[1], Health: f[2], Admin: f[3]}
+		r := backendRow{ID: f[0], State: f[1], Health: f[2], Admin: f[3], CheckedAt: f[8]}
 		var err error
 		nums := []any{&r.Weight, &r.OpenFlows, &r.NewFlows, &r.Packets}
 		for i, p := range nums {

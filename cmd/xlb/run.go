@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/xlb-dev/xlb/admin"
+	"github.com/xlb-dev/xlb/checkroute"
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/control"
 	"github.com/xlb-dev/xlb/health"
@@ -62,6 +63,7 @@ func runCmd(args []string, out io.Writer) error {
 	var rec *loader.Reconciler
 	var maps *loader.Maps
 	var dp *loader.Datapath
+	var routes control.CheckRoutes // stays nil (not a nil *Router) without a datapath
 	root := os.Geteuid() == 0
 	switch {
 	case cfg.Daemon.Interface == "":
@@ -96,6 +98,14 @@ func runCmd(args []string, out io.Writer) error {
 		rec.Metrics = loader.NewMetrics(reg)
 		maps = &dp.Maps
 		reg.MustRegister(loader.NewCollector(maps, rec))
+		// Opened whatever the config says: it also removes what a killed
+		// daemon left.
+		r, err := checkroute.Open(checkroute.Options{Logger: log})
+		if err != nil {
+			return err
+		}
+		defer closeRoutes(r, log)
+		routes = r
 	}
 
 	vips := &vipSet{log: log, root: root}
@@ -123,7 +133,7 @@ func runCmd(args []string, out io.Writer) error {
 	hm := health.NewManager(log, health.NewMetrics(reg))
 	defer hm.Close()
 	ctl := control.New(cfg, control.Options{
-		Reconciler: rec, Maps: maps, L7: proxy, Health: hm, Logger: log, Metrics: control.NewMetrics(reg),
+		Reconciler: rec, Maps: maps, L7: proxy, Health: hm, CheckRoutes: routes, Logger: log, Metrics: control.NewMetrics(reg),
 	})
 
 	var reloadMu sync.Mutex
@@ -217,6 +227,14 @@ func closeDatapath(dp *loader.Datapath, keep bool, dir string, log *slog.Logger)
 		log.Info("datapath kept: XDP stays attached, maps stay pinned", "dir", dir)
 	default:
 		log.Info("XDP detached and pins removed")
+	}
+}
+
+// closeRoutes removes the routes of the checks through a VIP; the checks
+// have stopped (the health manager closes first).
+func closeRoutes(r *checkroute.Router, log *slog.Logger) {
+	if err := r.Close(); err != nil {
+		log.Error("removing check routes", "err", err)
 	}
 }
 

@@ -102,9 +102,13 @@ func isFlagSet(fs *flag.FlagSet, name string) bool {
 
 func printBackends(out io.Writer, list []control.BackendInfo) {
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintf(w, "BACKEND\tSTATE\tHEALTH\tADMIN\tWEIGHT\tOPEN FLOWS\tNEW FLOWS\tPACKETS\n")
+	fmt.Fprintf(w, "BACKEND\tSTATE\tHEALTH\tADMIN\tWEIGHT\tOPEN FLOWS\tNEW FLOWS\tPACKETS\tCHECKED AT\n")
 	for _, b := range list {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\n", b.ID, b.State, b.Health, b.Admin, b.Weight, b.OpenFlows, b.NewFlows, b.Packets)
+		via := b.CheckVia // "address" or "vip" (check_via_vip)
+		if via == "" {
+			via = "-"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", b.ID, b.State, b.Health, b.Admin, b.Weight, b.OpenFlows, b.NewFlows, b.Packets, via)
 	}
 	w.Flush()
 }
