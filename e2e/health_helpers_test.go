@@ -205,12 +205,17 @@ func writeHCConfig(t *testing.T, dir, pinDir, tokenFile string, families []hcFam
 func (e *hcEnv) startServer(t *testing.T, i int, hang bool) {
 	t.Helper()
 	tp := e.tp
-	listen := []string{
+	e.startServerOn(t, i, hang,
 		netip.AddrPortFrom(netip.MustParseAddr(VIP4), hcPort).String(),
 		netip.AddrPortFrom(netip.MustParseAddr(VIP6), hcPort).String(),
 		netip.AddrPortFrom(netip.MustParseAddr(tp.BackendAddr4(i)), hcPort).String(),
-		netip.AddrPortFrom(netip.MustParseAddr(tp.BackendAddr6(i)), hcPort).String(),
-	}
+		netip.AddrPortFrom(netip.MustParseAddr(tp.BackendAddr6(i)), hcPort).String())
+}
+
+// startServerOn starts backend i's xlbtest server on the listen addresses.
+func (e *hcEnv) startServerOn(t *testing.T, i int, hang bool, listen ...string) {
+	t.Helper()
+	tp := e.tp
 	host := "b" + strconv.Itoa(i)
 	args := []string{Binary(t, "xlbtest"), "serve", "--name", host, "--listen", strings.Join(listen, ",")}
 	if hang {
