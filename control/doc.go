@@ -12,6 +12,13 @@
 // Backends start in the health check's initial state (default up, so a
 // restart never blackholes a service). A reload keeps the health state and
 // admin state of every backend whose address and check did not change, and
-// keeps backends added through the admin API for services that still exist.
+// keeps backends added through the admin API for services that still exist
+// (checked as the service's other backends now are).
 // Admin changes live in memory only: a restart starts from the config.
+//
+// A backend of a check_via_vip service is checked at the VIP through the
+// backend (health.Spec.Via), with the mark of the (VIP, backend) route that
+// CheckRoutes (package checkroute) keeps: the route goes in before the check
+// starts and out once it has stopped, and a route that could not be put in
+// is tried again every second.
 package control
