@@ -257,13 +257,17 @@ static __always_inline __u32 flow_hash(const struct flow_key *f, __u8 mode)
 	return murmur_final(h, 2 * alen + 8);
 }
 
-/* Reads the transport ports; returns 0 if the header is complete. */
-static __always_inline int parse_l4(struct packet *p, void *l4, void *end)
+/*
+ * Reads the transport ports; returns 0 if the header is complete. room is
+ * what the IP header says follows it: a header that fits the frame only
+ * thanks to Ethernet padding, or a TCP header longer than room, is cut.
+ */
+static __always_inline int parse_l4(struct packet *p, void *l4, void *end, __s64 room)
 {
 	if (p->flow.proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 
-		if ((void *)(tcp + 1) > end || tcp->doff < 5)
+		if ((void *)(tcp + 1) > end || tcp->doff < 5 || (__s64)tcp->doff * 4 > room)
 			return -1;
 		p->flow.sport = bpf_ntohs(tcp->source);
 		p->flow.dport = bpf_ntohs(tcp->dest);
@@ -272,11 +276,24 @@ static __always_inline int parse_l4(struct packet *p, void *l4, void *end)
 	}
 	struct udphdr *udp = l4;
 
-	if ((void *)(udp + 1) > end)
+	if ((void *)(udp + 1) > end || room < (__s64)sizeof(*udp))
 		return -1;
 	p->flow.sport = bpf_ntohs(udp->source);
 	p->flow.dport = bpf_ntohs(udp->dest);
 	return 0;
+}
+
+/*
+ * Does the IP header claim more bytes (len, counted from l3) than the frame
+ * holds? Padding makes a frame longer than its packet, never shorter. Only a
+ * multi-buffer frame's linear part ends before its packet does, so the helper
+ * that measures the whole frame is called only then.
+ */
+static __always_inline int longer_than_frame(struct xdp_md *ctx, void *l3, void *end, __u32 len)
+{
+	if (len <= (__u64)(end - l3))
+		return 0;
+	return (__u64)(l3 - (void *)(long)ctx->data) + len > bpf_xdp_get_buff_len(ctx);
 }
 
 enum parse_result {
@@ -286,16 +303,17 @@ enum parse_result {
 	PARSE_OTHER_PROTO,
 };
 
-static __always_inline int parse_ipv4(struct packet *p, void *data, void *end)
+static __always_inline int parse_ipv4(struct xdp_md *ctx, struct packet *p, void *data, void *end)
 {
 	struct iphdr *ip = data;
 
 	if ((void *)(ip + 1) > end)
 		return PARSE_MALFORMED;
 	__u32 hlen = ip->ihl * 4;
-	if (ip->version != 4 || hlen < sizeof(*ip) || bpf_ntohs(ip->tot_len) < hlen)
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	if (ip->version != 4 || hlen < sizeof(*ip) || tot < hlen)
 		return PARSE_MALFORMED;
-	if (data + hlen > end)
+	if (data + hlen > end || longer_than_frame(ctx, data, end, tot))
 		return PARSE_MALFORMED;
 
 	p->flow.family = XLB_FAMILY_V4;
@@ -313,18 +331,21 @@ static __always_inline int parse_ipv4(struct packet *p, void *data, void *end)
 			return PARSE_OK;
 		}
 	}
-	if (parse_l4(p, data + hlen, end))
+	if (parse_l4(p, data + hlen, end, tot - hlen))
 		p->l4_truncated = 1;
 	return PARSE_OK;
 }
 
-static __always_inline int parse_ipv6(struct packet *p, void *data, void *end)
+static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *p, void *data, void *end)
 {
 	struct ipv6hdr *ip6 = data;
 
 	if ((void *)(ip6 + 1) > end)
 		return PARSE_MALFORMED;
-	if (ip6->version != 6)
+	/* No jumbograms (payload length 0 and a hop-by-hop option): XDP
+	 * frames are far below 64 KiB. */
+	__u32 len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	if (ip6->version != 6 || longer_than_frame(ctx, data, end, len))
 		return PARSE_MALFORMED;
 
 	p->flow.family = XLB_FAMILY_V6;
@@ -396,7 +417,8 @@ done:
 		return PARSE_OTHER_PROTO;
 	if (p->later_fragment)
 		return PARSE_OK;
-	if (parse_l4(p, cur, end))
+	/* Extension headers past the payload length leave room < 0. */
+	if (parse_l4(p, cur, end, (__s64)len - (cur - data)))
 		p->l4_truncated = 1;
 	return PARSE_OK;
 }
@@ -423,9 +445,9 @@ static __always_inline int parse(struct xdp_md *ctx, struct packet *p, struct et
 		l3 = vlan + 1;
 	}
 	if (proto == bpf_htons(ETH_P_IP))
-		return parse_ipv4(p, l3, end);
+		return parse_ipv4(ctx, p, l3, end);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(p, l3, end);
+		return parse_ipv6(ctx, p, l3, end);
 	return PARSE_NOT_IP;
 }
 
