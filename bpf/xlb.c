@@ -68,6 +68,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 
+/* Key 0: struct idle_timeouts, the idle timeouts of conntrack entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct idle_timeouts);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flow_timeouts SEC(".maps");
+
 /* Egress interfaces other than the receiving one, keyed by ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
@@ -154,11 +163,17 @@ struct ipv6_frag_hdr {
 	__be32 identification;
 };
 
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
 /* The parsed packet: what the steering decision needs. */
 struct packet {
 	struct flow_key flow;
 	__u64 len;
-	__u8 tcp_flags; /* FIN/RST of the client */
+	__u8 flow_flags; /* enum flow_flags this TCP packet shows */
+	__u8 syn;        /* a TCP SYN without ACK: a connection's first packet */
 	__u8 fragment;  /* any fragment */
 	__u8 later_fragment; /* no transport header in this packet */
 	__u8 l4_truncated;
@@ -271,7 +286,12 @@ static __always_inline int parse_l4(struct packet *p, void *l4, void *end, __s64
 			return -1;
 		p->flow.sport = bpf_ntohs(tcp->source);
 		p->flow.dport = bpf_ntohs(tcp->dest);
-		p->tcp_flags = tcp->fin | tcp->rst;
+		__u8 fl = ((__u8 *)tcp)[13];
+		if (fl & (TCP_FLAG_FIN | TCP_FLAG_RST))
+			p->flow_flags = XLB_FLOW_CLOSING;
+		else if ((fl & (TCP_FLAG_ACK | TCP_FLAG_SYN)) == TCP_FLAG_ACK)
+			p->flow_flags = XLB_FLOW_ESTABLISHED;
+		p->syn = (fl & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 		return 0;
 	}
 	struct udphdr *udp = l4;
@@ -512,11 +532,45 @@ static __always_inline int usable(struct backend *be)
 	return be && (be->state == XLB_BE_UP || be->state == XLB_BE_DRAINING);
 }
 
+/* The clock of flow_value.seen: ticks of 2^XLB_FLOW_TICK_SHIFT ns. */
+static __always_inline __u32 flow_tick(__u64 ns)
+{
+	return ns >> XLB_FLOW_TICK_SHIFT;
+}
+
+/*
+ * Is a connection table entry gone: idle past its state's timeout, or a
+ * closed TCP flow whose ports the client opens again (a SYN)? Either way the
+ * service's ring places the packet as a new flow.
+ */
+static __always_inline int flow_gone(const struct flow_value *ct, const struct packet *p, __u32 now)
+{
+	__u32 zero = 0;
+	struct idle_timeouts *t = bpf_map_lookup_elem(&flow_timeouts, &zero);
+	__u32 idle;
+
+	if (p->syn && (ct->flags & XLB_FLOW_CLOSING))
+		return 1;
+	if (!t || !ct->seen)
+		return 0;
+	if (p->flow.proto == IPPROTO_UDP)
+		idle = t->udp;
+	else if (ct->flags & XLB_FLOW_CLOSING)
+		idle = t->tcp_closing;
+	else if (ct->flags & XLB_FLOW_ESTABLISHED)
+		idle = t->tcp_established;
+	else
+		idle = t->tcp_syn;
+	/* Signed: another CPU may have stamped the entry with the next tick. */
+	return idle && (__s32)(now - ct->seen) > (__s32)idle;
+}
+
 /*
  * An established flow: the connection table names its backend and service.
  * Checked before the service lookup because it is the common case and the
  * entry alone decides; entries only exist for L4 services. A backend that is
- * down or was removed makes the entry void (the service lookup then decides).
+ * down or was removed, or an entry that is gone (flow_gone), makes the entry
+ * void (the service lookup then decides).
  */
 static __always_inline int steer_established(struct xdp_md *ctx, struct ethhdr *eth, struct packet *p)
 {
@@ -524,14 +578,20 @@ static __always_inline int steer_established(struct xdp_md *ctx, struct ethhdr *
 
 	if (!ct)
 		return -1;
+	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
+	if (flow_gone(ct, p, now))
+		return -1;
 	__u32 be_id = ct->backend_id;
 	struct backend *be = bpf_map_lookup_elem(&backends, &be_id);
 	if (!usable(be) || be->service_id != ct->service_id)
 		return -1;
 
 	ct->packets++;
-	if (p->tcp_flags && !(ct->flags & XLB_FLOW_CLOSING))
-		ct->flags |= XLB_FLOW_CLOSING;
+	/* Written once a tick, and a state bit once: not a store a packet. */
+	if (ct->seen != now)
+		ct->seen = now;
+	if (p->flow_flags & ~ct->flags)
+		ct->flags |= p->flow_flags;
 	return forward(ctx, eth, ct->service_id, be_id, be, p, 0);
 }
 
@@ -574,12 +634,14 @@ static __always_inline int steer_new(struct xdp_md *ctx, struct ethhdr *eth, str
 	if (p->later_fragment)
 		return forward(ctx, eth, svc->id, be_id, be, p, 0);
 
+	__u64 ns = bpf_ktime_get_coarse_ns();
 	struct flow_value fresh = {
 		.backend_id = be_id,
 		.service_id = svc->id,
-		.flags = p->tcp_flags ? XLB_FLOW_CLOSING : 0,
+		.flags = p->flow_flags,
 		.packets = 1,
-		.created_ns = bpf_ktime_get_coarse_ns(),
+		.seen = flow_tick(ns),
+		.created_ns = ns,
 	};
 	bpf_map_update_elem(&conntrack, &p->flow, &fresh, BPF_ANY);
 	int action = forward(ctx, eth, svc->id, be_id, be, p, 1);
