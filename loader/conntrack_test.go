@@ -1,9 +1,13 @@
 package loader
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
+	"os"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xlb-dev/xlb/bpf"
@@ -291,5 +295,110 @@ func TestExpireFlows(t *testing.T) {
 	again, err := f.rec.ExpireFlows()
 	if err != nil || again.Expired != 0 || again.Live != live {
 		t.Fatalf("second sweep %+v, %v: want nothing expired", again, err)
+	}
+}
+
+// Table sizes are load-time settings: a restart with another size replaces
+// that table (at Commit), and with the backend tables the connection table,
+// whose flows name backend ids. The rest is adopted, flow timeouts included.
+func TestAdoptResizedTables(t *testing.T) {
+	requireRoot(t)
+	dir := fmt.Sprintf("/sys/fs/bpf/xlb-test-resize-%d", os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := standardDesired()
+	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 4243, dport: 80, tcpFlags: tcpSYN}
+	open := func(opts Options) *fixture {
+		opts.PinDir, opts.Logger = dir, quietLogger()
+		dp, err := Open(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: loIfIndex}, loIfIndex, quietLogger())
+		if err != nil {
+			dp.Close(false)
+			t.Fatal(err)
+		}
+		return &fixture{t: t, dp: dp, rec: rec}
+	}
+	hasFlow := func(f *fixture) bool {
+		var v bpf.XlbFlowValue
+		err := f.dp.Conntrack.Lookup(flowKeyOf(p), &v)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			t.Fatal(err)
+		}
+		return err == nil
+	}
+	timeouts := FlowTimeouts{TCPSyn: 2 * FlowTick, TCPEstablished: 9 * FlowTick, TCPClosing: 3 * FlowTick, UDP: 4 * FlowTick}
+
+	f := open(Options{})
+	f.apply(d)
+	if err := f.dp.SetFlowTimeouts(timeouts); err != nil {
+		t.Fatal(err)
+	}
+	f.run(p.build())
+	svcID := f.serviceID(vip4, 80, protoTCP)
+	if err := f.dp.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.dp.Close(true); err != nil {
+		t.Fatal(err)
+	}
+
+	steps := []struct {
+		name              string
+		opts              Options
+		conntrack, maxBes uint32
+		flowKept          bool
+	}{
+		{"same sizes", Options{}, uint32(bpf.XlbLimitsXLB_CONNTRACK_SIZE), MaxBackends, true},
+		{"conntrack resized", Options{ConntrackSize: 4096}, 4096, MaxBackends, false},
+		{"backend tables resized", Options{ConntrackSize: 4096, MaxBackends: 64}, 4096, 64, false},
+	}
+	for _, st := range steps {
+		g := open(st.opts)
+		if !g.dp.Adopted {
+			g.dp.Close(false)
+			t.Fatalf("%s: nothing adopted", st.name)
+		}
+		if got := g.serviceID(vip4, 80, protoTCP); got != svcID {
+			t.Errorf("%s: service id %d, was %d", st.name, got, svcID)
+		}
+		if got := g.dp.Conntrack.MaxEntries(); got != st.conntrack {
+			t.Errorf("%s: conntrack holds %d entries, want %d", st.name, got, st.conntrack)
+		}
+		if a, b := g.dp.Backends.MaxEntries(), g.dp.BackendStats.MaxEntries(); a != st.maxBes || b != st.maxBes {
+			t.Errorf("%s: backend tables hold %d and %d entries, want %d", st.name, a, b, st.maxBes)
+		}
+		if got := hasFlow(g); got != st.flowKept {
+			t.Errorf("%s: flow kept = %v, want %v", st.name, got, st.flowKept)
+		}
+		if got, err := g.dp.ReadFlowTimeouts(); err != nil || got != timeouts {
+			t.Errorf("%s: flow timeouts %+v (%v), want %+v", st.name, got, err, timeouts)
+		}
+		g.apply(d)
+		g.run(p.build())
+		if err := g.dp.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.dp.Close(true); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The backend ids are bounded by the new size.
+	g := open(Options{ConntrackSize: 4096, MaxBackends: 64})
+	defer func() {
+		if err := g.dp.Commit(); err != nil {
+			t.Error(err)
+		}
+		g.dp.Close(false)
+	}()
+	big := Desired{RingSize: 251, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, nil)}}
+	for i := range 65 {
+		big.Services[0].Backends = append(big.Services[0].Backends,
+			BackendSpec{Address: netip.AddrFrom4([4]byte{198, 18, 20, byte(i + 1)}), Weight: 1, State: StateUp})
+	}
+	if _, err := g.rec.Apply(t.Context(), big); !errors.Is(err, ErrFull) {
+		t.Fatalf("65 backends in a 64-entry table: %v, want ErrFull", err)
 	}
 }
