@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/xlb-dev/xlb/bpf"
+	"github.com/xlb-dev/xlb/config"
 )
 
 // nowTick is the datapath's flow clock.
@@ -400,5 +401,14 @@ func TestAdoptResizedTables(t *testing.T) {
 	}
 	if _, err := g.rec.Apply(t.Context(), big); !errors.Is(err, ErrFull) {
 		t.Fatalf("65 backends in a 64-entry table: %v, want ErrFull", err)
+	}
+}
+
+// The config's default table sizes are the ones compiled into xlb.h, which a
+// loader given no sizes uses.
+func TestDefaultSizesAreCompiled(t *testing.T) {
+	if config.DefaultConntrackSize != bpf.XlbLimitsXLB_CONNTRACK_SIZE || config.DefaultMaxBackends != MaxBackends {
+		t.Fatalf("config defaults %d flows, %d backends; xlb.h %d, %d",
+			config.DefaultConntrackSize, config.DefaultMaxBackends, bpf.XlbLimitsXLB_CONNTRACK_SIZE, MaxBackends)
 	}
 }
