@@ -587,7 +587,7 @@ static __always_inline int steer_established(struct xdp_md *ctx, struct ethhdr *
 		return -1;
 
 	ct->packets++;
-	/* Written once a tick, and a state bit once: not a store a packet. */
+	/* seen moves once a tick, flags once a state: no store a packet of their own. */
 	if (ct->seen != now)
 		ct->seen = now;
 	if (p->flow_flags & ~ct->flags)

@@ -404,6 +404,18 @@ func TestAdoptResizedTables(t *testing.T) {
 	}
 }
 
+// setDefaultTimeouts gives the datapath the default flow timeouts, as the
+// daemon does: the expiry check then runs in full.
+func (f *fixture) setDefaultTimeouts() {
+	f.t.Helper()
+	if err := f.dp.SetFlowTimeouts(FlowTimeouts{
+		TCPSyn: config.DefaultTCPSynTimeout, TCPEstablished: config.DefaultTCPEstablishedTimeout,
+		TCPClosing: config.DefaultTCPClosingTimeout, UDP: config.DefaultUDPTimeout,
+	}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
 // The config's default table sizes are the ones compiled into xlb.h, which a
 // loader given no sizes uses.
 func TestDefaultSizesAreCompiled(t *testing.T) {
