@@ -3,10 +3,12 @@ package control
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -191,5 +193,40 @@ func TestReloadFlowTimeouts(t *testing.T) {
 	}
 	if d := c.Config().Datapath; d.ConntrackSize != config.DefaultConntrackSize || d.UDPTimeout != 90*time.Second {
 		t.Fatalf("running [datapath] %+v: want the loaded table size and the new timeout", d)
+	}
+}
+
+// Backends added through the admin API take datapath ids too: together with
+// the configured ones they stay within [datapath] max_backends.
+func TestAddBackendWithinMaxBackends(t *testing.T) {
+	cfg, err := config.Parse([]byte(`
+[health_check]
+enabled = false
+[datapath]
+max_backends = 3
+[[service]]
+name = "web"
+vip = "198.19.0.10"
+port = 80
+  [[service.backend]]
+  address = "198.18.0.11"
+[[service]]
+name = "dns"
+vip = "198.19.0.10"
+port = 53
+protocol = "udp"
+  [[service.backend]]
+  address = "198.18.0.11"
+`), "max.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := New(cfg, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if _, err := c.AddBackend(AddRequest{Service: "web", Address: "198.18.0.12"}); err != nil {
+		t.Fatalf("third backend: %v", err)
+	}
+	_, err = c.AddBackend(AddRequest{Service: "dns", Address: "198.18.0.12"})
+	if !errors.Is(err, ErrBadRequest) || !strings.Contains(err.Error(), "max_backends = 3") {
+		t.Fatalf("fourth backend: %v, want ErrBadRequest naming max_backends", err)
 	}
 }
