@@ -12,7 +12,7 @@ FUZZTIME ?= 20s
 
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3
 
-.PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 demo fmt vet clean check-generate
+.PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 bench-l4 demo fmt vet clean check-generate
 
 all: build
 
@@ -98,7 +98,12 @@ bench-l7: build
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	$(GO) run ./scripts/benchl7 -xlb $(BIN)/xlb
 
-bench: bench-xdp bench-control bench-l7
+## bench-l4: iperf3 through an L4 VIP per forwarding mode vs the direct path, in namespaces (root)
+bench-l4: build
+	@command -v iperf3 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null; }
+	$(GO) run ./scripts/benchl4 -bin $(BIN)
+
+bench: bench-xdp bench-control bench-l7 bench-l4
 
 ## demo: namespaces, three backends, xlb, traffic, the spread, teardown
 demo: deps build

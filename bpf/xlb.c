@@ -68,6 +68,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 
+/* Key 0: struct idle_timeouts, the idle timeouts of conntrack entries. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct idle_timeouts);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flow_timeouts SEC(".maps");
+
 /* Egress interfaces other than the receiving one, keyed by ifindex. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
@@ -154,11 +163,17 @@ struct ipv6_frag_hdr {
 	__be32 identification;
 };
 
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
 /* The parsed packet: what the steering decision needs. */
 struct packet {
 	struct flow_key flow;
 	__u64 len;
-	__u8 tcp_flags; /* FIN/RST of the client */
+	__u8 flow_flags; /* enum flow_flags this TCP packet shows */
+	__u8 syn;        /* a TCP SYN without ACK: a connection's first packet */
 	__u8 fragment;  /* any fragment */
 	__u8 later_fragment; /* no transport header in this packet */
 	__u8 l4_truncated;
@@ -257,26 +272,48 @@ static __always_inline __u32 flow_hash(const struct flow_key *f, __u8 mode)
 	return murmur_final(h, 2 * alen + 8);
 }
 
-/* Reads the transport ports; returns 0 if the header is complete. */
-static __always_inline int parse_l4(struct packet *p, void *l4, void *end)
+/*
+ * Reads the transport ports; returns 0 if the header is complete. room is
+ * what the IP header says follows it: a header that fits the frame only
+ * thanks to Ethernet padding, or a TCP header longer than room, is cut.
+ */
+static __always_inline int parse_l4(struct packet *p, void *l4, void *end, __s64 room)
 {
 	if (p->flow.proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = l4;
 
-		if ((void *)(tcp + 1) > end || tcp->doff < 5)
+		if ((void *)(tcp + 1) > end || tcp->doff < 5 || (__s64)tcp->doff * 4 > room)
 			return -1;
 		p->flow.sport = bpf_ntohs(tcp->source);
 		p->flow.dport = bpf_ntohs(tcp->dest);
-		p->tcp_flags = tcp->fin | tcp->rst;
+		__u8 fl = ((__u8 *)tcp)[13];
+		if (fl & (TCP_FLAG_FIN | TCP_FLAG_RST))
+			p->flow_flags = XLB_FLOW_CLOSING;
+		else if ((fl & (TCP_FLAG_ACK | TCP_FLAG_SYN)) == TCP_FLAG_ACK)
+			p->flow_flags = XLB_FLOW_ESTABLISHED;
+		p->syn = (fl & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 		return 0;
 	}
 	struct udphdr *udp = l4;
 
-	if ((void *)(udp + 1) > end)
+	if ((void *)(udp + 1) > end || room < (__s64)sizeof(*udp))
 		return -1;
 	p->flow.sport = bpf_ntohs(udp->source);
 	p->flow.dport = bpf_ntohs(udp->dest);
 	return 0;
+}
+
+/*
+ * Does the IP header claim more bytes (len, counted from l3) than the frame
+ * holds? Padding makes a frame longer than its packet, never shorter. Only a
+ * multi-buffer frame's linear part ends before its packet does, so the helper
+ * that measures the whole frame is called only then.
+ */
+static __always_inline int longer_than_frame(struct xdp_md *ctx, void *l3, void *end, __u32 len)
+{
+	if (len <= (__u64)(end - l3))
+		return 0;
+	return (__u64)(l3 - (void *)(long)ctx->data) + len > bpf_xdp_get_buff_len(ctx);
 }
 
 enum parse_result {
@@ -286,16 +323,17 @@ enum parse_result {
 	PARSE_OTHER_PROTO,
 };
 
-static __always_inline int parse_ipv4(struct packet *p, void *data, void *end)
+static __always_inline int parse_ipv4(struct xdp_md *ctx, struct packet *p, void *data, void *end)
 {
 	struct iphdr *ip = data;
 
 	if ((void *)(ip + 1) > end)
 		return PARSE_MALFORMED;
 	__u32 hlen = ip->ihl * 4;
-	if (ip->version != 4 || hlen < sizeof(*ip) || bpf_ntohs(ip->tot_len) < hlen)
+	__u32 tot = bpf_ntohs(ip->tot_len);
+	if (ip->version != 4 || hlen < sizeof(*ip) || tot < hlen)
 		return PARSE_MALFORMED;
-	if (data + hlen > end)
+	if (data + hlen > end || longer_than_frame(ctx, data, end, tot))
 		return PARSE_MALFORMED;
 
 	p->flow.family = XLB_FAMILY_V4;
@@ -313,18 +351,21 @@ static __always_inline int parse_ipv4(struct packet *p, void *data, void *end)
 			return PARSE_OK;
 		}
 	}
-	if (parse_l4(p, data + hlen, end))
+	if (parse_l4(p, data + hlen, end, tot - hlen))
 		p->l4_truncated = 1;
 	return PARSE_OK;
 }
 
-static __always_inline int parse_ipv6(struct packet *p, void *data, void *end)
+static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *p, void *data, void *end)
 {
 	struct ipv6hdr *ip6 = data;
 
 	if ((void *)(ip6 + 1) > end)
 		return PARSE_MALFORMED;
-	if (ip6->version != 6)
+	/* No jumbograms (payload length 0 and a hop-by-hop option): XDP
+	 * frames are far below 64 KiB. */
+	__u32 len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	if (ip6->version != 6 || longer_than_frame(ctx, data, end, len))
 		return PARSE_MALFORMED;
 
 	p->flow.family = XLB_FAMILY_V6;
@@ -396,7 +437,8 @@ done:
 		return PARSE_OTHER_PROTO;
 	if (p->later_fragment)
 		return PARSE_OK;
-	if (parse_l4(p, cur, end))
+	/* Extension headers past the payload length leave room < 0. */
+	if (parse_l4(p, cur, end, (__s64)len - (cur - data)))
 		p->l4_truncated = 1;
 	return PARSE_OK;
 }
@@ -423,9 +465,9 @@ static __always_inline int parse(struct xdp_md *ctx, struct packet *p, struct et
 		l3 = vlan + 1;
 	}
 	if (proto == bpf_htons(ETH_P_IP))
-		return parse_ipv4(p, l3, end);
+		return parse_ipv4(ctx, p, l3, end);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(p, l3, end);
+		return parse_ipv6(ctx, p, l3, end);
 	return PARSE_NOT_IP;
 }
 
@@ -490,11 +532,45 @@ static __always_inline int usable(struct backend *be)
 	return be && (be->state == XLB_BE_UP || be->state == XLB_BE_DRAINING);
 }
 
+/* The clock of flow_value.seen: ticks of 2^XLB_FLOW_TICK_SHIFT ns. */
+static __always_inline __u32 flow_tick(__u64 ns)
+{
+	return ns >> XLB_FLOW_TICK_SHIFT;
+}
+
+/*
+ * Is a connection table entry gone: idle past its state's timeout, or a
+ * closed TCP flow whose ports the client opens again (a SYN)? Either way the
+ * service's ring places the packet as a new flow.
+ */
+static __always_inline int flow_gone(const struct flow_value *ct, const struct packet *p, __u32 now)
+{
+	__u32 zero = 0;
+	struct idle_timeouts *t = bpf_map_lookup_elem(&flow_timeouts, &zero);
+	__u32 idle;
+
+	if (p->syn && (ct->flags & XLB_FLOW_CLOSING))
+		return 1;
+	if (!t || !ct->seen)
+		return 0;
+	if (p->flow.proto == IPPROTO_UDP)
+		idle = t->udp;
+	else if (ct->flags & XLB_FLOW_CLOSING)
+		idle = t->tcp_closing;
+	else if (ct->flags & XLB_FLOW_ESTABLISHED)
+		idle = t->tcp_established;
+	else
+		idle = t->tcp_syn;
+	/* Signed: another CPU may have stamped the entry with the next tick. */
+	return idle && (__s32)(now - ct->seen) > (__s32)idle;
+}
+
 /*
  * An established flow: the connection table names its backend and service.
  * Checked before the service lookup because it is the common case and the
  * entry alone decides; entries only exist for L4 services. A backend that is
- * down or was removed makes the entry void (the service lookup then decides).
+ * down or was removed, or an entry that is gone (flow_gone), makes the entry
+ * void (the service lookup then decides).
  */
 static __always_inline int steer_established(struct xdp_md *ctx, struct ethhdr *eth, struct packet *p)
 {
@@ -502,14 +578,20 @@ static __always_inline int steer_established(struct xdp_md *ctx, struct ethhdr *
 
 	if (!ct)
 		return -1;
+	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
+	if (flow_gone(ct, p, now))
+		return -1;
 	__u32 be_id = ct->backend_id;
 	struct backend *be = bpf_map_lookup_elem(&backends, &be_id);
 	if (!usable(be) || be->service_id != ct->service_id)
 		return -1;
 
 	ct->packets++;
-	if (p->tcp_flags && !(ct->flags & XLB_FLOW_CLOSING))
-		ct->flags |= XLB_FLOW_CLOSING;
+	/* seen moves once a tick, flags once a state: no store a packet of their own. */
+	if (ct->seen != now)
+		ct->seen = now;
+	if (p->flow_flags & ~ct->flags)
+		ct->flags |= p->flow_flags;
 	return forward(ctx, eth, ct->service_id, be_id, be, p, 0);
 }
 
@@ -552,12 +634,14 @@ static __always_inline int steer_new(struct xdp_md *ctx, struct ethhdr *eth, str
 	if (p->later_fragment)
 		return forward(ctx, eth, svc->id, be_id, be, p, 0);
 
+	__u64 ns = bpf_ktime_get_coarse_ns();
 	struct flow_value fresh = {
 		.backend_id = be_id,
 		.service_id = svc->id,
-		.flags = p->tcp_flags ? XLB_FLOW_CLOSING : 0,
+		.flags = p->flow_flags,
 		.packets = 1,
-		.created_ns = bpf_ktime_get_coarse_ns(),
+		.seen = flow_tick(ns),
+		.created_ns = ns,
 	};
 	bpf_map_update_elem(&conntrack, &p->flow, &fresh, BPF_ANY);
 	int action = forward(ctx, eth, svc->id, be_id, be, p, 1);

@@ -12,9 +12,14 @@
 /* Sizes and constants; an enum so bpf2go hands them to Go too. */
 enum limits {
 	XLB_MAX_SERVICES = 1024, /* service ids: [0, XLB_MAX_SERVICES) */
-	XLB_MAX_BACKENDS = 16384, /* backend ids: [0, XLB_MAX_BACKENDS) */
+	/* backend ids: [0, XLB_MAX_BACKENDS); the loader resizes backends and
+	 * backend_stats to [datapath] max_backends */
+	XLB_MAX_BACKENDS = 16384,
 	XLB_MAX_SVC_KEYS = 4096, /* services map: services plus VIP markers */
+	/* resized by the loader to [datapath] conntrack_size */
 	XLB_CONNTRACK_SIZE = 262144,
+	/* flow_value.seen and flow_timeouts count ticks of 2^30 ns (1.07 s) */
+	XLB_FLOW_TICK_SHIFT = 30,
 	XLB_MAX_TX_PORTS = 64,
 	XLB_NAME_LEN = 48,
 	/* vip_filter: 2^16 bits, one per hash of a VIP address */
@@ -114,21 +119,40 @@ struct flow_key {
 	__u8 pad[2];
 };
 
+/*
+ * A TCP flow's state as the client's packets show it (DSR: the LB never sees
+ * the backend's). Neither bit: only the SYN was seen. UDP flows keep 0.
+ */
 enum flow_flags {
-	XLB_FLOW_CLOSING = 1, /* the client sent FIN or RST */
+	XLB_FLOW_CLOSING = 1,     /* the client sent FIN or RST */
+	XLB_FLOW_ESTABLISHED = 2, /* the client sent an ACK without SYN */
 };
 
 struct flow_value {
 	__u32 backend_id;
 	__u16 service_id; /* for the counters of an established flow */
 	__u16 flags;      /* enum flow_flags */
+	__u32 packets;    /* packets seen, wrapping */
 	/*
-	 * Packets seen, wrapping. Readers tell an active flow from an idle one
-	 * by watching it change: cheaper per packet than reading a clock.
+	 * Tick (bpf_ktime_get_coarse_ns >> XLB_FLOW_TICK_SHIFT) of the last
+	 * packet: an entry idle longer than its state's flow_timeouts is gone.
+	 * 0: written by a build before timeouts (this was padding), which
+	 * counts as seen now until a packet or the loader's sweep stamps it.
 	 */
-	__u32 packets;
-	__u32 pad;
+	__u32 seen;
 	__u64 created_ns; /* bpf_ktime_get_coarse_ns at the first packet */
+};
+
+/*
+ * Idle timeouts of connection table entries in ticks, by protocol and TCP
+ * state; 0 never expires. The one entry of the flow_timeouts map, written
+ * by the daemon from [datapath] (a reload changes it in place).
+ */
+struct idle_timeouts {
+	__u32 tcp_syn;
+	__u32 tcp_established;
+	__u32 tcp_closing;
+	__u32 udp;
 };
 
 struct counters {

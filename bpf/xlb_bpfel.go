@@ -61,7 +61,8 @@ const (
 type XlbFlowFlags uint32
 
 const (
-	XlbFlowFlagsXLB_FLOW_CLOSING XlbFlowFlags = 1
+	XlbFlowFlagsXLB_FLOW_CLOSING     XlbFlowFlags = 1
+	XlbFlowFlagsXLB_FLOW_ESTABLISHED XlbFlowFlags = 2
 )
 
 type XlbFlowKey struct {
@@ -81,7 +82,7 @@ type XlbFlowValue struct {
 	ServiceId uint16
 	Flags     uint16
 	Packets   uint32
-	Pad       uint32
+	Seen      uint32
 	CreatedNs uint64
 }
 
@@ -92,6 +93,14 @@ const (
 	XlbHashModeXLB_HASH_FLOW XlbHashMode = 1
 )
 
+type XlbIdleTimeouts struct {
+	_              structs.HostLayout
+	TcpSyn         uint32
+	TcpEstablished uint32
+	TcpClosing     uint32
+	Udp            uint32
+}
+
 type XlbLimits uint32
 
 const (
@@ -99,6 +108,7 @@ const (
 	XlbLimitsXLB_MAX_BACKENDS     XlbLimits = 16384
 	XlbLimitsXLB_MAX_SVC_KEYS     XlbLimits = 4096
 	XlbLimitsXLB_CONNTRACK_SIZE   XlbLimits = 262144
+	XlbLimitsXLB_FLOW_TICK_SHIFT  XlbLimits = 30
 	XlbLimitsXLB_MAX_TX_PORTS     XlbLimits = 64
 	XlbLimitsXLB_NAME_LEN         XlbLimits = 48
 	XlbLimitsXLB_VIP_FILTER_WORDS XlbLimits = 1024
@@ -165,6 +175,7 @@ const (
 	XlbMapBackendStats    = "backend_stats"
 	XlbMapBackends        = "backends"
 	XlbMapConntrack       = "conntrack"
+	XlbMapFlowTimeouts    = "flow_timeouts"
 	XlbMapReasonStats     = "reason_stats"
 	XlbMapRings           = "rings"
 	XlbMapServiceInfo     = "service_info"
@@ -237,6 +248,7 @@ type XlbMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	FlowTimeouts *ebpf.MapSpec `ebpf:"flow_timeouts"`
 	ReasonStats  *ebpf.MapSpec `ebpf:"reason_stats"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceInfo  *ebpf.MapSpec `ebpf:"service_info"`
@@ -283,6 +295,7 @@ type XlbMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	FlowTimeouts *ebpf.Map `ebpf:"flow_timeouts"`
 	ReasonStats  *ebpf.Map `ebpf:"reason_stats"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceInfo  *ebpf.Map `ebpf:"service_info"`
@@ -297,6 +310,7 @@ func (m *XlbMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Conntrack,
+		m.FlowTimeouts,
 		m.ReasonStats,
 		m.Rings,
 		m.ServiceInfo,

@@ -58,8 +58,16 @@ type XlbBenchFlowValue struct {
 	ServiceId uint16
 	Flags     uint16
 	Packets   uint32
-	Pad       uint32
+	Seen      uint32
 	CreatedNs uint64
+}
+
+type XlbBenchIdleTimeouts struct {
+	_              structs.HostLayout
+	TcpSyn         uint32
+	TcpEstablished uint32
+	TcpClosing     uint32
+	Udp            uint32
 }
 
 type XlbBenchSvcInfo struct {
@@ -96,6 +104,7 @@ const (
 	XlbBenchMapBackendStats    = "backend_stats"
 	XlbBenchMapBackends        = "backends"
 	XlbBenchMapConntrack       = "conntrack"
+	XlbBenchMapFlowTimeouts    = "flow_timeouts"
 	XlbBenchMapReasonStats     = "reason_stats"
 	XlbBenchMapRings           = "rings"
 	XlbBenchMapServiceInfo     = "service_info"
@@ -168,6 +177,7 @@ type XlbBenchMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
+	FlowTimeouts *ebpf.MapSpec `ebpf:"flow_timeouts"`
 	ReasonStats  *ebpf.MapSpec `ebpf:"reason_stats"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceInfo  *ebpf.MapSpec `ebpf:"service_info"`
@@ -214,6 +224,7 @@ type XlbBenchMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
+	FlowTimeouts *ebpf.Map `ebpf:"flow_timeouts"`
 	ReasonStats  *ebpf.Map `ebpf:"reason_stats"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceInfo  *ebpf.Map `ebpf:"service_info"`
@@ -228,6 +239,7 @@ func (m *XlbBenchMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.Conntrack,
+		m.FlowTimeouts,
 		m.ReasonStats,
 		m.Rings,
 		m.ServiceInfo,

@@ -159,6 +159,7 @@ type Config struct {
 	// what a service without its own [service.health_check] uses.
 	HealthCheck HealthCheck
 	Admin       Admin
+	Datapath    Datapath
 	Services    []Service
 }
 
@@ -383,6 +384,7 @@ func (c *Config) ApplyDefaults() {
 	}
 	c.HealthCheck.fillFrom(DefaultHealthCheck())
 	c.Admin.applyDefaults()
+	c.Datapath.applyDefaults()
 
 	for i := range c.Services {
 		s := &c.Services[i]

@@ -47,6 +47,7 @@ func TestParseValid(t *testing.T) {
 		},
 		HealthCheck: DefaultHealthCheck(),
 		Admin:       DefaultAdmin(),
+		Datapath:    DefaultDatapath(),
 		Services: []Service{
 			{
 				Name: "web", VIP: netip.MustParseAddr("198.19.0.10"), Port: 80,
@@ -150,6 +151,7 @@ func TestExampleConfig(t *testing.T) {
 		"listen", "token_file", "token_env", "drain_timeout",
 		"algorithm", "health_check_path", "health_check_port",
 		"shutdown_grace", "threads", "head_timeout", "idle_timeout", "client_timeout", "max_request_line", "max_request_head",
+		"conntrack_size", "max_backends", "tcp_syn_timeout", "tcp_established_timeout", "tcp_closing_timeout", "udp_timeout",
 		"hosts", "path_prefix", "add_vip", "lb_endpoints", "connect_timeout", "response_header_timeout",
 		"request_timeout", "retry_idempotent", "max_in_flight",
 		"cookie", "ttl", "max_fails", "ejection", "max_ejection",
@@ -164,7 +166,7 @@ func TestExampleConfig(t *testing.T) {
 	// be shown in a comment; so is the compatibility form (TestLegacyExample
 	// parses it).
 	for _, key := range []string{"drain_timeout_secs", "listen_address", "listen_port",
-		"shutdown_grace_secs", "connect_timeout_secs"} {
+		"shutdown_grace_secs", "connect_timeout_secs", "udp_timeout_secs"} {
 		if !strings.Contains(string(src), "# "+key+" = ") {
 			t.Errorf("examples/xlb.toml does not show key %q", key)
 		}

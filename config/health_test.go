@@ -296,6 +296,7 @@ func TestLegacyForm(t *testing.T) {
 			LogFormat: "text", LogLevel: "info", ShutdownGrace: DefaultShutdownGrace, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead},
 		HealthCheck: check,
 		Admin:       DefaultAdmin(),
+		Datapath:    DefaultDatapath(),
 		Services: []Service{withL7Defaults(Service{
 			Name: "default", VIP: netip.MustParseAddr("0.0.0.0"), Port: 8080,
 			Protocol: ProtoTCP, Mode: ModeL7, Algorithm: AlgoRoundRobin, HealthCheck: check, Line: 1,

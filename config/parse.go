@@ -62,6 +62,7 @@ func decodeConfig(root *table) (cfg *Config, legacy bool) {
 	global := decodeHealthCheck(root.table("health_check"))
 	cfg.HealthCheck = global.resolve(DefaultHealthCheck())
 	cfg.Admin = decodeAdmin(root.table("admin"))
+	cfg.Datapath = decodeDatapath(root.table("datapath"))
 
 	services := root.tables("service")
 	if legacyForm(root) {

@@ -32,6 +32,7 @@ func validate(c *Config, lines keyLines, errs *collector, legacy bool) {
 	v.daemon(&c.Daemon)
 	v.healthCheck("health_check", 0, &c.HealthCheck, nil)
 	v.admin(&c.Admin)
+	v.datapath(c)
 	v.services(c)
 }
 

@@ -41,6 +41,11 @@ const (
 // flowsPoll is how often backends being removed are checked for open flows.
 const flowsPoll = time.Second
 
+// flowSweep is how often the connection table is swept of expired flows
+// (Reconciler.ExpireFlows): the datapath ignores them already, the sweep
+// frees their room. One sweep reads the whole table.
+const flowSweep = 10 * time.Second
+
 type backend struct {
 	id         string // service@address (L4) or service@address:port (L7)
 	address    netip.Addr
@@ -252,7 +257,35 @@ func (c *Controller) Start(ctx context.Context) error {
 		c.transitions, c.unsubscribe = c.hm.Subscribe(64)
 	}
 	c.syncHealth()
+	if c.maps != nil {
+		if err := c.maps.SetFlowTimeouts(flowTimeouts(c.cfg.Datapath)); err != nil {
+			return err
+		}
+	}
 	return c.reconcile(ctx)
+}
+
+// flowTimeouts are the datapath's idle timeouts of [datapath].
+func flowTimeouts(d config.Datapath) loader.FlowTimeouts {
+	return loader.FlowTimeouts{
+		TCPSyn: d.TCPSynTimeout, TCPEstablished: d.TCPEstablishedTimeout,
+		TCPClosing: d.TCPClosingTimeout, UDP: d.UDPTimeout,
+	}
+}
+
+// sweepFlows deletes the connection table's expired flows.
+func (c *Controller) sweepFlows() {
+	if c.rec == nil {
+		return
+	}
+	s, err := c.rec.ExpireFlows()
+	if err != nil {
+		c.log.Warn("sweeping the connection table", "err", err)
+		return
+	}
+	if s.Expired > 0 {
+		c.log.Debug("expired flows deleted", "expired", s.Expired, "live", s.Live)
+	}
 }
 
 // Run keeps the desired state applied until ctx ends: on health transitions,
@@ -264,10 +297,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	poll := time.NewTicker(flowsPoll)
 	defer poll.Stop()
+	sweep := time.NewTicker(flowSweep)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-sweep.C:
+			c.sweepFlows()
 		case tr := <-c.transitions:
 			// One reconcile covers every transition already queued; each
 			// is logged as applied.
@@ -509,6 +546,19 @@ func (c *Controller) Reload(cfg *config.Config) error {
 		c.log.Warn("reload: [daemon] changes need a restart; applying the rest")
 		cfg.Daemon = c.cfg.Daemon
 	}
+	// Table sizes are fixed when the datapath loads; timeouts are a map.
+	old, next := c.cfg.Datapath, cfg.Datapath
+	if old.ConntrackSize != next.ConntrackSize || old.MaxBackends != next.MaxBackends {
+		c.log.Warn("reload: [datapath] table sizes need a restart; applying the rest")
+		cfg.Datapath.ConntrackSize, cfg.Datapath.MaxBackends = old.ConntrackSize, old.MaxBackends
+	}
+	retimed := c.maps != nil && flowTimeouts(old) != flowTimeouts(next)
+	if retimed {
+		if err := c.maps.SetFlowTimeouts(flowTimeouts(next)); err != nil {
+			c.mu.Unlock()
+			return err
+		}
+	}
 	prevServices, prevCfg := c.services, c.cfg
 	c.services = buildServices(cfg, c.services)
 	c.assignMarks(c.services)
@@ -516,11 +566,21 @@ func (c *Controller) Reload(cfg *config.Config) error {
 	if c.l7 != nil {
 		if err := c.l7.Update(c.l7Configs()); err != nil {
 			c.services, c.cfg = prevServices, prevCfg
+			if retimed {
+				if rerr := c.maps.SetFlowTimeouts(flowTimeouts(old)); rerr != nil {
+					c.log.Error("reload refused, but the new flow timeouts stay", "err", rerr)
+				}
+			}
 			c.mu.Unlock()
 			return fmt.Errorf("L7 tier: %w", err)
 		}
 	}
 	c.mu.Unlock()
+	if retimed {
+		c.log.Info("reload: flow idle timeouts changed", "tcp_syn", next.TCPSynTimeout.String(),
+			"tcp_established", next.TCPEstablishedTimeout.String(), "tcp_closing", next.TCPClosingTimeout.String(),
+			"udp", next.UDPTimeout.String())
+	}
 	c.syncHealth()
 	c.requestReconcile()
 	c.log.Info("config reloaded", "services", len(cfg.Services))
@@ -606,9 +666,9 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 		c.mu.Unlock()
 		return BackendInfo{}, fmt.Errorf("%w: %s", ErrExists, nb.id)
 	}
-	if len(s.backends) >= int(loader.MaxBackends) {
+	if limit := int(c.cfg.Datapath.MaxBackends); len(s.backends) >= limit || s.cfg.Mode == config.ModeL4 && c.l4Backends() >= limit {
 		c.mu.Unlock()
-		return BackendInfo{}, fmt.Errorf("%w: too many backends", ErrBadRequest)
+		return BackendInfo{}, fmt.Errorf("%w: too many backends ([datapath] max_backends = %d)", ErrBadRequest, limit)
 	}
 	s.backends = append(s.backends, nb)
 	c.assignMark(nb)
@@ -618,6 +678,18 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 	c.syncHealth()
 	c.requestReconcile()
 	return info, nil
+}
+
+// l4Backends counts the backends of every L4 service: each takes a datapath
+// id. The caller holds c.mu.
+func (c *Controller) l4Backends() int {
+	n := 0
+	for _, s := range c.services {
+		if s.cfg.Mode == config.ModeL4 {
+			n += len(s.backends)
+		}
+	}
+	return n
 }
 
 // SetAdminState drains (AdminDraining) or readies (AdminReady) a backend.

@@ -1,11 +1,9 @@
 package l7
 
 import (
-	"errors"
-	"github.com/xlb-dev/xlb/l7/h1"
-
 	"cmp"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -13,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/xlb-dev/xlb/l7/h1"
 )
 
 // service is one L7 service as applied by an Update: its configuration,

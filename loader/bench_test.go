@@ -31,6 +31,7 @@ const benchNewFlows = 200_000
 // flow.
 func BenchmarkXDP(b *testing.B) {
 	f := newFixture(b, standardDesired())
+	f.setDefaultTimeouts()
 	established4 := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 40000, dport: 80, tcpFlags: tcpACK, payload: 64}.build()
 	established6 := pkt{src: client6, dst: vip6, proto: protoTCP, sport: 40000, dport: 80, tcpFlags: tcpACK, payload: 64}.build()
 	nonVIP := pkt{src: client4, dst: netip.MustParseAddr("198.19.0.99"), proto: protoTCP, sport: 40000, dport: 80, payload: 64}.build()
@@ -53,6 +54,7 @@ func BenchmarkXDP(b *testing.B) {
 		// each rerun is a new flow: a conntrack miss, a Maglev pick and an
 		// insert (with LRU eviction once the table is full).
 		nf := newFixtureWith(b, standardDesired(), bpf.LoadXlbBench)
+		nf.setDefaultTimeouts()
 		data := pkt{src: netip.MustParseAddr("198.18.0.0"), dst: vip4, proto: protoTCP, sport: 40000, dport: 80, tcpFlags: tcpSYN, payload: 64}.build()
 		ns := nf.kernelNs(b, nf.dp.Program, data, benchRepeat, xdpTX, rTX)
 		sc, _ := nf.dp.ServiceCounters(nf.serviceID(vip4, 80, protoTCP))

@@ -10,14 +10,15 @@ import (
 	"github.com/xlb-dev/xlb/bpf"
 )
 
-// checkpointMaps are the maps the reconciler writes, in the order a restore
-// writes them back: egress ports and backends before the services and rings
-// that point at them, as Apply does. The counters are left out (the program
-// writes them all the time, so a copy is stale at once), and so is the
-// connection table (only the program writes it).
+// checkpointMaps are the maps the daemon writes as it starts, in the order a
+// restore writes them back: egress ports and backends before the services and
+// rings that point at them, as Apply does; and the flow timeouts. The counters
+// are left out (the program writes them all the time, so a copy is stale at
+// once), and so is the connection table (the program writes it, the daemon
+// only sweeps it once running).
 var checkpointMaps = []string{
 	bpf.XlbMapTxPorts, bpf.XlbMapBackends, bpf.XlbMapServiceInfo,
-	bpf.XlbMapRings, bpf.XlbMapServices, bpf.XlbMapVipFilter,
+	bpf.XlbMapRings, bpf.XlbMapServices, bpf.XlbMapVipFilter, bpf.XlbMapFlowTimeouts,
 }
 
 // checkpoint is what the reconciler's maps held when a start adopted them, so

@@ -42,8 +42,11 @@ type Options struct {
 	// KeepOnExit says the caller means to Close(true): Open refuses a PinDir
 	// whose bpffs would go with this process (ErrPinsDieWithProcess).
 	KeepOnExit bool
-	// ConntrackSize overrides the connection table's capacity (0: default).
+	// ConntrackSize and MaxBackends size the connection table and the
+	// backend tables (0: the sizes in xlb.h). A pinned map of another size
+	// is replaced, and with the backends map the flows that name its ids.
 	ConntrackSize uint32
+	MaxBackends   uint32
 	Logger        *slog.Logger
 
 	// spec loads the collection; nil means bpf.LoadXlb. The XDP benchmark
@@ -110,6 +113,10 @@ func Open(opts Options) (*Datapath, error) {
 	}
 	if opts.ConntrackSize > 0 {
 		spec.Maps[bpf.XlbMapConntrack].MaxEntries = opts.ConntrackSize
+	}
+	if opts.MaxBackends > 0 {
+		spec.Maps[bpf.XlbMapBackends].MaxEntries = opts.MaxBackends
+		spec.Maps[bpf.XlbMapBackendStats].MaxEntries = opts.MaxBackends
 	}
 	d := &Datapath{pinDir: opts.PinDir, log: log}
 	if opts.PinDir == "" {
@@ -408,6 +415,13 @@ func splitPins(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) (fresh m
 			"map", name, "reason", cerr.Error())
 		fresh[name] = true
 		ms.Pinning = ebpf.PinNone
+	}
+	// Flows name backend and service ids, which fresh maps hand out anew:
+	// an adopted flow would reach whichever backend gets its id.
+	if (fresh[bpf.XlbMapBackends] || fresh[bpf.XlbMapServices]) && !fresh[bpf.XlbMapConntrack] {
+		log.Warn("backend or service ids start afresh: a new connection table replaces the pinned one too (flows are placed anew)")
+		fresh[bpf.XlbMapConntrack] = true
+		spec.Maps[bpf.XlbMapConntrack].Pinning = ebpf.PinNone
 	}
 	return fresh, adopted, nil
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -117,6 +118,9 @@ func TestFailedStartLeavesAdoptedDatapath(t *testing.T) {
 
 	first := openOn(t, dir, "xlbt-life0", ifindex, other)
 	first.apply(standardDesired())
+	if err := first.dp.SetFlowTimeouts(FlowTimeouts{TCPSyn: time.Minute, UDP: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
 	if err := first.dp.Commit(); err != nil {
 		t.Fatal(err)
 	}
@@ -140,6 +144,9 @@ func TestFailedStartLeavesAdoptedDatapath(t *testing.T) {
 	d := standardDesired()
 	d.Services = append(d.Services[1:], webService(vip4, 8080, protoTCP, HashIP, be4[:1]))
 	second.apply(d)
+	if err := second.dp.SetFlowTimeouts(FlowTimeouts{UDP: time.Second}); err != nil {
+		t.Fatal(err)
+	}
 	if err := second.dp.Close(false); err != nil {
 		t.Fatalf("close before commit: %v", err)
 	}
@@ -155,6 +162,14 @@ func TestFailedStartLeavesAdoptedDatapath(t *testing.T) {
 		if !maps.EqualFunc(after[name], dump[name], slices.Equal) {
 			t.Errorf("map %s changed by the failed start: %d entries, were %d", name, len(after[name]), len(dump[name]))
 		}
+	}
+	if pinned, err := OpenPinnedMaps(dir); err != nil {
+		t.Error(err)
+	} else {
+		if got, err := pinned.ReadFlowTimeouts(); err != nil || got.UDP != 56*FlowTick {
+			t.Errorf("flow timeouts after the failed start: %+v, %v; want the kept udp 1m (56 ticks)", got, err)
+		}
+		pinned.Close()
 	}
 	p.sport = 2 // a new flow: the ring decides
 	if v, m := verdictOf(t, prog, p.build()); v != verdict || m != macs {

@@ -12,10 +12,12 @@ func prometheusTimer(h prometheus.Histogram) func() {
 	return func() { h.Observe(time.Since(start).Seconds()) }
 }
 
-// Metrics instruments the reconciler.
+// Metrics instruments the reconciler and its sweeps of the connection table.
 type Metrics struct {
 	rebuilds  prometheus.Counter
 	reconcile prometheus.Histogram
+	expired   prometheus.Counter
+	flows     prometheus.Gauge
 }
 
 // NewMetrics registers the reconciler's metrics with reg.
@@ -30,9 +32,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to turn a desired state into map writes.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "xlb", Name: "conntrack_expired_total",
+			Help: "Connection table entries deleted after their idle timeout.",
+		}),
+		flows: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "xlb", Name: "conntrack_entries",
+			Help: "Connection table entries left by the last expiry sweep.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.rebuilds, m.reconcile)
+		reg.MustRegister(m.rebuilds, m.reconcile, m.expired, m.flows)
 	}
 	return m
 }

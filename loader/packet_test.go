@@ -144,12 +144,33 @@ func (p pkt) l4() []byte {
 	return payload
 }
 
+// l3Offset is where the IP header starts in build()'s output.
+func (p pkt) l3Offset() int {
+	if p.vlan != 0 {
+		return 18
+	}
+	return 14
+}
+
+// setIPLength writes n as b's IP length, b being p's frame or a prefix of it:
+// the total length for IPv4 (header checksum updated), the payload length
+// plus the 40-byte header for IPv6. It returns b.
+func (p pkt) setIPLength(b []byte, n int) []byte {
+	ip := b[p.l3Offset():]
+	if p.src.Is4() {
+		binary.BigEndian.PutUint16(ip[2:], uint16(n))
+		hl := 20 + 4*p.ipOptions
+		binary.BigEndian.PutUint16(ip[10:], 0)
+		binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip[:hl]))
+		return b
+	}
+	binary.BigEndian.PutUint16(ip[4:], uint16(n-40))
+	return b
+}
+
 // l4Offset is where the transport header starts in build()'s output.
 func (p pkt) l4Offset() int {
-	off := 14
-	if p.vlan != 0 {
-		off += 4
-	}
+	off := p.l3Offset()
 	if p.src.Is4() {
 		return off + 20 + 4*p.ipOptions
 	}

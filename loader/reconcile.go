@@ -170,7 +170,7 @@ func NewReconciler(maps *Maps, resolver Resolver, xdpIfIndex int, log *slog.Logg
 		backends:       map[beIdent]*beState{},
 		txPorts:        map[uint32]bool{},
 		svcIDs:         newIDPool(MaxServices),
-		beIDs:          newIDPool(MaxBackends),
+		beIDs:          newIDPool(maps.Backends.MaxEntries()),
 	}
 	if err := r.recover(); err != nil {
 		return nil, fmt.Errorf("read current datapath state: %w", err)

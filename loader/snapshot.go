@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/xlb-dev/xlb/bpf"
 )
@@ -50,8 +47,8 @@ type BackendStatus struct {
 	Bytes    uint64  `json:"bytes"`
 	NewFlows uint64  `json:"new_flows"`
 	// OpenFlows counts its connection table entries whose client has not
-	// sent FIN or RST: the flows a drain waits for. Idle entries stay until
-	// the LRU table evicts them.
+	// sent FIN or RST and that are not past their idle timeout: the flows a
+	// drain waits for.
 	OpenFlows int `json:"open_flows"`
 }
 
@@ -162,55 +159,6 @@ func (m *Maps) fillShares(s *ServiceStatus) error {
 		b.Share = float64(b.Slots) / float64(len(ring))
 	}
 	return nil
-}
-
-// OpenFlows counts connection table entries per backend id whose client has
-// not closed them.
-func (m *Maps) OpenFlows() (map[uint32]int, error) {
-	now, err := monotonicNow()
-	if err != nil {
-		return nil, err
-	}
-	out := map[uint32]int{}
-	var k bpf.XlbFlowKey
-	var v bpf.XlbFlowValue
-	it := m.Conntrack.Iterate()
-	for it.Next(&k, &v) {
-		if flowOpen(k, v, now) {
-			out[v.BackendId]++
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read conntrack: %w", err)
-	}
-	return out, nil
-}
-
-// abandonedHandshake: a TCP flow that saw only its first packet this long ago
-// never completed its handshake (refused or unanswered by the backend, whose
-// RST goes straight to the client): it is not an open connection.
-const abandonedHandshake = 3 * time.Second
-
-// flowOpen reports whether a connection table entry is a connection a drain
-// should wait for: not closed by the client (FIN/RST), and for TCP past its
-// first packet unless that packet is recent.
-func flowOpen(k bpf.XlbFlowKey, v bpf.XlbFlowValue, now uint64) bool {
-	if v.Flags&uint16(bpf.XlbFlowFlagsXLB_FLOW_CLOSING) != 0 {
-		return false
-	}
-	if k.Proto == 6 && v.Packets <= 1 && now > v.CreatedNs && now-v.CreatedNs > uint64(abandonedHandshake) {
-		return false
-	}
-	return true
-}
-
-// monotonicNow reads the clock bpf_ktime_get_coarse_ns counts on.
-func monotonicNow() (uint64, error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0, err
-	}
-	return uint64(ts.Nano()), nil
 }
 
 func protoName(p uint8) string {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -155,9 +156,11 @@ func TestXDPFragmentsFollowSource(t *testing.T) {
 	}
 }
 
-// Every prefix of a valid packet gets a defined verdict: PASS while the L2/L3
-// headers are incomplete, DROP once it is known to be for an L4 VIP but its
-// transport header is cut, TX when the transport header is complete.
+// Every prefix of a valid packet gets a defined verdict. Cut as it is, its IP
+// header claims more than the frame holds: pass/malformed. With the IP length
+// cut to match, it is PASS while the L2/L3 headers are incomplete, DROP once
+// it is known to be for an L4 VIP but its transport header is cut, TX when the
+// transport header is complete.
 func TestXDPTruncation(t *testing.T) {
 	f := newFixture(t, standardDesired())
 	bases := []struct {
@@ -174,10 +177,7 @@ func TestXDPTruncation(t *testing.T) {
 	}
 	for _, b := range bases {
 		full := b.p.build()
-		l3 := 14
-		if b.p.vlan != 0 {
-			l3 = 18
-		}
+		l3 := b.p.l3Offset()
 		l3min := l3 + 20 + 4*b.p.ipOptions
 		if b.p.src.Is6() {
 			l3min = l3 + 40
@@ -188,48 +188,121 @@ func TestXDPTruncation(t *testing.T) {
 			l4min = l4 + 8
 		}
 		for n := 14; n <= len(full); n++ {
-			want, reasonWant := uint32(xdpTX), rTX
-			switch {
-			case n < l3min:
-				want, reasonWant = xdpPass, rMalformed
-			case n < l4min:
-				want, reasonWant = xdpDrop, rTruncated
+			cut := slices.Clone(full[:n])
+			want, reasonWant := uint32(xdpPass), rMalformed
+			if n == len(full) {
+				want, reasonWant = xdpTX, rTX
 			}
 			t.Run(fmt.Sprintf("%s/%d", b.name, n), func(t *testing.T) {
-				f.expectOne(t, full[:n], want, reasonWant)
+				f.expectOne(t, cut, want, reasonWant)
+			})
+			if n < l3min {
+				continue // no IP length to fix
+			}
+			want, reasonWant = xdpTX, rTX
+			if n < l4min {
+				want, reasonWant = xdpDrop, rTruncated
+			}
+			t.Run(fmt.Sprintf("%s/%d/length-fixed", b.name, n), func(t *testing.T) {
+				f.expectOne(t, b.p.setIPLength(cut, n-l3), want, reasonWant)
 			})
 		}
 	}
 }
 
-// Malformed headers get defined verdicts too.
+// Malformed headers get defined verdicts too. An IP length beyond the frame is
+// malformed wherever the packet goes; one that ends inside the transport
+// header (the frame padded, as Ethernet pads short frames) cuts that header.
 func TestXDPMalformed(t *testing.T) {
 	f := newFixture(t, standardDesired())
 	base := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1000, dport: 80}
-	mutate := func(fn func(b []byte)) []byte {
-		b := base.build()
+	base6 := pkt{src: client6, dst: vip6, proto: protoUDP, sport: 1000, dport: 53}
+	mutate := func(p pkt, fn func(b []byte)) []byte {
+		b := p.build()
 		fn(b)
 		return b
 	}
+	// ipLen builds p with its IP length set to n (total length for IPv4,
+	// the header included; payload length plus 40 for IPv6). Below the
+	// frame's length, the rest of the frame is padding.
+	ipLen := func(p pkt, n int) []byte { return p.setIPLength(p.build(), n) }
+	padded := func(p pkt, to int) []byte {
+		b := p.build()
+		return append(b, make([]byte, to-len(b))...)
+	}
+	shortUDP := pkt{src: client4, dst: vip4, proto: protoUDP, sport: 1000, dport: 53, payload: 2}
 	cases := []struct {
 		name    string
 		data    []byte
 		verdict uint32
 		reason  int
 	}{
-		{"ihl below 5", mutate(func(b []byte) { b[14] = 0x44 }), xdpPass, rMalformed},
-		{"ihl beyond packet", mutate(func(b []byte) { b[14] = 0x4f }), xdpPass, rMalformed},
-		{"version 6 in ipv4 frame", mutate(func(b []byte) { b[14] = 0x65 }), xdpPass, rMalformed},
-		{"total length below header", mutate(func(b []byte) { b[16], b[17] = 0, 10 }), xdpPass, rMalformed},
-		{"tcp data offset below 5", mutate(func(b []byte) { b[14+20+12] = 0x40 }), xdpDrop, rTruncated},
-		{"ipv6 version mismatch", func() []byte {
-			b := pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1, dport: 80}.build()
-			b[14] = 0x40
-			return b
-		}(), xdpPass, rMalformed},
+		{"ihl below 5", mutate(base, func(b []byte) { b[14] = 0x44 }), xdpPass, rMalformed},
+		{"ihl beyond packet", mutate(base, func(b []byte) { b[14] = 0x4f }), xdpPass, rMalformed},
+		{"version 6 in ipv4 frame", mutate(base, func(b []byte) { b[14] = 0x65 }), xdpPass, rMalformed},
+		{"total length below header", ipLen(base, 10), xdpPass, rMalformed},
+		{"total length one beyond the frame", ipLen(base, 41), xdpPass, rMalformed},
+		{"total length beyond the frame, not a VIP", ipLen(pkt{src: client4, dst: netip.MustParseAddr("198.19.0.99"), proto: protoTCP, sport: 1, dport: 80}, 1500), xdpPass, rMalformed},
+		{"total length beyond the frame, other protocol", ipLen(pkt{src: client4, dst: vip4, proto: 1, payload: 8}, 64), xdpPass, rMalformed},
+		{"ipv6 payload length one beyond the frame", ipLen(base6, 49), xdpPass, rMalformed},
+		{"ipv6 payload length beyond the frame, not a VIP", ipLen(pkt{src: client6, dst: netip.MustParseAddr("2001:db8:19::99"), proto: protoTCP, sport: 1, dport: 80}, 1500), xdpPass, rMalformed},
+		{"ipv4 frame padded to 60 bytes", padded(shortUDP, 60), xdpTX, rTX},
+		{"ipv6 frame padded past the packet", padded(base6, 90), xdpTX, rTX},
+		{"total length ends inside the tcp header", ipLen(pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, payload: 20}, 20+19), xdpDrop, rTruncated},
+		{"total length ends inside the udp header", ipLen(pkt{src: client4, dst: vip4, proto: protoUDP, sport: 1, dport: 53, payload: 30}, 20+7), xdpDrop, rTruncated},
+		{"ipv6 payload length ends inside the udp header", ipLen(pkt{src: client6, dst: vip6, proto: protoUDP, sport: 1, dport: 53, payload: 30}, 40+4), xdpDrop, rTruncated},
+		{"ipv6 extension header beyond the payload length", ipLen(pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1, dport: 80, proto6Ext: []uint8{0}, payload: 40}, 40+4), xdpDrop, rTruncated},
+		{"tcp data offset below 5", mutate(base, func(b []byte) { b[14+20+12] = 0x40 }), xdpDrop, rTruncated},
+		{"tcp data offset beyond the ip length", mutate(pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, payload: 30}, func(b []byte) { b[14+20+12] = 0xf0 }), xdpDrop, rTruncated},
+		{"ipv6 version mismatch", mutate(pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1, dport: 80}, func(b []byte) { b[14] = 0x40 }), xdpPass, rMalformed},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { f.expectOne(t, tc.data, tc.verdict, tc.reason) })
+	}
+}
+
+// A multi-buffer (jumbo) frame's IP length reaches past its linear part: the
+// check measures the whole frame. The byte counters count the linear part.
+func TestXDPMultiBufferLength(t *testing.T) {
+	f := newFixture(t, standardDesired())
+	for _, tc := range []struct {
+		name    string
+		p       pkt
+		extra   int // IP length beyond the packet
+		verdict uint32
+		reason  int
+	}{
+		{"ipv4 jumbo", pkt{src: client4, dst: vip4, proto: protoUDP, sport: 7, dport: 53, payload: 8958}, 0, xdpTX, rTX},
+		{"ipv6 jumbo", pkt{src: client6, dst: vip6, proto: protoUDP, sport: 7, dport: 53, payload: 8938}, 0, xdpTX, rTX},
+		{"ipv4 jumbo, length one beyond", pkt{src: client4, dst: vip4, proto: protoUDP, sport: 8, dport: 53, payload: 8958}, 1, xdpPass, rMalformed},
+		{"ipv6 jumbo, length one beyond", pkt{src: client6, dst: vip6, proto: protoUDP, sport: 8, dport: 53, payload: 8938}, 1, xdpPass, rMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := tc.p.build()
+			if len(data) != 9000 {
+				t.Fatalf("frame of %d bytes, want 9000", len(data))
+			}
+			l3 := tc.p.l3Offset()
+			data = tc.p.setIPLength(data, len(data)-l3+tc.extra)
+			before := f.reasons()
+			ret, _ := f.run(data)
+			if ret != tc.verdict {
+				t.Fatalf("verdict %s, want %s", verdictNames[ret], verdictNames[tc.verdict])
+			}
+			after := f.reasons()
+			for i := range after {
+				want := uint64(0)
+				if i == tc.reason {
+					want = 1
+				}
+				if d := after[i].Packets - before[i].Packets; d != want {
+					t.Fatalf("reason %s counted %d packets, want %d", ReasonName(i), d, want)
+				}
+			}
+			if b := after[tc.reason].Bytes - before[tc.reason].Bytes; b == 0 || b >= uint64(len(data)) {
+				t.Fatalf("counted %d bytes of a %d-byte multi-buffer frame, want its linear part", b, len(data))
+			}
+		})
 	}
 }
 

@@ -79,6 +79,9 @@ func runCmd(args []string, out io.Writer) error {
 			PinDir:     cfg.Daemon.BPFFSDir,
 			KeepOnExit: *keep,
 			Logger:     log,
+			// Sizes only: the controller writes the flow timeouts.
+			ConntrackSize: cfg.Datapath.ConntrackSize,
+			MaxBackends:   cfg.Datapath.MaxBackends,
 		})
 		if errors.Is(err, loader.ErrPinsDieWithProcess) {
 			return fmt.Errorf("--keep-datapath: %w (`ip netns exec` gives xlb such a namespace: start it with `nsenter --net=/run/netns/NAME` instead, "+

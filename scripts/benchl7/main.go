@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/xlb-dev/xlb/scripts/internal/procs"
 )
 
 const clkTck = 100 // USER_HZ on Linux
@@ -78,33 +80,10 @@ func run(ctx context.Context, rounds int, dur time.Duration, conns int, xlbBin s
 		return err
 	}
 	defer os.RemoveAll(dir)
-	var procs []*exec.Cmd
-	defer func() {
-		for _, p := range procs {
-			p.Process.Signal(syscall.SIGTERM)
-		}
-		for _, p := range procs {
-			done := make(chan struct{})
-			go func() { p.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				p.Process.Kill()
-			}
-		}
-	}()
+	g := procs.New(dir)
+	defer g.StopAll()
 	start := func(name string, args ...string) (*exec.Cmd, error) {
-		cmd := exec.Command(name, args...)
-		logf, err := os.Create(filepath.Join(dir, filepath.Base(name)+".log"))
-		if err != nil {
-			return nil, err
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			return nil, err
-		}
-		procs = append(procs, cmd)
-		return cmd, nil
+		return g.Start(filepath.Base(name)+".log", name, args...)
 	}
 
 	if err := writeConfigs(dir); err != nil {

@@ -1,0 +1,261 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/xlb-dev/xlb/bpf"
+)
+
+// FlowTimeouts are how long a connection table entry may stay idle, by
+// protocol and TCP state, before the datapath treats it as gone (its next
+// packet is placed by the Maglev table as a new flow's) and ExpireFlows
+// deletes it. Zero: never. The datapath sees only the client's packets, so
+// a TCP state is what the client sent last.
+type FlowTimeouts struct {
+	TCPSyn         time.Duration // only the SYN seen
+	TCPEstablished time.Duration // an ACK without SYN seen
+	TCPClosing     time.Duration // a FIN or RST seen
+	UDP            time.Duration
+}
+
+// FlowTick is the datapath's unit of flow time: entries record their last
+// packet, and timeouts are counted, in ticks of 2^30 ns (about 1.07 s), so
+// an idle timeout takes effect up to two ticks late.
+const FlowTick = time.Duration(1) << bpf.XlbLimitsXLB_FLOW_TICK_SHIFT
+
+// toTicks rounds up, so that an entry never expires before its timeout, and
+// stays below 2^31: the datapath compares ages as signed numbers.
+func toTicks(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	n := d / FlowTick
+	if d%FlowTick != 0 {
+		n++
+	}
+	return uint32(min(n, math.MaxInt32))
+}
+
+func (t FlowTimeouts) ticks() bpf.XlbIdleTimeouts {
+	return bpf.XlbIdleTimeouts{
+		TcpSyn: toTicks(t.TCPSyn), TcpEstablished: toTicks(t.TCPEstablished),
+		TcpClosing: toTicks(t.TCPClosing), Udp: toTicks(t.UDP),
+	}
+}
+
+// SetFlowTimeouts makes the datapath apply t from its next packet on.
+func (m *Maps) SetFlowTimeouts(t FlowTimeouts) error {
+	if err := m.XlbMaps.FlowTimeouts.Put(uint32(0), t.ticks()); err != nil {
+		return fmt.Errorf("write flow timeouts: %w", err)
+	}
+	return nil
+}
+
+// ReadFlowTimeouts returns the timeouts in force, in whole ticks.
+func (m *Maps) ReadFlowTimeouts() (FlowTimeouts, error) {
+	var v bpf.XlbIdleTimeouts
+	if err := m.XlbMaps.FlowTimeouts.Lookup(uint32(0), &v); err != nil {
+		return FlowTimeouts{}, fmt.Errorf("read flow timeouts: %w", err)
+	}
+	d := func(n uint32) time.Duration { return time.Duration(n) * FlowTick }
+	return FlowTimeouts{TCPSyn: d(v.TcpSyn), TCPEstablished: d(v.TcpEstablished), TCPClosing: d(v.TcpClosing), UDP: d(v.Udp)}, nil
+}
+
+// flowRules decide what an entry is: the timeouts in force and the
+// datapath's clock, read once per walk of the table.
+type flowRules struct {
+	limits bpf.XlbIdleTimeouts
+	nowNs  uint64
+	now    uint32 // in ticks
+}
+
+func (m *Maps) flowRules() (flowRules, error) {
+	var r flowRules
+	if err := m.XlbMaps.FlowTimeouts.Lookup(uint32(0), &r.limits); err != nil {
+		return r, fmt.Errorf("read flow timeouts: %w", err)
+	}
+	ns, err := monotonicNow()
+	if err != nil {
+		return r, err
+	}
+	r.nowNs, r.now = ns, uint32(ns>>bpf.XlbLimitsXLB_FLOW_TICK_SHIFT)
+	return r, nil
+}
+
+const (
+	flowClosing     = uint16(bpf.XlbFlowFlagsXLB_FLOW_CLOSING)
+	flowEstablished = uint16(bpf.XlbFlowFlagsXLB_FLOW_ESTABLISHED)
+)
+
+// expired mirrors flow_gone in xlb.c: idle longer than the timeout of the
+// entry's protocol and state. Seen 0 (an entry from a build before timeouts)
+// is not expired; a seen after the clock read (a packet meanwhile) is fresh.
+func (r flowRules) expired(k bpf.XlbFlowKey, v bpf.XlbFlowValue) bool {
+	if v.Seen == 0 {
+		return false
+	}
+	var limit uint32
+	switch {
+	case k.Proto == unix.IPPROTO_UDP:
+		limit = r.limits.Udp
+	case v.Flags&flowClosing != 0:
+		limit = r.limits.TcpClosing
+	case v.Flags&flowEstablished != 0:
+		limit = r.limits.TcpEstablished
+	default:
+		limit = r.limits.TcpSyn
+	}
+	return limit != 0 && int32(r.now-v.Seen) > int32(limit)
+}
+
+// abandonedHandshake: a TCP flow that saw only its SYN this long ago never
+// completed its handshake (refused or unanswered by the backend, whose RST
+// goes straight to the client): it is not an open connection, even before
+// its tcp_syn timeout.
+const abandonedHandshake = 3 * time.Second
+
+// open reports whether an entry is a connection a drain should wait for: not
+// expired, not closed by the client (FIN/RST), and for TCP past its SYN
+// unless that is recent.
+func (r flowRules) open(k bpf.XlbFlowKey, v bpf.XlbFlowValue) bool {
+	if r.expired(k, v) || v.Flags&flowClosing != 0 {
+		return false
+	}
+	// An entry from a build before flow states is past its SYN when it
+	// saw more than one packet.
+	established := v.Flags&flowEstablished != 0 || v.Seen == 0 && v.Packets > 1
+	if k.Proto == unix.IPPROTO_TCP && !established && r.nowNs > v.CreatedNs && r.nowNs-v.CreatedNs > uint64(abandonedHandshake) {
+		return false
+	}
+	return true
+}
+
+// flowBatch is how many entries one batch system call reads or deletes.
+const flowBatch = 4096
+
+// walkFlows calls fn for every connection table entry, read in batches: one
+// system call per flowBatch entries rather than two per entry. Entries that
+// change meanwhile may be seen twice or not at all.
+func (m *Maps) walkFlows(fn func(k bpf.XlbFlowKey, v bpf.XlbFlowValue)) error {
+	keys := make([]bpf.XlbFlowKey, flowBatch)
+	vals := make([]bpf.XlbFlowValue, flowBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.Conntrack.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read conntrack: %w", err)
+		}
+	}
+}
+
+// OpenFlows counts, per backend id, the connection table entries a drain
+// waits for (see flowRules.open).
+func (m *Maps) OpenFlows() (map[uint32]int, error) {
+	r, err := m.flowRules()
+	if err != nil {
+		return nil, err
+	}
+	out := map[uint32]int{}
+	err = m.walkFlows(func(k bpf.XlbFlowKey, v bpf.XlbFlowValue) {
+		if r.open(k, v) {
+			out[v.BackendId]++
+		}
+	})
+	return out, err
+}
+
+// FlowSweep is what one ExpireFlows did.
+type FlowSweep struct {
+	Expired int // entries deleted, idle past their timeout
+	Live    int // entries left
+}
+
+// ExpireFlows deletes the connection table entries the datapath already
+// treats as gone, so that the table holds live flows only, and stamps those
+// from a build before timeouts (seen 0) so that they age from now. A packet
+// of a flow whose entry is being deleted at that moment becomes a new flow,
+// placed by the same Maglev table.
+func (m *Maps) ExpireFlows() (FlowSweep, error) {
+	var s FlowSweep
+	r, err := m.flowRules()
+	if err != nil {
+		return s, err
+	}
+	var dead []bpf.XlbFlowKey
+	type entry struct {
+		k bpf.XlbFlowKey
+		v bpf.XlbFlowValue
+	}
+	var unstamped []entry
+	err = m.walkFlows(func(k bpf.XlbFlowKey, v bpf.XlbFlowValue) {
+		switch {
+		case r.expired(k, v):
+			dead = append(dead, k)
+		case v.Seen == 0:
+			unstamped = append(unstamped, entry{k, v})
+			fallthrough
+		default:
+			s.Live++
+		}
+	})
+	if err != nil {
+		return s, err
+	}
+	for _, e := range unstamped {
+		e.v.Seen = r.now
+		if e.k.Proto == unix.IPPROTO_TCP && e.v.Packets > 1 && e.v.Flags&flowClosing == 0 {
+			e.v.Flags |= flowEstablished
+		}
+		// Exist only: an entry evicted meanwhile stays gone.
+		if err := m.Conntrack.Update(e.k, e.v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return s, fmt.Errorf("stamp conntrack entry: %w", err)
+		}
+	}
+	for len(dead) > 0 {
+		n, err := m.Conntrack.BatchDelete(dead[:min(len(dead), flowBatch)], nil)
+		s.Expired += n
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			// Evicted or deleted by the datapath meanwhile: skip it.
+			n++
+		case err != nil:
+			return s, fmt.Errorf("delete expired conntrack entries: %w", err)
+		}
+		dead = dead[n:]
+	}
+	return s, nil
+}
+
+// ExpireFlows runs one sweep of the connection table (Maps.ExpireFlows) and
+// counts it in the metrics. It takes no lock: Apply never writes conntrack.
+func (r *Reconciler) ExpireFlows() (FlowSweep, error) {
+	s, err := r.maps.ExpireFlows()
+	if r.Metrics != nil {
+		r.Metrics.expired.Add(float64(s.Expired))
+		if err == nil {
+			r.Metrics.flows.Set(float64(s.Live))
+		}
+	}
+	return s, err
+}
+
+// monotonicNow reads the clock bpf_ktime_get_coarse_ns counts on.
+func monotonicNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
+		return 0, err
+	}
+	return uint64(ts.Nano()), nil
+}
