@@ -4,8 +4,9 @@
 /*
  * xlb XDP datapath: L4 services are steered per packet to a backend chosen from
  * the connection table or the service's Maglev ring, and forwarded by L2 direct
- * server return (only the Ethernet addresses change). Everything else is passed
- * to the kernel. Every return is counted with its reason (enum reason).
+ * server return (only the Ethernet addresses change) or, for forwarding =
+ * "ipip", inside an outer IP header (ipip.h). Everything else is passed to the
+ * kernel. Every return is counted with its reason (enum reason).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -18,6 +19,8 @@
 #include <bpf/bpf_helpers.h>
 
 #include "xlb.h"
+#include "parse.h"
+#include "ipip.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -139,22 +142,12 @@ const enum backend_state *unused_state __attribute__((unused));
 const enum family *unused_family __attribute__((unused));
 const enum limits *unused_limits __attribute__((unused));
 const enum flow_flags *unused_flow_flags __attribute__((unused));
+const enum forwarding *unused_forwarding __attribute__((unused));
 const struct svc_info *unused_info __attribute__((unused));
 
-#define IP_MF 0x2000
-#define IP_OFFSET 0x1fff
 #define IPV6_FRAG_OFFSET 0xfff8
 #define IPV6_FRAG_MF 0x0001
 #define IPV6_MAX_EXT_HEADERS 6
-
-#ifndef ETH_P_8021AD
-#define ETH_P_8021AD 0x88A8
-#endif
-
-struct vlan_hdr {
-	__be16 tci;
-	__be16 proto;
-};
 
 struct ipv6_frag_hdr {
 	__u8 nexthdr;
@@ -447,23 +440,13 @@ static __always_inline int parse(struct xdp_md *ctx, struct packet *p, struct et
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
+	__be16 proto;
+	int l2 = parse_eth(data, end, &proto);
 
-	if ((void *)(eth + 1) > end)
+	if (l2 < 0)
 		return PARSE_MALFORMED;
-	*eth_out = eth;
-
-	__be16 proto = eth->h_proto;
-	void *l3 = eth + 1;
-
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)) {
-		struct vlan_hdr *vlan = l3;
-
-		if ((void *)(vlan + 1) > end)
-			return PARSE_MALFORMED;
-		proto = vlan->proto;
-		l3 = vlan + 1;
-	}
+	*eth_out = data;
+	void *l3 = data + l2;
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(ctx, p, l3, end);
 	if (proto == bpf_htons(ETH_P_IPV6))
@@ -506,22 +489,51 @@ static __always_inline __u32 ring_pick(struct svc_value *svc, struct packet *p)
 	return be ? *be : XLB_NO_ID;
 }
 
+/* The verdict of an ipip packet encap_ipip did not leave to forward. */
+static __always_inline int encap_verdict(int rc, __u64 len)
+{
+	switch (rc) {
+	case ENCAP_ICMP:
+		return verdict(XLB_R_ICMP_TOO_BIG, len, XDP_TX);
+	case ENCAP_TOO_BIG:
+		return verdict(XLB_R_DROP_TOO_BIG, len, XDP_DROP);
+	case ENCAP_NO_ROUTE:
+		return verdict(XLB_R_DROP_NO_ROUTE, len, XDP_DROP);
+	}
+	return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
+}
+
 static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, __u32 svc_id,
 				   __u32 be_id, struct backend *be, struct packet *p, __u64 new_flow)
 {
 	__u32 reason = XLB_R_TX;
 	int action = XDP_TX;
+	__u32 egress = be->ifindex;
+	/* Read once: the loader may rewrite the entry meanwhile. */
+	int ipip = be->forwarding == XLB_FWD_IPIP;
 
-	if (be->ifindex != ctx->ingress_ifindex) {
+	if (ipip) {
+		int rc = encap_ipip(ctx, be, flow_hash(&p->flow, XLB_HASH_FLOW), &egress);
+		if (rc != ENCAP_OK)
+			return encap_verdict(rc, p->len);
+	}
+	if (egress != ctx->ingress_ifindex) {
 		/* Only records the target; fails when the port is missing. */
-		action = bpf_redirect_map(&tx_ports, be->ifindex, XDP_DROP);
+		action = bpf_redirect_map(&tx_ports, egress, XDP_DROP);
 		if (action != XDP_REDIRECT)
 			return verdict(XLB_R_DROP_NO_TX_PORT, p->len, XDP_DROP);
 		reason = XLB_R_REDIRECT;
 	}
+	if (!ipip) {
+		/* From ctx again: the verifier cannot tell that this path never
+		 * moved the frame's start (bpf_xdp_adjust_head). */
+		eth = (void *)(long)ctx->data;
+		if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+			return verdict(XLB_R_PASS_MALFORMED, p->len, XDP_PASS);
+		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, be->smac, ETH_ALEN);
+	}
 
-	__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, be->smac, ETH_ALEN);
 	count(&service_stats, svc_id, p->len, new_flow);
 	count(&backend_stats, be_id, p->len, new_flow);
 	return verdict(reason, p->len, action);

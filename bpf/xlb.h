@@ -80,7 +80,26 @@ enum reason {
 	XLB_R_DROP_TRUNCATED = 8,   /* L4 VIP, transport header truncated/malformed */
 	XLB_R_DROP_FRAGMENT = 9,    /* L4 VIP fragment that cannot be steered safely */
 	XLB_R_DROP_NO_TX_PORT = 10, /* egress interface missing from tx_ports */
-	XLB_R_MAX = 11,
+	/* ipip: too big for the egress MTU once encapsulated; the packet was
+	 * turned into ICMP "fragmentation needed" / ICMPv6 "packet too big"
+	 * and sent back to the client (XDP_TX) */
+	XLB_R_ICMP_TOO_BIG = 11,
+	XLB_R_DROP_TOO_BIG = 12,    /* ipip: too big, and no ICMP allowed (IPv4 without DF) */
+	XLB_R_DROP_NO_ROUTE = 13,   /* ipip: the FIB says the backend is unreachable */
+	XLB_R_DROP_ENCAP = 14,      /* ipip: no room to add the outer header */
+	XLB_R_MAX = 15,
+};
+
+/* How an L4 service's packets reach its backends (struct backend). */
+enum forwarding {
+	/* L2 direct server return: only the Ethernet addresses change. */
+	XLB_FWD_DSR = 0,
+	/*
+	 * Tunnel DSR: the packet inside an outer IPv4 (IP-in-IP) or IPv6
+	 * (IPv6-in-IPv6) header to the backend, which may sit behind routers;
+	 * next hop from the kernel's FIB (see ipip.h).
+	 */
+	XLB_FWD_IPIP = 1,
 };
 
 struct svc_key {
@@ -107,6 +126,17 @@ struct backend {
 	__u8 smac[6];     /* source MAC: the egress interface's */
 	__u8 family;
 	__u8 state;       /* enum backend_state */
+	__u8 forwarding;  /* enum forwarding; the service's */
+	__u8 pad[3];
+	/*
+	 * ipip: the outer source address. The bits of src_hash_mask (host
+	 * order, over the address's last 32 bits) are replaced by the flow's
+	 * hash, so that each flow has its own source within a prefix the
+	 * operator set aside (ipip_source_prefix) and a backend's receive
+	 * hashing (RSS) spreads flows over its queues. Mask 0: src as is.
+	 */
+	__u8 src[16];
+	__u32 src_hash_mask;
 };
 
 struct flow_key {
@@ -168,7 +198,8 @@ struct svc_info {
 	__u32 ring_size;
 	__u8 kind;
 	__u8 hash;
-	__u8 pad[2];
+	__u8 forwarding; /* enum forwarding; L4 only */
+	__u8 pad;
 };
 
 #endif

@@ -14,15 +14,19 @@ import (
 )
 
 type XlbBackend struct {
-	_         structs.HostLayout
-	Addr      [16]uint8
-	Ifindex   uint32
-	ServiceId uint32
-	Weight    uint16
-	Mac       [6]uint8
-	Smac      [6]uint8
-	Family    uint8
-	State     uint8
+	_           structs.HostLayout
+	Addr        [16]uint8
+	Ifindex     uint32
+	ServiceId   uint32
+	Weight      uint16
+	Mac         [6]uint8
+	Smac        [6]uint8
+	Family      uint8
+	State       uint8
+	Forwarding  uint8
+	Pad         [3]uint8
+	Src         [16]uint8
+	SrcHashMask uint32
 }
 
 type XlbBackendState uint32
@@ -86,6 +90,13 @@ type XlbFlowValue struct {
 	CreatedNs uint64
 }
 
+type XlbForwarding uint32
+
+const (
+	XlbForwardingXLB_FWD_DSR  XlbForwarding = 0
+	XlbForwardingXLB_FWD_IPIP XlbForwarding = 1
+)
+
 type XlbHashMode uint32
 
 const (
@@ -130,17 +141,22 @@ const (
 	XlbReasonXLB_R_DROP_TRUNCATED   XlbReason = 8
 	XlbReasonXLB_R_DROP_FRAGMENT    XlbReason = 9
 	XlbReasonXLB_R_DROP_NO_TX_PORT  XlbReason = 10
-	XlbReasonXLB_R_MAX              XlbReason = 11
+	XlbReasonXLB_R_ICMP_TOO_BIG     XlbReason = 11
+	XlbReasonXLB_R_DROP_TOO_BIG     XlbReason = 12
+	XlbReasonXLB_R_DROP_NO_ROUTE    XlbReason = 13
+	XlbReasonXLB_R_DROP_ENCAP       XlbReason = 14
+	XlbReasonXLB_R_MAX              XlbReason = 15
 )
 
 type XlbSvcInfo struct {
-	_        structs.HostLayout
-	Name     [48]int8
-	Key      XlbSvcKey
-	RingSize uint32
-	Kind     uint8
-	Hash     uint8
-	Pad      [2]uint8
+	_          structs.HostLayout
+	Name       [48]int8
+	Key        XlbSvcKey
+	RingSize   uint32
+	Kind       uint8
+	Hash       uint8
+	Forwarding uint8
+	Pad        uint8
 }
 
 type XlbSvcKey struct {
@@ -172,27 +188,28 @@ type XlbSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	XlbMapBackendStats    = "backend_stats"
-	XlbMapBackends        = "backends"
-	XlbMapConntrack       = "conntrack"
-	XlbMapFlowTimeouts    = "flow_timeouts"
-	XlbMapReasonStats     = "reason_stats"
-	XlbMapRings           = "rings"
-	XlbMapServiceInfo     = "service_info"
-	XlbMapServiceStats    = "service_stats"
-	XlbMapServices        = "services"
-	XlbMapTxPorts         = "tx_ports"
-	XlbMapVipFilter       = "vip_filter"
-	XlbProgXlbNoop        = "xlb_noop"
-	XlbProgXlbXdp         = "xlb_xdp"
-	XlbVarUnusedFamily    = "unused_family"
-	XlbVarUnusedFlowFlags = "unused_flow_flags"
-	XlbVarUnusedHash      = "unused_hash"
-	XlbVarUnusedInfo      = "unused_info"
-	XlbVarUnusedKind      = "unused_kind"
-	XlbVarUnusedLimits    = "unused_limits"
-	XlbVarUnusedReason    = "unused_reason"
-	XlbVarUnusedState     = "unused_state"
+	XlbMapBackendStats     = "backend_stats"
+	XlbMapBackends         = "backends"
+	XlbMapConntrack        = "conntrack"
+	XlbMapFlowTimeouts     = "flow_timeouts"
+	XlbMapReasonStats      = "reason_stats"
+	XlbMapRings            = "rings"
+	XlbMapServiceInfo      = "service_info"
+	XlbMapServiceStats     = "service_stats"
+	XlbMapServices         = "services"
+	XlbMapTxPorts          = "tx_ports"
+	XlbMapVipFilter        = "vip_filter"
+	XlbProgXlbNoop         = "xlb_noop"
+	XlbProgXlbXdp          = "xlb_xdp"
+	XlbVarUnusedFamily     = "unused_family"
+	XlbVarUnusedFlowFlags  = "unused_flow_flags"
+	XlbVarUnusedForwarding = "unused_forwarding"
+	XlbVarUnusedHash       = "unused_hash"
+	XlbVarUnusedInfo       = "unused_info"
+	XlbVarUnusedKind       = "unused_kind"
+	XlbVarUnusedLimits     = "unused_limits"
+	XlbVarUnusedReason     = "unused_reason"
+	XlbVarUnusedState      = "unused_state"
 )
 
 // LoadXlb returns the embedded CollectionSpec for Xlb.
@@ -262,14 +279,15 @@ type XlbMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type XlbVariableSpecs struct {
-	UnusedFamily    *ebpf.VariableSpec `ebpf:"unused_family"`
-	UnusedFlowFlags *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
-	UnusedHash      *ebpf.VariableSpec `ebpf:"unused_hash"`
-	UnusedInfo      *ebpf.VariableSpec `ebpf:"unused_info"`
-	UnusedKind      *ebpf.VariableSpec `ebpf:"unused_kind"`
-	UnusedLimits    *ebpf.VariableSpec `ebpf:"unused_limits"`
-	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
-	UnusedState     *ebpf.VariableSpec `ebpf:"unused_state"`
+	UnusedFamily     *ebpf.VariableSpec `ebpf:"unused_family"`
+	UnusedFlowFlags  *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
+	UnusedForwarding *ebpf.VariableSpec `ebpf:"unused_forwarding"`
+	UnusedHash       *ebpf.VariableSpec `ebpf:"unused_hash"`
+	UnusedInfo       *ebpf.VariableSpec `ebpf:"unused_info"`
+	UnusedKind       *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedLimits     *ebpf.VariableSpec `ebpf:"unused_limits"`
+	UnusedReason     *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedState      *ebpf.VariableSpec `ebpf:"unused_state"`
 }
 
 // XlbObjects contains all objects after they have been loaded into the kernel.
@@ -325,14 +343,15 @@ func (m *XlbMaps) Close() error {
 //
 // It can be passed to LoadXlbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type XlbVariables struct {
-	UnusedFamily    *ebpf.Variable `ebpf:"unused_family"`
-	UnusedFlowFlags *ebpf.Variable `ebpf:"unused_flow_flags"`
-	UnusedHash      *ebpf.Variable `ebpf:"unused_hash"`
-	UnusedInfo      *ebpf.Variable `ebpf:"unused_info"`
-	UnusedKind      *ebpf.Variable `ebpf:"unused_kind"`
-	UnusedLimits    *ebpf.Variable `ebpf:"unused_limits"`
-	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
-	UnusedState     *ebpf.Variable `ebpf:"unused_state"`
+	UnusedFamily     *ebpf.Variable `ebpf:"unused_family"`
+	UnusedFlowFlags  *ebpf.Variable `ebpf:"unused_flow_flags"`
+	UnusedForwarding *ebpf.Variable `ebpf:"unused_forwarding"`
+	UnusedHash       *ebpf.Variable `ebpf:"unused_hash"`
+	UnusedInfo       *ebpf.Variable `ebpf:"unused_info"`
+	UnusedKind       *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedLimits     *ebpf.Variable `ebpf:"unused_limits"`
+	UnusedReason     *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedState      *ebpf.Variable `ebpf:"unused_state"`
 }
 
 // XlbPrograms contains all programs after they have been loaded into the kernel.

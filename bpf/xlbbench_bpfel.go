@@ -14,15 +14,19 @@ import (
 )
 
 type XlbBenchBackend struct {
-	_         structs.HostLayout
-	Addr      [16]uint8
-	Ifindex   uint32
-	ServiceId uint32
-	Weight    uint16
-	Mac       [6]uint8
-	Smac      [6]uint8
-	Family    uint8
-	State     uint8
+	_           structs.HostLayout
+	Addr        [16]uint8
+	Ifindex     uint32
+	ServiceId   uint32
+	Weight      uint16
+	Mac         [6]uint8
+	Smac        [6]uint8
+	Family      uint8
+	State       uint8
+	Forwarding  uint8
+	Pad         [3]uint8
+	Src         [16]uint8
+	SrcHashMask uint32
 }
 
 type XlbBenchBpfDevmapVal struct {
@@ -71,13 +75,14 @@ type XlbBenchIdleTimeouts struct {
 }
 
 type XlbBenchSvcInfo struct {
-	_        structs.HostLayout
-	Name     [48]int8
-	Key      XlbBenchSvcKey
-	RingSize uint32
-	Kind     uint8
-	Hash     uint8
-	Pad      [2]uint8
+	_          structs.HostLayout
+	Name       [48]int8
+	Key        XlbBenchSvcKey
+	RingSize   uint32
+	Kind       uint8
+	Hash       uint8
+	Forwarding uint8
+	Pad        uint8
 }
 
 type XlbBenchSvcKey struct {
@@ -101,27 +106,28 @@ type XlbBenchSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	XlbBenchMapBackendStats    = "backend_stats"
-	XlbBenchMapBackends        = "backends"
-	XlbBenchMapConntrack       = "conntrack"
-	XlbBenchMapFlowTimeouts    = "flow_timeouts"
-	XlbBenchMapReasonStats     = "reason_stats"
-	XlbBenchMapRings           = "rings"
-	XlbBenchMapServiceInfo     = "service_info"
-	XlbBenchMapServiceStats    = "service_stats"
-	XlbBenchMapServices        = "services"
-	XlbBenchMapTxPorts         = "tx_ports"
-	XlbBenchMapVipFilter       = "vip_filter"
-	XlbBenchProgXlbNoop        = "xlb_noop"
-	XlbBenchProgXlbXdp         = "xlb_xdp"
-	XlbBenchVarUnusedFamily    = "unused_family"
-	XlbBenchVarUnusedFlowFlags = "unused_flow_flags"
-	XlbBenchVarUnusedHash      = "unused_hash"
-	XlbBenchVarUnusedInfo      = "unused_info"
-	XlbBenchVarUnusedKind      = "unused_kind"
-	XlbBenchVarUnusedLimits    = "unused_limits"
-	XlbBenchVarUnusedReason    = "unused_reason"
-	XlbBenchVarUnusedState     = "unused_state"
+	XlbBenchMapBackendStats     = "backend_stats"
+	XlbBenchMapBackends         = "backends"
+	XlbBenchMapConntrack        = "conntrack"
+	XlbBenchMapFlowTimeouts     = "flow_timeouts"
+	XlbBenchMapReasonStats      = "reason_stats"
+	XlbBenchMapRings            = "rings"
+	XlbBenchMapServiceInfo      = "service_info"
+	XlbBenchMapServiceStats     = "service_stats"
+	XlbBenchMapServices         = "services"
+	XlbBenchMapTxPorts          = "tx_ports"
+	XlbBenchMapVipFilter        = "vip_filter"
+	XlbBenchProgXlbNoop         = "xlb_noop"
+	XlbBenchProgXlbXdp          = "xlb_xdp"
+	XlbBenchVarUnusedFamily     = "unused_family"
+	XlbBenchVarUnusedFlowFlags  = "unused_flow_flags"
+	XlbBenchVarUnusedForwarding = "unused_forwarding"
+	XlbBenchVarUnusedHash       = "unused_hash"
+	XlbBenchVarUnusedInfo       = "unused_info"
+	XlbBenchVarUnusedKind       = "unused_kind"
+	XlbBenchVarUnusedLimits     = "unused_limits"
+	XlbBenchVarUnusedReason     = "unused_reason"
+	XlbBenchVarUnusedState      = "unused_state"
 )
 
 // LoadXlbBench returns the embedded CollectionSpec for XlbBench.
@@ -191,14 +197,15 @@ type XlbBenchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type XlbBenchVariableSpecs struct {
-	UnusedFamily    *ebpf.VariableSpec `ebpf:"unused_family"`
-	UnusedFlowFlags *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
-	UnusedHash      *ebpf.VariableSpec `ebpf:"unused_hash"`
-	UnusedInfo      *ebpf.VariableSpec `ebpf:"unused_info"`
-	UnusedKind      *ebpf.VariableSpec `ebpf:"unused_kind"`
-	UnusedLimits    *ebpf.VariableSpec `ebpf:"unused_limits"`
-	UnusedReason    *ebpf.VariableSpec `ebpf:"unused_reason"`
-	UnusedState     *ebpf.VariableSpec `ebpf:"unused_state"`
+	UnusedFamily     *ebpf.VariableSpec `ebpf:"unused_family"`
+	UnusedFlowFlags  *ebpf.VariableSpec `ebpf:"unused_flow_flags"`
+	UnusedForwarding *ebpf.VariableSpec `ebpf:"unused_forwarding"`
+	UnusedHash       *ebpf.VariableSpec `ebpf:"unused_hash"`
+	UnusedInfo       *ebpf.VariableSpec `ebpf:"unused_info"`
+	UnusedKind       *ebpf.VariableSpec `ebpf:"unused_kind"`
+	UnusedLimits     *ebpf.VariableSpec `ebpf:"unused_limits"`
+	UnusedReason     *ebpf.VariableSpec `ebpf:"unused_reason"`
+	UnusedState      *ebpf.VariableSpec `ebpf:"unused_state"`
 }
 
 // XlbBenchObjects contains all objects after they have been loaded into the kernel.
@@ -254,14 +261,15 @@ func (m *XlbBenchMaps) Close() error {
 //
 // It can be passed to LoadXlbBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type XlbBenchVariables struct {
-	UnusedFamily    *ebpf.Variable `ebpf:"unused_family"`
-	UnusedFlowFlags *ebpf.Variable `ebpf:"unused_flow_flags"`
-	UnusedHash      *ebpf.Variable `ebpf:"unused_hash"`
-	UnusedInfo      *ebpf.Variable `ebpf:"unused_info"`
-	UnusedKind      *ebpf.Variable `ebpf:"unused_kind"`
-	UnusedLimits    *ebpf.Variable `ebpf:"unused_limits"`
-	UnusedReason    *ebpf.Variable `ebpf:"unused_reason"`
-	UnusedState     *ebpf.Variable `ebpf:"unused_state"`
+	UnusedFamily     *ebpf.Variable `ebpf:"unused_family"`
+	UnusedFlowFlags  *ebpf.Variable `ebpf:"unused_flow_flags"`
+	UnusedForwarding *ebpf.Variable `ebpf:"unused_forwarding"`
+	UnusedHash       *ebpf.Variable `ebpf:"unused_hash"`
+	UnusedInfo       *ebpf.Variable `ebpf:"unused_info"`
+	UnusedKind       *ebpf.Variable `ebpf:"unused_kind"`
+	UnusedLimits     *ebpf.Variable `ebpf:"unused_limits"`
+	UnusedReason     *ebpf.Variable `ebpf:"unused_reason"`
+	UnusedState      *ebpf.Variable `ebpf:"unused_state"`
 }
 
 // XlbBenchPrograms contains all programs after they have been loaded into the kernel.

@@ -23,6 +23,11 @@ var (
 	ErrNotOnLink = errors.New("backend is not on a directly connected network")
 	// ErrUnresolved: the backend's MAC address could not be learnt.
 	ErrUnresolved = errors.New("backend MAC address unresolved")
+	// ErrNoRoutedResolver: the Resolver cannot find an ipip backend's next
+	// hop (it is no RoutedResolver).
+	ErrNoRoutedResolver = errors.New("resolver cannot resolve routed (ipip) backends")
+	// ErrNoTCX: the kernel cannot attach TC programs with tcx (Linux 6.6+).
+	ErrNoTCX = errors.New("kernel without tcx (TC programs through bpf links need Linux 6.6 or later)")
 	// ErrFull: no free service or backend id.
 	ErrFull = errors.New("map full")
 )

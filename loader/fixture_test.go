@@ -79,6 +79,17 @@ type fixture struct {
 	t   testing.TB
 	dp  *Datapath
 	rec *Reconciler
+	// in, when set, runs map writes and packets in a network namespace
+	// (see testNet): its lo is where BPF_PROG_TEST_RUN's packets arrive.
+	in func(func())
+}
+
+func (f *fixture) do(fn func()) {
+	if f.in == nil {
+		fn()
+		return
+	}
+	f.in(fn)
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -108,22 +119,34 @@ func newFixtureWith(t testing.TB, d Desired, spec func() (*ebpf.CollectionSpec, 
 
 func (f *fixture) apply(d Desired) Change {
 	f.t.Helper()
-	ch, err := f.rec.Apply(context.Background(), d)
+	var ch Change
+	var err error
+	f.do(func() { ch, err = f.rec.Apply(context.Background(), d) })
 	if err != nil {
 		f.t.Fatalf("apply: %v", err)
 	}
 	return ch
 }
 
-// run runs the XDP program once on data.
+// run runs the XDP program once on data and returns as many bytes as it
+// was given (the programs that change a frame's length are read with runSized).
 func (f *fixture) run(data []byte) (uint32, []byte) {
 	f.t.Helper()
-	out := make([]byte, len(data)+256)
-	ret, err := f.dp.Program.Run(&ebpf.RunOptions{Data: data, DataOut: out, Repeat: 1})
+	ret, out := f.runSized(data)
+	return ret, append(out, make([]byte, max(0, len(data)-len(out)))...)[:len(data)]
+}
+
+// runSized runs the XDP program once on data and returns the frame it left.
+func (f *fixture) runSized(data []byte) (uint32, []byte) {
+	f.t.Helper()
+	opts := &ebpf.RunOptions{Data: data, DataOut: make([]byte, len(data)+256), Repeat: 1}
+	var ret uint32
+	var err error
+	f.do(func() { ret, err = f.dp.Program.Run(opts) })
 	if err != nil {
 		f.t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
 	}
-	return ret, out[:len(data)]
+	return ret, opts.DataOut
 }
 
 func (f *fixture) serviceID(vip netip.Addr, port uint16, proto uint8) uint32 {

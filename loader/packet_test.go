@@ -18,6 +18,8 @@ type pkt struct {
 	ipOptions      int    // 4-byte words of IPv4 options
 	fragOffset     uint16 // in 8-byte units
 	moreFragments  bool
+	df             bool  // IPv4 don't fragment
+	tos            uint8 // IPv4 TOS, IPv6 traffic class: DSCP and ECN
 	tcpFlags       uint8
 	payload        int
 	etherType      uint16 // overrides the L3 type (e.g. ARP)
@@ -67,6 +69,10 @@ func (p pkt) build() []byte {
 		if p.moreFragments {
 			frag |= 0x2000
 		}
+		if p.df {
+			frag |= 0x4000
+		}
+		ip[1] = p.tos
 		binary.BigEndian.PutUint16(ip[6:], frag)
 		ip[8] = 64
 		ip[9] = p.proto
@@ -102,7 +108,8 @@ func (p pkt) build() []byte {
 		next = p.proto6Ext[i]
 	}
 	ip := make([]byte, 40)
-	ip[0] = 0x60
+	ip[0] = 0x60 | p.tos>>4
+	ip[1] = p.tos << 4
 	binary.BigEndian.PutUint16(ip[4:], uint16(len(ext)+len(l4)))
 	ip[6] = next
 	ip[7] = 64

@@ -22,6 +22,10 @@ var Reasons = [bpf.XlbReasonXLB_R_MAX]Reason{
 	bpf.XlbReasonXLB_R_DROP_TRUNCATED:   {"truncated", "drop"},
 	bpf.XlbReasonXLB_R_DROP_FRAGMENT:    {"fragment", "drop"},
 	bpf.XlbReasonXLB_R_DROP_NO_TX_PORT:  {"no_tx_port", "drop"},
+	bpf.XlbReasonXLB_R_ICMP_TOO_BIG:     {"icmp_too_big", "tx"},
+	bpf.XlbReasonXLB_R_DROP_TOO_BIG:     {"too_big", "drop"},
+	bpf.XlbReasonXLB_R_DROP_NO_ROUTE:    {"no_route", "drop"},
+	bpf.XlbReasonXLB_R_DROP_ENCAP:       {"encap_failed", "drop"},
 }
 
 // ReasonName is "verdict/reason" for reason index i.

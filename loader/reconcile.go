@@ -66,6 +66,21 @@ func (h HashMode) String() string {
 	return "ip_hash"
 }
 
+// Forwarding is how an L4 service's packets reach its backends.
+type Forwarding uint8
+
+const (
+	ForwardDSR  = Forwarding(bpf.XlbForwardingXLB_FWD_DSR)  // L2 direct server return
+	ForwardIPIP = Forwarding(bpf.XlbForwardingXLB_FWD_IPIP) // IP-in-IP / IPv6-in-IPv6 tunnel
+)
+
+func (f Forwarding) String() string {
+	if f == ForwardIPIP {
+		return "ipip"
+	}
+	return "dsr"
+}
+
 // BackendSpec is one desired backend of an L4 service.
 type BackendSpec struct {
 	Address netip.Addr
@@ -76,13 +91,19 @@ type BackendSpec struct {
 
 // ServiceSpec is one desired service.
 type ServiceSpec struct {
-	Name     string
-	VIP      netip.Addr
-	Port     uint16
-	Proto    uint8
-	Kind     Kind
-	Hash     HashMode
-	Backends []BackendSpec // L4 only
+	Name  string
+	VIP   netip.Addr
+	Port  uint16
+	Proto uint8
+	Kind  Kind
+	Hash  HashMode
+	// Forwarding and IPIPSource are L4 only. IPIPSource, when valid, is
+	// the prefix ipip packets take their outer source from, one address
+	// per flow (the flow's hash fills its host bits, at most the last 32);
+	// otherwise the outer source is the host's address toward the backend.
+	Forwarding Forwarding
+	IPIPSource netip.Prefix
+	Backends   []BackendSpec // L4 only
 }
 
 // Desired is the whole state the maps should hold.
@@ -116,6 +137,16 @@ type beState struct {
 	id    uint32
 	entry bpf.XlbBackend
 	mac   net.HardwareAddr // configured MAC the entry was resolved with
+	// n is the resolution the entry was built from; routed says it was
+	// the next hop of an ipip backend (gateways allowed).
+	n      Neighbour
+	routed bool
+}
+
+// beWant is one desired backend with its service.
+type beWant struct {
+	b *BackendSpec
+	s *ServiceSpec
 }
 
 // Reconciler turns a Desired state into map writes. It is the only writer of
@@ -213,7 +244,8 @@ func (r *Reconciler) recover() error {
 			continue
 		}
 		id := uint32(i)
-		r.backends[beIdent{be.ServiceId, BackendAddr(be)}] = &beState{id: id, entry: be}
+		st := &beState{id: id, entry: be, n: neighbourOf(be), routed: Forwarding(be.Forwarding) == ForwardIPIP}
+		r.backends[beIdent{be.ServiceId, BackendAddr(be)}] = st
 		r.beIDs.take(id)
 	}
 	var port uint32
@@ -311,7 +343,7 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 	}
 
 	// Backends: ids, neighbours, entries.
-	wantBe := map[beIdent]*BackendSpec{}
+	wantBe := map[beIdent]beWant{}
 	for ident, s := range want {
 		if s.Kind != KindL4 {
 			continue
@@ -319,12 +351,13 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 		sid := r.services[ident].id
 		for i := range s.Backends {
 			b := &s.Backends[i]
-			wantBe[beIdent{sid, b.Address.Unmap()}] = b
+			wantBe[beIdent{sid, b.Address.Unmap()}] = beWant{b, s}
 		}
 	}
 	resolved := r.resolveAll(ctx, wantBe)
 	newEntries := map[beIdent]bpf.XlbBackend{}
-	for ident, b := range wantBe {
+	for ident, w := range wantBe {
+		b := w.b
 		res := resolved[ident]
 		state := b.State
 		if res.err != nil {
@@ -335,8 +368,11 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 					"backend", ident.addr, "reason", res.err.Error())
 			}
 		}
-		w := min(b.Weight, 65535)
-		newEntries[ident] = NewBackend(ident.addr, ident.service, uint16(w), state, res.n)
+		e := NewBackend(ident.addr, ident.service, uint16(min(b.Weight, 65535)), state, res.n)
+		if w.s.Forwarding == ForwardIPIP {
+			setOuterSource(&e, res.n.Src, w.s.IPIPSource)
+		}
+		newEntries[ident] = e
 	}
 
 	// Phase 1: new or newly usable backends.
@@ -346,7 +382,7 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 			continue
 		}
 		if e.State == uint8(StateUp) || !ok {
-			if err := r.writeBackend(ident, e, wantBe[ident].MAC, &ch); err != nil {
+			if err := r.writeBackend(ident, e, wantBe[ident], resolved[ident].n, &ch); err != nil {
 				return ch, err
 			}
 		}
@@ -386,7 +422,7 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 	// Phase 3: backends that stop taking new flows, then removed ones.
 	for ident, e := range newEntries {
 		if cur := r.backends[ident]; cur.entry != e {
-			if err := r.writeBackend(ident, e, wantBe[ident].MAC, &ch); err != nil {
+			if err := r.writeBackend(ident, e, wantBe[ident], resolved[ident].n, &ch); err != nil {
 				return ch, err
 			}
 		}
@@ -430,7 +466,7 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 	return ch, nil
 }
 
-func (r *Reconciler) writeBackend(ident beIdent, e bpf.XlbBackend, mac net.HardwareAddr, ch *Change) error {
+func (r *Reconciler) writeBackend(ident beIdent, e bpf.XlbBackend, w beWant, n Neighbour, ch *Change) error {
 	cur, ok := r.backends[ident]
 	if !ok {
 		id, err := r.beIDs.get()
@@ -444,7 +480,8 @@ func (r *Reconciler) writeBackend(ident beIdent, e bpf.XlbBackend, mac net.Hardw
 		r.backends[ident] = cur
 		ch.BackendsAdded++
 		r.log.Info("backend added", "service_id", ident.service, "backend", ident.addr, "id", id,
-			"state", State(e.State).String(), "mac", macString(e.Mac), "ifindex", e.Ifindex)
+			"state", State(e.State).String(), "forwarding", Forwarding(e.Forwarding).String(),
+			"mac", macString(e.Mac), "ifindex", e.Ifindex)
 	} else {
 		ch.BackendsUpdated++
 		if cur.entry.State != e.State {
@@ -456,7 +493,8 @@ func (r *Reconciler) writeBackend(ident beIdent, e bpf.XlbBackend, mac net.Hardw
 		return fmt.Errorf("write backend %s: %w", ident.addr, err)
 	}
 	cur.entry = e
-	cur.mac = mac
+	cur.mac = w.b.MAC
+	cur.n, cur.routed = n, w.s.Forwarding == ForwardIPIP
 	return nil
 }
 
@@ -661,19 +699,17 @@ type resolution struct {
 }
 
 // resolveAll resolves new, changed and unresolved backends concurrently, so one
-// silent backend costs one timeout, not one per backend.
-func (r *Reconciler) resolveAll(ctx context.Context, want map[beIdent]*BackendSpec) map[beIdent]resolution {
+// silent backend costs one timeout, not one per backend. ipip backends are
+// resolved to their next hop, which may be a router.
+func (r *Reconciler) resolveAll(ctx context.Context, want map[beIdent]beWant) map[beIdent]resolution {
 	out := make(map[beIdent]resolution, len(want))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for ident, b := range want {
+	for ident, w := range want {
+		routed := w.s.Forwarding == ForwardIPIP
 		if cur, ok := r.backends[ident]; ok && cur.entry.State != uint8(StateUnresolved) &&
-			slices.Equal(cur.mac, b.MAC) {
-			out[ident] = resolution{n: Neighbour{
-				IfIndex: int(cur.entry.Ifindex),
-				MAC:     net.HardwareAddr(cur.entry.Mac[:]),
-				SrcMAC:  net.HardwareAddr(cur.entry.Smac[:]),
-			}}
+			slices.Equal(cur.mac, w.b.MAC) && cur.routed == routed && (!routed || cur.n.Src.IsValid()) {
+			out[ident] = resolution{n: cur.n}
 			continue
 		}
 		wg.Add(1)
@@ -681,14 +717,58 @@ func (r *Reconciler) resolveAll(ctx context.Context, want map[beIdent]*BackendSp
 			defer wg.Done()
 			rctx, cancel := context.WithTimeout(ctx, r.ResolveTimeout)
 			defer cancel()
-			n, err := r.resolver.Resolve(rctx, ident.addr, b.MAC)
+			var res resolution
+			if rr, ok := r.resolver.(RoutedResolver); routed && ok {
+				res.n, res.err = rr.ResolveRouted(rctx, ident.addr)
+			} else if routed {
+				res.err = fmt.Errorf("%s: %w", ident.addr, ErrNoRoutedResolver)
+			} else {
+				res.n, res.err = r.resolver.Resolve(rctx, ident.addr, w.b.MAC)
+			}
 			mu.Lock()
-			out[ident] = resolution{n, err}
+			out[ident] = res
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
 	return out
+}
+
+// neighbourOf is the resolution a backends map entry was built from, as far
+// as the entry tells it: the outer source only when no prefix replaced it.
+func neighbourOf(e bpf.XlbBackend) Neighbour {
+	n := Neighbour{
+		IfIndex: int(e.Ifindex),
+		MAC:     net.HardwareAddr(e.Mac[:]),
+		SrcMAC:  net.HardwareAddr(e.Smac[:]),
+	}
+	if Forwarding(e.Forwarding) == ForwardIPIP && e.SrcHashMask == 0 {
+		n.Src = addrFromBytes(e.Src, e.Family)
+	}
+	return n
+}
+
+// setOuterSource makes e an ipip entry whose outer source is host (the
+// host's address toward the backend) or, when prefix is valid, one address
+// of prefix per flow.
+func setOuterSource(e *bpf.XlbBackend, host netip.Addr, prefix netip.Prefix) {
+	e.Forwarding = uint8(ForwardIPIP)
+	if !prefix.IsValid() {
+		e.Src, _ = addrBytes(host)
+		return
+	}
+	e.Src, _ = addrBytes(prefix.Masked().Addr())
+	e.SrcHashMask = SourceHashMask(prefix)
+}
+
+// SourceHashMask is the part of an outer source address in prefix that the
+// flow's hash fills: the host bits within the address's last 32 bits.
+func SourceHashMask(prefix netip.Prefix) uint32 {
+	host := prefix.Addr().BitLen() - prefix.Bits()
+	if host >= 32 {
+		return ^uint32(0)
+	}
+	return uint32(1)<<host - 1
 }
 
 func serviceInfo(s *ServiceSpec, m uint32) bpf.XlbSvcInfo {
@@ -699,6 +779,7 @@ func serviceInfo(s *ServiceSpec, m uint32) bpf.XlbSvcInfo {
 	info.Key = ServiceKey(s.VIP, s.Port, s.Proto)
 	info.Kind = uint8(s.Kind)
 	info.Hash = uint8(s.Hash)
+	info.Forwarding = uint8(s.Forwarding)
 	if s.Kind == KindL4 {
 		info.RingSize = m
 	}

@@ -11,11 +11,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Neighbour is how the datapath reaches a backend at L2.
+// Neighbour is how the datapath reaches a backend at L2: the backend itself
+// (dsr) or the next hop toward it (ipip).
 type Neighbour struct {
 	IfIndex int
-	MAC     net.HardwareAddr // the backend's
+	MAC     net.HardwareAddr // the backend's, or its next hop's (ipip)
 	SrcMAC  net.HardwareAddr // the egress interface's
+	// Src is the address the host sends from toward the backend: the
+	// outer source of ipip packets without ipip_source_prefix.
+	Src netip.Addr
 }
 
 // Resolver finds a backend's neighbour entry. mac, when set (from config),
@@ -24,22 +28,45 @@ type Resolver interface {
 	Resolve(ctx context.Context, addr netip.Addr, mac net.HardwareAddr) (Neighbour, error)
 }
 
+// RoutedResolver finds the next hop toward a backend that may sit behind a
+// router (ipip forwarding): the gateway's MAC when the route has one. A
+// Resolver without it leaves ipip backends unresolved.
+type RoutedResolver interface {
+	ResolveRouted(ctx context.Context, addr netip.Addr) (Neighbour, error)
+}
+
 // NetlinkResolver resolves through the kernel's routing and neighbour tables,
 // probing the neighbour when it is missing.
 type NetlinkResolver struct{}
 
-var _ Resolver = NetlinkResolver{}
+var (
+	_ Resolver       = NetlinkResolver{}
+	_ RoutedResolver = NetlinkResolver{}
+)
 
-// Resolve implements Resolver.
+// Resolve implements Resolver: addr must be on a directly connected network.
 func (NetlinkResolver) Resolve(ctx context.Context, addr netip.Addr, mac net.HardwareAddr) (Neighbour, error) {
-	addr = addr.Unmap()
+	return resolve(ctx, addr.Unmap(), mac, false)
+}
+
+// ResolveRouted implements RoutedResolver.
+func (NetlinkResolver) ResolveRouted(ctx context.Context, addr netip.Addr) (Neighbour, error) {
+	return resolve(ctx, addr.Unmap(), nil, true)
+}
+
+func resolve(ctx context.Context, addr netip.Addr, mac net.HardwareAddr, routed bool) (Neighbour, error) {
 	routes, err := netlink.RouteGet(addr.AsSlice())
 	if err != nil || len(routes) == 0 {
 		return Neighbour{}, fmt.Errorf("%s: no route: %v: %w", addr, err, ErrUnresolved)
 	}
 	rt := routes[0]
+	hop := addr
 	if rt.Gw != nil && !rt.Gw.Equal(addr.AsSlice()) {
-		return Neighbour{}, fmt.Errorf("%s via gateway %s: %w", addr, rt.Gw, ErrNotOnLink)
+		if !routed {
+			return Neighbour{}, fmt.Errorf("%s via gateway %s: %w", addr, rt.Gw, ErrNotOnLink)
+		}
+		gw, _ := netip.AddrFromSlice(rt.Gw)
+		hop = gw.Unmap()
 	}
 	l, err := netlink.LinkByIndex(rt.LinkIndex)
 	if err != nil {
@@ -49,6 +76,12 @@ func (NetlinkResolver) Resolve(ctx context.Context, addr netip.Addr, mac net.Har
 		return Neighbour{}, fmt.Errorf("%s is a local address: %w", addr, ErrNotOnLink)
 	}
 	n := Neighbour{IfIndex: rt.LinkIndex, SrcMAC: l.Attrs().HardwareAddr, MAC: mac}
+	if src, ok := netip.AddrFromSlice(rt.Src); ok {
+		n.Src = src.Unmap()
+	}
+	if routed && !n.Src.IsValid() {
+		return Neighbour{}, fmt.Errorf("%s: no source address toward it on %s: %w", addr, l.Attrs().Name, ErrUnresolved)
+	}
 	if len(mac) == 6 {
 		return n, nil
 	}
@@ -60,17 +93,21 @@ func (NetlinkResolver) Resolve(ctx context.Context, addr netip.Addr, mac net.Har
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if hw := lookupNeigh(rt.LinkIndex, family, addr); hw != nil {
+		if hw := lookupNeigh(rt.LinkIndex, family, hop); hw != nil {
 			n.MAC = hw
 			return n, nil
 		}
 		if !probed {
-			probe(rt.LinkIndex, family, addr)
+			probe(rt.LinkIndex, family, hop)
 			probed = true
 		}
 		select {
 		case <-ctx.Done():
-			return Neighbour{}, fmt.Errorf("%s on %s: %w", addr, l.Attrs().Name, ErrUnresolved)
+			what := addr.String()
+			if hop != addr {
+				what = fmt.Sprintf("%s (next hop %s)", addr, hop)
+			}
+			return Neighbour{}, fmt.Errorf("%s on %s: %w", what, l.Attrs().Name, ErrUnresolved)
 		case <-tick.C:
 		}
 	}

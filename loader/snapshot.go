@@ -17,18 +17,20 @@ type Snapshot struct {
 
 // ServiceStatus is one service as the datapath sees it.
 type ServiceStatus struct {
-	ID       uint32          `json:"id"`
-	Name     string          `json:"name"`
-	VIP      netip.Addr      `json:"vip"`
-	Port     uint16          `json:"port"`
-	Protocol string          `json:"protocol"`
-	Mode     string          `json:"mode"`
-	Hash     string          `json:"hash,omitempty"`
-	RingSize uint32          `json:"ring_size,omitempty"`
-	Packets  uint64          `json:"packets"`
-	Bytes    uint64          `json:"bytes"`
-	NewFlows uint64          `json:"new_flows"`
-	Backends []BackendStatus `json:"backends,omitempty"`
+	ID       uint32     `json:"id"`
+	Name     string     `json:"name"`
+	VIP      netip.Addr `json:"vip"`
+	Port     uint16     `json:"port"`
+	Protocol string     `json:"protocol"`
+	Mode     string     `json:"mode"`
+	Hash     string     `json:"hash,omitempty"`
+	// Forwarding is "dsr" or "ipip" (L4 only).
+	Forwarding string          `json:"forwarding,omitempty"`
+	RingSize   uint32          `json:"ring_size,omitempty"`
+	Packets    uint64          `json:"packets"`
+	Bytes      uint64          `json:"bytes"`
+	NewFlows   uint64          `json:"new_flows"`
+	Backends   []BackendStatus `json:"backends,omitempty"`
 }
 
 // BackendStatus is one backend of a service.
@@ -37,8 +39,10 @@ type BackendStatus struct {
 	Address netip.Addr `json:"address"`
 	State   string     `json:"state"`
 	Weight  uint16     `json:"weight"`
-	MAC     string     `json:"mac"`
-	IfIndex uint32     `json:"ifindex"`
+	// MAC is the backend's (dsr) or its next hop's as the daemon resolved
+	// it (ipip, where the kernel's FIB decides per packet when it can).
+	MAC     string `json:"mac"`
+	IfIndex uint32 `json:"ifindex"`
 	// Slots is how many Maglev table entries point at the backend, Share
 	// the fraction of the table that is.
 	Slots    uint32  `json:"slots"`
@@ -84,6 +88,7 @@ func (m *Maps) TakeSnapshot() (*Snapshot, error) {
 			s.Mode = "l7"
 		} else {
 			s.Hash = HashMode(val.Hash).String()
+			s.Forwarding = Forwarding(info.Forwarding).String()
 		}
 		c, err := m.ServiceCounters(val.Id)
 		if err != nil {

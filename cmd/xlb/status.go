@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/xlb-dev/xlb/config"
@@ -118,8 +119,8 @@ func printStatus(out io.Writer, snap *loader.Snapshot) {
 	for _, s := range snap.Services {
 		w.Flush()
 		fmt.Fprintf(w, "service %s\t%s\t%s\t%s\tpackets %d\tbytes %d\tnew flows %d\n",
-			s.Name, netip.AddrPortFrom(s.VIP, s.Port).String()+"/"+s.Protocol, s.Mode, s.Hash,
-			s.Packets, s.Bytes, s.NewFlows)
+			s.Name, netip.AddrPortFrom(s.VIP, s.Port).String()+"/"+s.Protocol, s.Mode,
+			strings.TrimSpace(s.Hash+" "+s.Forwarding), s.Packets, s.Bytes, s.NewFlows)
 		if s.Mode != "l4" {
 			continue
 		}
