@@ -102,19 +102,27 @@ func newFixture(t testing.TB, d Desired) *fixture {
 // newFixtureWith loads the collection spec returns (nil: the production one).
 func newFixtureWith(t testing.TB, d Desired, spec func() (*ebpf.CollectionSpec, error)) *fixture {
 	t.Helper()
+	f := openFixture(t, spec, staticResolver{ifindex: loIfIndex}, nil)
+	f.apply(d)
+	return f
+}
+
+// openFixture loads the datapath (spec nil: the production one) with a
+// reconciler that resolves backends with res; in, when set, is where the
+// fixture writes maps and runs packets (testNet.do).
+func openFixture(t testing.TB, spec func() (*ebpf.CollectionSpec, error), res Resolver, in func(func())) *fixture {
+	t.Helper()
 	requireRoot(t)
 	dp, err := Open(Options{Logger: quietLogger(), spec: spec})
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
 	}
 	t.Cleanup(func() { dp.Close(false) })
-	rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: loIfIndex}, loIfIndex, quietLogger())
+	rec, err := NewReconciler(&dp.Maps, res, loIfIndex, quietLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, dp: dp, rec: rec}
-	f.apply(d)
-	return f
+	return &fixture{t: t, dp: dp, rec: rec, in: in}
 }
 
 func (f *fixture) apply(d Desired) Change {

@@ -153,42 +153,11 @@ func ipipDesired() Desired {
 func newIPIPFixture(t *testing.T) (*fixture, *ipipNet) {
 	t.Helper()
 	n := newIPIPNet(t)
-	dp, err := Open(Options{Logger: quietLogger()})
-	if err != nil {
-		t.Fatalf("load datapath: %v", err)
-	}
-	t.Cleanup(func() { dp.Close(false) })
-	rec, err := NewReconciler(&dp.Maps, routedResolver{out: n.out}, loIfIndex, quietLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fixture{t: t, dp: dp, rec: rec, in: n.do}
+	f := openFixture(t, nil, routedResolver{out: n.out}, n.do)
 	if ch := f.apply(ipipDesired()); len(ch.Unresolved) > 0 {
 		t.Fatalf("unresolved: %v", ch.Unresolved)
 	}
 	return f, n
-}
-
-// expectSized is expectOne for frames whose length the program changes: the
-// verdict, one packet counted under wantReason, and the frame returned.
-func (f *fixture) expectSized(t *testing.T, data []byte, wantVerdict uint32, wantReason int) []byte {
-	t.Helper()
-	before := f.reasons()
-	ret, out := f.runSized(data)
-	if ret != wantVerdict {
-		t.Fatalf("verdict %s, want %s", verdictNames[ret], verdictNames[wantVerdict])
-	}
-	after := f.reasons()
-	for i := range after {
-		want := uint64(0)
-		if i == wantReason {
-			want = 1
-		}
-		if d := after[i].Packets - before[i].Packets; d != want {
-			t.Fatalf("reason %s counted %d packets, want %d", ReasonName(i), d, want)
-		}
-	}
-	return out
 }
 
 // outer4 is the outer IPv4 header xlb must write, built field by field;
@@ -261,7 +230,7 @@ func TestIPIPEncapGolden(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			out := f.expectSized(t, tc.in, xdpRedirect, rRedirect)
+			out := f.expectCounted(t, tc.in, xdpRedirect, rRedirect)
 			if !bytes.Equal(out, tc.want) {
 				t.Fatalf("frame\n got %x\nwant %x", out, tc.want)
 			}
@@ -313,7 +282,7 @@ func TestIPIPEncap(t *testing.T) {
 				label := maglev.FlowHash(tc.p.src, tc.p.dst, tc.p.sport, tc.p.dport, tc.p.proto) & 0xfffff
 				want = frame(gwMAC, outMAC, 0x86dd, outer6(tc.p.tos, label, inner, outSrc6, routedBe6), inner)
 			}
-			out := f.expectSized(t, in, xdpRedirect, rRedirect)
+			out := f.expectCounted(t, in, xdpRedirect, rRedirect)
 			if !bytes.Equal(out, want) {
 				t.Fatalf("frame\n got %x\nwant %x", out, want)
 			}
@@ -387,7 +356,7 @@ func TestIPIPTooBig(t *testing.T) {
 		name := map[bool]string{false: "fib", true: "interface mtu"}[noFIB]
 		t.Run(name+"/ipv4 frag needed", func(t *testing.T) {
 			in := big4(true, 10, outMTU-20+1).build()
-			out := f.expectSized(t, in, xdpTX, rICMPTooBig)
+			out := f.expectCounted(t, in, xdpTX, rICMPTooBig)
 			ip := mustHex(`45c0 009c 0000 0000 4001 0000 c613 000a c612 0064`)
 			binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip))
 			icmp := append(mustHex(`0304 0000 0000 05c8`), in[14:14+128]...)
@@ -401,14 +370,14 @@ func TestIPIPTooBig(t *testing.T) {
 			}
 		})
 		t.Run(name+"/ipv4 fits", func(t *testing.T) {
-			f.expectSized(t, big4(true, 11, outMTU-20).build(), xdpRedirect, rRedirect)
+			f.expectCounted(t, big4(true, 11, outMTU-20).build(), xdpRedirect, rRedirect)
 		})
 		t.Run(name+"/ipv4 without DF", func(t *testing.T) {
-			f.expectSized(t, big4(false, 12, outMTU-20+1).build(), xdpDrop, rTooBig)
+			f.expectCounted(t, big4(false, 12, outMTU-20+1).build(), xdpDrop, rTooBig)
 		})
 		t.Run(name+"/ipv6 packet too big", func(t *testing.T) {
 			in := big6(10, outMTU-40+1).build()
-			out := f.expectSized(t, in, xdpTX, rICMPTooBig)
+			out := f.expectCounted(t, in, xdpTX, rICMPTooBig)
 			ip := mustHex(`6000 0000 0108 3a40`)
 			ip = append(ip, vip6.AsSlice()...)
 			ip = append(ip, client6.AsSlice()...)
@@ -420,7 +389,7 @@ func TestIPIPTooBig(t *testing.T) {
 			}
 		})
 		t.Run(name+"/ipv6 fits", func(t *testing.T) {
-			f.expectSized(t, big6(11, outMTU-40).build(), xdpRedirect, rRedirect)
+			f.expectCounted(t, big6(11, outMTU-40).build(), xdpRedirect, rRedirect)
 		})
 	}
 	n.forwarding(true)
@@ -440,8 +409,8 @@ func icmp6Checksum(src, dst netip.Addr, msg []byte) uint16 {
 // A backend the FIB calls unreachable is a counted drop.
 func TestIPIPNoRoute(t *testing.T) {
 	f, _ := newIPIPFixture(t)
-	f.expectSized(t, pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 82, tcpFlags: tcpSYN}.build(), xdpDrop, rNoRoute)
-	f.expectSized(t, pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1, dport: 82, tcpFlags: tcpSYN}.build(), xdpDrop, rNoRoute)
+	f.expectCounted(t, pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 82, tcpFlags: tcpSYN}.build(), xdpDrop, rNoRoute)
+	f.expectCounted(t, pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1, dport: 82, tcpFlags: tcpSYN}.build(), xdpDrop, rNoRoute)
 }
 
 // ipip backends resolve to their next hop and carry their forwarding, the
@@ -481,19 +450,8 @@ func TestIPIPBackendEntries(t *testing.T) {
 	}
 
 	// A plain Resolver cannot resolve ipip backends.
-	dp, err := Open(Options{Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close(false)
-	rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: loIfIndex}, loIfIndex, quietLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := rec.Apply(context.Background(), Desired{Services: []ServiceSpec{ipipService(vip4, 80, netip.Prefix{}, routedBe4)}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	plain := openFixture(t, nil, staticResolver{ifindex: loIfIndex}, nil)
+	ch := plain.apply(Desired{Services: []ServiceSpec{ipipService(vip4, 80, netip.Prefix{}, routedBe4)}})
 	if len(ch.Unresolved) != 1 || !strings.Contains(ch.Unresolved[0], ErrNoRoutedResolver.Error()) {
 		t.Fatalf("unresolved = %v, want the backend, for %v", ch.Unresolved, ErrNoRoutedResolver)
 	}

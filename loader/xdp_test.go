@@ -45,12 +45,13 @@ var (
 	verdictNames = map[uint32]string{xdpDrop: "DROP", xdpPass: "PASS", xdpTX: "TX", xdpRedirect: "REDIRECT"}
 )
 
-// expectOne runs p and checks the verdict, that exactly one packet was counted
-// under wantReason, and for XDP_TX that only the MACs changed.
-func (f *fixture) expectOne(t *testing.T, data []byte, wantVerdict uint32, wantReason int) []byte {
+// expectCounted runs data and checks the verdict and that exactly one packet
+// of len(data) bytes was counted, under wantReason. It returns the frame the
+// program left.
+func (f *fixture) expectCounted(t *testing.T, data []byte, wantVerdict uint32, wantReason int) []byte {
 	t.Helper()
 	before := f.reasons()
-	ret, out := f.run(data)
+	ret, out := f.runSized(data)
 	if ret != wantVerdict {
 		t.Fatalf("verdict %s, want %s", verdictNames[ret], verdictNames[wantVerdict])
 	}
@@ -69,6 +70,17 @@ func (f *fixture) expectOne(t *testing.T, data []byte, wantVerdict uint32, wantR
 		t.Fatalf("reason %s bytes grew by %d, want %d", ReasonName(wantReason),
 			after[wantReason].Bytes-before[wantReason].Bytes, len(data))
 	}
+	return out
+}
+
+// expectOne is expectCounted for a frame the program may change only the
+// MACs of, on XDP_TX and XDP_REDIRECT.
+func (f *fixture) expectOne(t *testing.T, data []byte, wantVerdict uint32, wantReason int) []byte {
+	t.Helper()
+	out := f.expectCounted(t, data, wantVerdict, wantReason)
+	if len(out) != len(data) {
+		t.Fatalf("frame of %d bytes became %d", len(data), len(out))
+	}
 	if wantVerdict == xdpTX || wantVerdict == xdpRedirect {
 		if !bytes.Equal(out[6:12], lbMAC) {
 			t.Fatalf("source MAC %s, want the interface's %s", net.HardwareAddr(out[6:12]), lbMAC)
@@ -77,7 +89,7 @@ func (f *fixture) expectOne(t *testing.T, data []byte, wantVerdict uint32, wantR
 			t.Fatalf("bytes past the MACs changed:\n got %x\nwant %x", out[12:], data[12:])
 		}
 	} else if !bytes.Equal(out, data) {
-		t.Fatalf("packet modified on %s", verdictNames[ret])
+		t.Fatalf("packet modified on %s", verdictNames[wantVerdict])
 	}
 	return out
 }
