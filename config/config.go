@@ -57,6 +57,10 @@ type Forwarding string
 
 const (
 	ForwardDSR Forwarding = "dsr" // L2 direct server return
+	// ForwardIPIP is tunnel DSR: the packet inside an outer IPv4 (IP-in-IP)
+	// or IPv6 (IPv6-in-IPv6) header to a backend anywhere routed, which
+	// strips it (xlb decap) and answers the client directly.
+	ForwardIPIP Forwarding = "ipip"
 )
 
 // forwardNAT is not implemented yet; it is named so that it gets a "not
@@ -144,7 +148,7 @@ var (
 	protocols   = []Protocol{ProtoTCP, ProtoUDP}
 	modes       = []Mode{ModeL4, ModeL7}
 	hashModes   = []HashMode{HashIP, HashFlow}
-	forwardings = []Forwarding{ForwardDSR}
+	forwardings = []Forwarding{ForwardDSR, ForwardIPIP}
 	algorithms  = []Algorithm{AlgoRoundRobin, AlgoLeastConnections, AlgoIPHash, AlgoRandom}
 	checkTypes  = []string{CheckHTTP, CheckTCP}
 	initStates  = []string{StateUp, StateDown}
@@ -264,7 +268,12 @@ type Service struct {
 	Mode       Mode
 	Hash       HashMode   // L4 only; empty for L7 services
 	Forwarding Forwarding // L4 only; empty for L7 services
-	Algorithm  Algorithm  // L7 only; empty for L4 services
+	// IPIPSourcePrefix is ipip only: the prefix the outer source addresses
+	// come from, one per flow (its hash fills the host bits, at most the
+	// last 32), so that backends' receive hashing spreads flows. Zero: the
+	// host's own address toward each backend.
+	IPIPSourcePrefix netip.Prefix
+	Algorithm        Algorithm // L7 only; empty for L4 services
 
 	// The rest up to HealthCheck is L7 only: zero for L4 services (see
 	// l7.go, and SetL7Defaults for a Service built in code).
@@ -312,12 +321,12 @@ type Service struct {
 type Backend struct {
 	Address netip.Addr
 	// Port is where an L7 service's proxy connects; it defaults to the
-	// service port. 0 for L4 services: DSR keeps the destination port.
+	// service port. 0 for L4 services: dsr and ipip keep the destination port.
 	Port uint16
 	// Weight is the backend's share of the Maglev table; 0 keeps it out of
 	// the table (no new flows) while existing flows stay.
 	Weight uint32
-	MAC    net.HardwareAddr // optional; set, it skips neighbour resolution
+	MAC    net.HardwareAddr // optional, dsr only; set, it skips neighbour resolution
 	// HealthCheckPath and HealthCheckPort override the service's check path
 	// and port for this backend; "" and 0 keep the service's.
 	HealthCheckPath string

@@ -134,8 +134,8 @@ func TestExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("examples/xlb.toml: %v", err)
 	}
-	if len(cfg.Services) != 3 {
-		t.Errorf("examples/xlb.toml has %d services, want 3", len(cfg.Services))
+	if len(cfg.Services) != 4 {
+		t.Errorf("examples/xlb.toml has %d services, want 4", len(cfg.Services))
 	}
 	// The example documents every key, so it must set every one of them.
 	src, err := os.ReadFile("../examples/xlb.toml")
@@ -144,7 +144,7 @@ func TestExampleConfig(t *testing.T) {
 	}
 	for _, key := range []string{
 		"interface", "xdp_mode", "bpffs_dir", "maglev_table_size", "log_format", "log_level",
-		"name", "vip", "port", "protocol", "mode", "hash", "forwarding",
+		"name", "vip", "port", "protocol", "mode", "hash", "forwarding", "ipip_source_prefix",
 		"address", "weight", "mac",
 		"enabled", "type", "path", "expect_status", "interval", "interval_secs", "timeout", "timeout_secs",
 		"unhealthy_threshold", "healthy_threshold", "initial_state", "check_via_vip",

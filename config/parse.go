@@ -113,6 +113,7 @@ func decodeService(t *table, global HealthCheck) Service {
 	enum(t, "mode", &s.Mode)
 	enum(t, "hash", &s.Hash)
 	enum(t, "forwarding", &s.Forwarding)
+	t.prefix("ipip_source_prefix", &s.IPIPSourcePrefix)
 	enum(t, "algorithm", &s.Algorithm)
 	decodeL7(t, &s)
 	s.HealthCheck = decodeHealthCheck(t.table("health_check")).resolve(global)
@@ -379,6 +380,20 @@ func addrError(s string, err error) string {
 		msg = fmt.Sprintf("invalid IP address %q: a single address is expected, without a port", s)
 	}
 	return msg
+}
+
+// prefix reads an address prefix such as "198.18.99.0/24".
+func (t *table) prefix(key string, dst *netip.Prefix) {
+	var s string
+	if !t.str(key, &s) {
+		return
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		t.errorf(key, "invalid prefix %q (want an address and a length, like \"198.18.99.0/24\" or \"2001:db8:99::/64\")", s)
+		return
+	}
+	*dst = p
 }
 
 func (t *table) mac(key string, dst *net.HardwareAddr) {

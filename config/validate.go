@@ -210,6 +210,7 @@ func (v *validator) service(s *Service, p string, tableSize uint32, global *Heal
 		} else {
 			checkEnum(v, p+".forwarding", line, s.Forwarding, forwardings)
 		}
+		v.ipipSourcePrefix(s, p)
 		if s.Algorithm != "" {
 			v.errorf(p+".algorithm", line, "applies to l7 services only (l4 services pick backends by hash)")
 		}
@@ -224,6 +225,9 @@ func (v *validator) service(s *Service, p string, tableSize uint32, global *Heal
 		}
 		if s.Forwarding != "" {
 			v.errorf(p+".forwarding", line, "applies to l4 services only")
+		}
+		if s.IPIPSourcePrefix.IsValid() {
+			v.errorf(p+".ipip_source_prefix", line, "applies to l4 services only")
 		}
 		v.l7(s, p)
 	}
@@ -276,7 +280,7 @@ func (v *validator) backends(s *Service, p string, tableSize uint32, l4, l7 bool
 			}
 		}
 		if b.Port != 0 && l4 {
-			v.errorf(ep+".port", b.Line, "applies to l7 services only (dsr forwarding keeps the service port %d)", s.Port)
+			v.errorf(ep+".port", b.Line, "applies to l7 services only (%s forwarding keeps the service port %d)", s.Forwarding, s.Port)
 		}
 		if b.HealthCheckPath != "" {
 			switch {
@@ -296,6 +300,8 @@ func (v *validator) backends(s *Service, p string, tableSize uint32, l4, l7 bool
 			switch {
 			case l7:
 				v.errorf(ep+".mac", b.Line, "applies to l4 services only")
+			case s.Forwarding == ForwardIPIP:
+				v.errorf(ep+".mac", b.Line, "applies to dsr forwarding only (ipip takes the next hop from the kernel's routing and neighbour tables)")
 			case len(b.MAC) != 6:
 				v.errorf(ep+".mac", b.Line, "must be a 6-byte Ethernet address, got %d bytes (%s)", len(b.MAC), b.MAC)
 			case b.MAC[0]&1 != 0:
@@ -312,6 +318,27 @@ func (v *validator) backends(s *Service, p string, tableSize uint32, l4, l7 bool
 			v.errorf(bp, v.lines.line(bp+"[0]", s.Backends[0].Line),
 				"all %d backends have weight 0: the service would take no new flows", len(s.Backends))
 		}
+	}
+}
+
+// ipipSourcePrefix checks an L4 service's ipip_source_prefix.
+func (v *validator) ipipSourcePrefix(s *Service, p string) {
+	pfx := s.IPIPSourcePrefix
+	if !pfx.IsValid() {
+		return
+	}
+	path := p + ".ipip_source_prefix"
+	switch {
+	case s.Forwarding != ForwardIPIP:
+		v.errorf(path, s.Line, "applies to ipip forwarding only (this service's forwarding is %q)", s.Forwarding)
+	case pfx.Addr().Zone() != "":
+		v.errorf(path, s.Line, "must not have a zone, got %s", pfx)
+	case s.VIP.IsValid() && pfx.Addr().Is4() != s.VIP.Is4():
+		v.errorf(path, s.Line, "%s prefix %s in an %s service (vip %s)", family(pfx.Addr()), pfx, family(s.VIP), s.VIP)
+	case pfx.Bits() == 0:
+		v.errorf(path, s.Line, "must not be the whole address space, got %s", pfx)
+	case pfx.Masked() != pfx:
+		v.errorf(path, s.Line, "%s has bits set past its length (did you mean %s?)", pfx, pfx.Masked())
 	}
 }
 

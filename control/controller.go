@@ -491,6 +491,9 @@ func (c *Controller) desired() loader.Desired {
 		if s.cfg.Hash == config.HashFlow {
 			spec.Hash = loader.HashFlow
 		}
+		if s.cfg.Forwarding == config.ForwardIPIP {
+			spec.Forwarding, spec.IPIPSource = loader.ForwardIPIP, s.cfg.IPIPSourcePrefix
+		}
 		for _, b := range s.backends {
 			spec.Backends = append(spec.Backends, loader.BackendSpec{
 				Address: b.address, Weight: b.weight, State: c.effective(b), MAC: b.mac,
