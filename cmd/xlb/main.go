@@ -20,6 +20,8 @@ Usage:
   xlb status [--bpffs DIR] [--json]   show services, backends and counters from the pinned maps
   xlb validate -c FILE                check a config file and exit
   xlb backend add|drain|ready|remove|list ...   change backends through the running daemon's admin API
+  xlb decap --interface IFACE --vip ADDR [--vip ADDR ...]
+                                      on an ipip backend: strip the tunnel header of packets for the VIPs
   xlb sidecar --listen ADDR --backend URL [--timeout 30s] [--header K=V ...]
                                       a one-backend L7 proxy (no root, no config file)
   xlb version                         print the version (also xlb --version)
@@ -62,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = statusCmd(args, stdout)
 	case "sidecar":
 		err = sidecarCmd(args, stdout)
+	case "decap":
+		err = decapCmd(args, stdout)
 	case "backend":
 		err = backendCmd(args, stdout)
 	case "validate":
