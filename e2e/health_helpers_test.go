@@ -406,45 +406,51 @@ func newAdminClient(ns string) *adminClient {
 	return &adminClient{hc: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
 }
 
-// dialInNetns opens a connection from network namespace ns: the socket is made
-// on a thread that entered ns (a socket stays in the namespace it was made in).
-// The thread goes back to its namespace, or is discarded if it cannot.
+// dialInNetns opens a connection from network namespace ns (see inNetns).
 func dialInNetns(ctx context.Context, ns, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+	var c net.Conn
+	err := inNetns(ns, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// inNetns runs fn on a thread that entered network namespace ns: a socket fn
+// makes stays in ns. The thread goes back to its namespace, or is discarded
+// if it cannot.
+func inNetns(ns string, fn func() error) error {
+	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			errc <- err
 			return
 		}
 		defer orig.Close()
 		target, err := netns.GetFromName(ns)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("namespace %s: %w", ns, err)}
+			errc <- fmt.Errorf("namespace %s: %w", ns, err)
 			return
 		}
 		defer target.Close()
 		if err := netns.Set(target); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("enter %s: %w", ns, err)}
+			errc <- fmt.Errorf("enter %s: %w", ns, err)
 			return
 		}
-		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
+		err = fn()
 		if netns.Set(orig) == nil {
 			runtime.UnlockOSThread() // else the thread ends with the goroutine
 		}
-		ch <- result{c, err}
+		errc <- err
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-errc
 }
 
 // call sends method path to the admin API with the Authorization header auth

@@ -162,6 +162,7 @@ type Topology struct {
 	Prefix   string
 	Backends int    // backends are hosts "b1".."bN"
 	Clients  int    // client addresses: ClientAddr4/6 and the ones after them
+	Routed   int    // routed backends "r1".."rN" behind the router "rt" (NROUTED)
 	Mode     string // "generic" or "native"
 	// Peer is the bridge-side end of the LB's eth0, in namespace Prefix-br
 	// (native XDP_TX needs an XDP program on it).
@@ -181,6 +182,10 @@ func WithBackends(n int) TopologyOption { return func(tp *Topology) { tp.Backend
 
 // WithClients sets the number of client addresses (default 120).
 func WithClients(n int) TopologyOption { return func(tp *Topology) { tp.Clients = n } }
+
+// WithRouted adds a router and n routed backends behind it (NROUTED in
+// topology.sh).
+func WithRouted(n int) TopologyOption { return func(tp *Topology) { tp.Routed = n } }
 
 // WithNativeMode prepares the veths for native XDP (MODE=native in topology.sh).
 func WithNativeMode() TopologyOption { return func(tp *Topology) { tp.Mode = "native" } }
@@ -248,6 +253,7 @@ func (tp *Topology) runScript(args ...string) ([]byte, error) {
 	cmd.Env = append(os.Environ(),
 		"NBACKENDS="+strconv.Itoa(tp.Backends),
 		"NCLIENTS="+strconv.Itoa(tp.Clients),
+		"NROUTED="+strconv.Itoa(tp.Routed),
 		"MODE="+tp.Mode)
 	return output(cmd)
 }
@@ -280,6 +286,12 @@ func (tp *Topology) BackendAddr4(i int) string { return fmt.Sprintf("198.18.0.%d
 // BackendAddr6 is backend i's (1-based) eth0 address: 2001:db8:18::(10+i), the same
 // digits as the IPv4 octet.
 func (tp *Topology) BackendAddr6(i int) string { return fmt.Sprintf("2001:db8:18::%d", 10+i) }
+
+// RoutedAddr4 is routed backend i's (1-based) address: 198.18.1.(10+i).
+func (tp *Topology) RoutedAddr4(i int) string { return fmt.Sprintf("198.18.1.%d", 10+i) }
+
+// RoutedAddr6 is routed backend i's (1-based) address: 2001:db8:18:1::(10+i).
+func (tp *Topology) RoutedAddr6(i int) string { return fmt.Sprintf("2001:db8:18:1::%d", 10+i) }
 
 // ClientSources4 is every IPv4 client address as an xlbtest --sources range.
 func (tp *Topology) ClientSources4() string {

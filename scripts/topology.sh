@@ -9,6 +9,7 @@
 #
 # Environment (for "up"):
 #   NBACKENDS  number of backends, 1..89             (default 3)
+#   NROUTED    number of routed backends, 0..9       (default 0; see "Routed backends")
 #   NCLIENTS   number of client addresses, 1..155    (default 120)
 #   MODE       generic | native                      (default generic)
 #
@@ -16,7 +17,8 @@
 #
 # Naming (all derived from PREFIX, nothing lives in the root namespace):
 #   namespaces   PREFIX-br (bridge), PREFIX-cl (client), PREFIX-lb (load balancer),
-#                PREFIX-b1 .. PREFIX-bN (backends)
+#                PREFIX-b1 .. PREFIX-bN (backends), PREFIX-rt and PREFIX-r1 .. rN (router
+#                and routed backends, NROUTED)
 #   bridge       br0 in PREFIX-br
 #   veth         eth0 inside every host namespace; its peer (a port of br0, in PREFIX-br)
 #                is PREFIX + HOST + "p": e.g. xd1clp, xd1lbp, xd1b1p (at most 11 chars)
@@ -36,6 +38,14 @@
 #   Backends and the LB have arp_ignore=1 and arp_announce=2 (all and eth0), so only the
 #   owner of an address answers ARP for it and nobody answers for the VIP.
 #   IPv6 DAD is off in every namespace (accept_dad=0, addresses nodad): usable at once.
+#
+# Routed backends (NROUTED=N, for tunnel forwarding): a router PREFIX-rt on br0
+# (198.18.0.3/24, 2001:db8:18::3/64, forwarding on, rp_filter off) with a bridge br1
+# (198.18.1.1/24, 2001:db8:18:1::1/64) in its namespace, and backends PREFIX-r1 .. rN
+# on br1 (port rNp): 198.18.1.(10+i)/24 and 2001:db8:18:1::(10+i)/64, default routes
+# via the router, the VIPs on lo, arp_ignore/arp_announce as above. The LB routes
+# 198.18.1.0/24 and 2001:db8:18:1::/64 via the router; the client has no route to
+# them (routed backends answer it from the VIP through the router).
 #
 # MODE=native prepares the veths for native XDP on the LB's eth0 (see LAB.md):
 #   - client eth0: tx checksum offload off (native XDP loses partial checksums on veth);
@@ -59,6 +69,10 @@ readonly VIP4=198.19.0.10
 readonly VIP6=2001:db8:19::10
 readonly LB4=198.18.0.2
 readonly LB6=2001:db8:18::2
+readonly ROUTER4=198.18.0.3
+readonly ROUTER6=2001:db8:18::3
+readonly ROUTED_GW4=198.18.1.1
+readonly ROUTED_GW6=2001:db8:18:1::1
 
 prog=${0##*/}
 
@@ -86,7 +100,7 @@ check_root() {
 # topology_namespaces PREFIX: existing namespaces of this topology, bridge first.
 topology_namespaces() {
 	local p=$1 names
-	names=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${p}-(br|cl|lb|b[0-9]+)$" || true)
+	names=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${p}-(br|cl|lb|rt|b[0-9]+|r[0-9]+)$" || true)
 	# The bridge namespace goes first: deleting it removes every veth pair at once.
 	grep -x "${p}-br" <<<"$names" || true
 	grep -vx "${p}-br" <<<"$names" || true
@@ -152,6 +166,40 @@ no_arp_flux() {
 		net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2
 }
 
+# routed P N: the router P-rt on br0 and N backends P-r1..rN behind it (see
+# "Routed backends" above).
+routed() {
+	local p=$1 n=$2 i ns octet
+	new_ns "$p-rt"
+	plug "$p" rt
+	ip -n "$p-rt" addr add "$ROUTER4/24" dev eth0
+	ip -n "$p-rt" addr add "$ROUTER6/64" dev eth0 nodad
+	ip -n "$p-rt" link add br1 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+	ip -n "$p-rt" link set br1 up
+	ip -n "$p-rt" addr add "$ROUTED_GW4/24" dev br1
+	ip -n "$p-rt" addr add "$ROUTED_GW6/64" dev br1 nodad
+	nsexec "$p-rt" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+		net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0 \
+		net.ipv4.conf.br1.rp_filter=0
+	for ((i = 1; i <= n; i++)); do
+		ns=$p-r$i
+		octet=$((10 + i))
+		new_ns "$ns"
+		ip -n "$p-rt" link add "r${i}p" type veth peer name eth0 netns "$ns"
+		ip -n "$p-rt" link set "r${i}p" master br1 up
+		ip -n "$ns" link set eth0 up
+		ip -n "$ns" addr add "198.18.1.$octet/24" dev eth0
+		ip -n "$ns" addr add "2001:db8:18:1::$octet/64" dev eth0 nodad
+		ip -n "$ns" route add default via "$ROUTED_GW4"
+		ip -n "$ns" -6 route add default via "$ROUTED_GW6"
+		ip -n "$ns" addr add "$VIP4/32" dev lo
+		ip -n "$ns" addr add "$VIP6/128" dev lo nodad
+		no_arp_flux "$ns"
+	done
+	ip -n "$p-lb" route add 198.18.1.0/24 via "$ROUTER4"
+	ip -n "$p-lb" -6 route add 2001:db8:18:1::/64 via "$ROUTER6"
+}
+
 # undo_failed_up PREFIX: EXIT trap of "up"; removes a half-built topology.
 undo_failed_up() {
 	local rc=$?
@@ -162,10 +210,11 @@ undo_failed_up() {
 }
 
 cmd_up() {
-	local p=$1 nb=${NBACKENDS:-3} nc=${NCLIENTS:-120} mode=${MODE:-generic} i octet ns
+	local p=$1 nb=${NBACKENDS:-3} nc=${NCLIENTS:-120} nr=${NROUTED:-0} mode=${MODE:-generic} i octet ns
 
 	[[ $nb =~ ^[0-9]+$ ]] && ((nb >= 1 && nb <= 89)) || die "NBACKENDS=$nb: want 1..89"
 	[[ $nc =~ ^[0-9]+$ ]] && ((nc >= 1 && nc <= 155)) || die "NCLIENTS=$nc: want 1..155"
+	[[ $nr =~ ^[0-9]$ ]] || die "NROUTED=$nr: want 0..9"
 	[[ $mode == generic || $mode == native ]] || die "MODE=$mode: want generic or native"
 
 	cmd_down "$p"
@@ -212,6 +261,8 @@ cmd_up() {
 	ip -n "$p-cl" route add "$VIP4/32" via "$LB4"
 	ip -n "$p-cl" -6 route add "$VIP6/128" via "$LB6"
 
+	((nr == 0)) || routed "$p" "$nr"
+
 	if [[ $mode == native ]]; then
 		nsexec "$p-cl" ethtool -K eth0 tx off >/dev/null
 		nsexec "$p-br" ethtool -K "${p}lbp" gro on >/dev/null
@@ -220,6 +271,8 @@ cmd_up() {
 	trap - EXIT
 	local names="$p-br,$p-cl,$p-lb"
 	for ((i = 1; i <= nb; i++)); do names+=",$p-b$i"; done
+	((nr == 0)) || names+=",$p-rt"
+	for ((i = 1; i <= nr; i++)); do names+=",$p-r$i"; done
 	printf 'topology %s up mode=%s ns=%s bridge=br0 peer=%slbp lb=%s,%s vip=%s,%s clients=198.18.0.100-198.18.0.%d,2001:db8:18::100-2001:db8:18::%x\n' \
 		"$p" "$mode" "$names" "$p" "$LB4" "$LB6" "$VIP4" "$VIP6" $((100 + nc - 1)) $((0x100 + nc - 1))
 }
@@ -227,8 +280,8 @@ cmd_up() {
 cmd_exec() {
 	local p=$1 host=$2
 	shift 2
-	[[ $host =~ ^(br|cl|lb|b[0-9]+)$ ]] || {
-		echo "$prog: bad HOST '$host': want br, cl, lb or bN" >&2
+	[[ $host =~ ^(br|cl|lb|rt|b[0-9]+|r[0-9]+)$ ]] || {
+		echo "$prog: bad HOST '$host': want br, cl, lb, rt, bN or rN" >&2
 		exit 2
 	}
 	(($# > 0)) || usage
