@@ -125,6 +125,40 @@ func openFixture(t testing.TB, spec func() (*ebpf.CollectionSpec, error), res Re
 	return &fixture{t: t, dp: dp, rec: rec, in: in}
 }
 
+// openPinned is openFixture with its maps pinned in dir, for restarts: the
+// caller closes the datapath (Close(true) keeps the pins for the next one).
+func openPinned(t testing.TB, dir string, res Resolver, in func(func())) *fixture {
+	t.Helper()
+	dp, err := Open(Options{PinDir: dir, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := NewReconciler(&dp.Maps, res, loIfIndex, quietLogger())
+	if err != nil {
+		dp.Close(false)
+		t.Fatal(err)
+	}
+	return &fixture{t: t, dp: dp, rec: rec, in: in}
+}
+
+// restart commits f's datapath, closes it keeping the pins, and opens the
+// next one, which must adopt them; the caller closes it.
+func (f *fixture) restart(open func() *fixture) *fixture {
+	f.t.Helper()
+	if err := f.dp.Commit(); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := f.dp.Close(true); err != nil {
+		f.t.Fatal(err)
+	}
+	g := open()
+	if !g.dp.Adopted {
+		g.dp.Close(false)
+		f.t.Fatal("pinned maps not adopted")
+	}
+	return g
+}
+
 func (f *fixture) apply(d Desired) Change {
 	f.t.Helper()
 	var ch Change

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -495,4 +496,51 @@ func TestIPIPBesideDSR(t *testing.T) {
 	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 9, dport: 83, tcpFlags: tcpSYN}
 	out := f.expectOne(t, p.build(), xdpTX, rTX)
 	backendOf(t, out, be4)
+}
+
+// A reload that switches a service between dsr and ipip rewrites its
+// backends (resolved anew: on link, then next hop) and its flows follow.
+func TestIPIPForwardingChange(t *testing.T) {
+	f, _ := newIPIPFixture(t)
+	d := ipipDesired()
+	syn := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 77, dport: 80, tcpFlags: tcpSYN, df: true}
+	ack := syn
+	ack.tcpFlags = tcpACK
+	f.expectCounted(t, syn.build(), xdpRedirect, rRedirect)
+
+	d.Services[0].Forwarding = ForwardDSR
+	if ch := f.apply(d); ch.BackendsUpdated != 1 {
+		t.Fatalf("to dsr: %+v, want one backend updated", ch)
+	}
+	out := f.expectOne(t, ack.build(), xdpTX, rTX)
+	if got := backendOf(t, out, []netip.Addr{routedBe4}); got != routedBe4 {
+		t.Fatalf("dsr frame to %s", got)
+	}
+
+	d.Services[0].Forwarding = ForwardIPIP
+	f.apply(d)
+	out = f.expectCounted(t, ack.build(), xdpRedirect, rRedirect)
+	if !bytes.Equal(out[:6], kernelGwMAC) || out[14+9] != 4 {
+		t.Fatalf("not tunneled again: %x", out[:34])
+	}
+}
+
+// A restart that adopts the pins finds the ipip backends as it left them:
+// its first Apply writes nothing, per-flow sources included.
+func TestIPIPAdoptPinnedState(t *testing.T) {
+	n := newIPIPNet(t)
+	dir := fmt.Sprintf("/sys/fs/bpf/xlb-test-ipip-%d", os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	open := func() *fixture { return openPinned(t, dir, routedResolver{out: n.out}, n.do) }
+	f := open()
+	f.apply(ipipDesired())
+	g := f.restart(open)
+	defer g.dp.Close(false)
+	if ch := g.apply(ipipDesired()); !ch.Empty() {
+		t.Fatalf("first apply after adoption changed %+v", ch)
+	}
+	g.expectCounted(t, pkt{src: client6, dst: vip6, proto: protoTCP, sport: 5, dport: 81, tcpFlags: tcpSYN}.build(), xdpRedirect, rRedirect)
+	if err := g.dp.Commit(); err != nil {
+		t.Fatal(err)
+	}
 }

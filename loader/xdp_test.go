@@ -720,17 +720,7 @@ func TestAdoptPinnedState(t *testing.T) {
 	requireRoot(t)
 	dir := fmt.Sprintf("/sys/fs/bpf/xlb-test-%d", os.Getpid())
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	open := func() *fixture {
-		dp, err := Open(Options{PinDir: dir, Logger: quietLogger()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: loIfIndex}, loIfIndex, quietLogger())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return &fixture{t: t, dp: dp, rec: rec}
-	}
+	open := func() *fixture { return openPinned(t, dir, staticResolver{ifindex: loIfIndex}, nil) }
 	d := standardDesired()
 	f := open()
 	if f.dp.Adopted {
@@ -741,20 +731,11 @@ func TestAdoptPinnedState(t *testing.T) {
 	_, out := f.run(p.build())
 	first := backendOf(t, out, be4)
 	id := f.serviceID(vip4, 80, protoTCP)
-	if err := f.dp.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.dp.Close(true); err != nil {
-		t.Fatal(err)
-	}
 
 	// Move the flow's slot away: the restarted daemon's ring differs, but
 	// the flow must stay where it was.
-	g := open()
+	g := f.restart(open)
 	defer g.dp.Close(false)
-	if !g.dp.Adopted {
-		t.Fatal("pinned maps not adopted")
-	}
 	if got := g.serviceID(vip4, 80, protoTCP); got != id {
 		t.Fatalf("service id %d after restart, was %d", got, id)
 	}
