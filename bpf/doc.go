@@ -1,5 +1,8 @@
-// Package bpf holds xlb's XDP datapath: the C program (xlb.c), the types it
-// shares with Go (xlb.h) and the bpf2go output that embeds the compiled object.
+// Package bpf holds xlb's BPF programs: the XDP datapath (xlb.c, with tunnel
+// encapsulation in ipip.h), the backends' TC decapsulation (decap.c), the
+// types they share with Go (xlb.h, decap.h), the parsing and checksum headers
+// both include (parse.h, csum.h), and the bpf2go output that embeds the
+// compiled objects.
 //
 // Regenerate with `make generate` (needs clang); the output is committed so a
 // plain `go build` needs no C toolchain.
