@@ -27,6 +27,9 @@ var (
 	ErrBadRequest = errors.New("bad request")
 	// ErrExists: the backend is already in the service.
 	ErrExists = errors.New("backend already exists")
+	// ErrTooManyBackends: the L4 backends need more datapath ids than the
+	// loaded backends table holds (datapath.max_backends).
+	ErrTooManyBackends = errors.New("too many l4 backends for datapath.max_backends")
 )
 
 // AdminState is what the admin API asked of a backend.
@@ -555,6 +558,14 @@ func (c *Controller) Reload(cfg *config.Config) error {
 		c.log.Warn("reload: [datapath] table sizes need a restart; applying the rest")
 		cfg.Datapath.ConntrackSize, cfg.Datapath.MaxBackends = old.ConntrackSize, old.MaxBackends
 	}
+	// Every wanted L4 backend, admin-added ones included, holds an id of the
+	// table loaded at start: accepting more would make every reconcile fail.
+	services := buildServices(cfg, c.services)
+	if n, limit := l4Backends(services), c.maxBackends(); n > limit {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: the l4 services would have %d backends (admin-added ones included), the loaded table holds %d (datapath.max_backends; a larger one needs a restart)",
+			ErrTooManyBackends, n, limit)
+	}
 	retimed := c.maps != nil && flowTimeouts(old) != flowTimeouts(next)
 	if retimed {
 		if err := c.maps.SetFlowTimeouts(flowTimeouts(next)); err != nil {
@@ -563,7 +574,7 @@ func (c *Controller) Reload(cfg *config.Config) error {
 		}
 	}
 	prevServices, prevCfg := c.services, c.cfg
-	c.services = buildServices(cfg, c.services)
+	c.services = services
 	c.assignMarks(c.services)
 	c.cfg = cfg
 	if c.l7 != nil {
@@ -669,9 +680,10 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 		c.mu.Unlock()
 		return BackendInfo{}, fmt.Errorf("%w: %s", ErrExists, nb.id)
 	}
-	if limit := int(c.cfg.Datapath.MaxBackends); len(s.backends) >= limit || s.cfg.Mode == config.ModeL4 && c.l4Backends() >= limit {
+	// Only L4 backends take datapath ids; L7 ones are not capped.
+	if limit := c.maxBackends(); s.cfg.Mode == config.ModeL4 && l4Backends(c.services) >= limit {
 		c.mu.Unlock()
-		return BackendInfo{}, fmt.Errorf("%w: too many backends ([datapath] max_backends = %d)", ErrBadRequest, limit)
+		return BackendInfo{}, fmt.Errorf("%w: %w ([datapath] max_backends = %d)", ErrBadRequest, ErrTooManyBackends, limit)
 	}
 	s.backends = append(s.backends, nb)
 	c.assignMark(nb)
@@ -684,15 +696,26 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 }
 
 // l4Backends counts the backends of every L4 service: each takes a datapath
-// id. The caller holds c.mu.
-func (c *Controller) l4Backends() int {
+// id (a backend being removed keeps its id, and its place here, until its
+// flows end).
+func l4Backends(services []*service) int {
 	n := 0
-	for _, s := range c.services {
+	for _, s := range services {
 		if s.cfg.Mode == config.ModeL4 {
 			n += len(s.backends)
 		}
 	}
 	return n
+}
+
+// maxBackends is how many L4 backends the datapath holds: the size of the
+// backends table loaded at start, which a reload cannot change. The caller
+// holds c.mu.
+func (c *Controller) maxBackends() int {
+	if c.maps != nil && c.maps.Backends != nil {
+		return int(c.maps.Backends.MaxEntries())
+	}
+	return int(c.cfg.Datapath.MaxBackends)
 }
 
 // SetAdminState drains (AdminDraining) or readies (AdminReady) a backend.
