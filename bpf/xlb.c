@@ -563,18 +563,23 @@ static __always_inline int flow_gone(const struct flow_value *ct, const struct p
 
 	if (p->syn && (ct->flags & XLB_FLOW_CLOSING))
 		return 1;
-	if (!t || !ct->seen)
+	if (!t)
 		return 0;
 	if (p->flow.proto == IPPROTO_UDP)
 		idle = t->udp;
 	else if (ct->flags & XLB_FLOW_CLOSING)
 		idle = t->tcp_closing;
-	else if (ct->flags & XLB_FLOW_ESTABLISHED)
+	else if ((ct->flags & XLB_FLOW_ESTABLISHED) || (!ct->seen && ct->packets > 1))
+		/* A build before flow states: past its SYN after one packet. */
 		idle = t->tcp_established;
 	else
 		idle = t->tcp_syn;
+	/* The later of seen and the daemon's start (signed: ticks wrap). */
+	__u32 last = ct->seen;
+	if ((__s32)(t->seen_floor - last) > 0)
+		last = t->seen_floor;
 	/* Signed: another CPU may have stamped the entry with the next tick. */
-	return idle && (__s32)(now - ct->seen) > (__s32)idle;
+	return idle && (__s32)(now - last) > (__s32)idle;
 }
 
 /*

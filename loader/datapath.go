@@ -138,7 +138,7 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load XDP collection: %w", err)
 	}
-	d.Maps = Maps{objs.XlbMaps}
+	d.Maps = Maps{XlbMaps: objs.XlbMaps}
 	d.Program, d.Noop = objs.XlbXdp, objs.XlbNoop
 	if d.Adopted {
 		if d.saved, err = d.takeCheckpoint(d.fresh); err != nil {
@@ -200,6 +200,11 @@ func (d *Datapath) checkOutlives(keep bool) error {
 func (d *Datapath) Commit() error {
 	if d.committed {
 		return nil
+	}
+	// Before this start's program takes over: the start counts as a packet
+	// of every flow it adopted.
+	if err := d.Maps.raiseSeenFloor(); err != nil {
+		return err
 	}
 	if d.pinDir != "" {
 		if err := d.commitLink(); err != nil {
