@@ -752,7 +752,9 @@ func (r *Reconciler) resolveAll(ctx context.Context, want map[beIdent]beWant) ma
 		routed := w.s.Forwarding == ForwardIPIP
 		if cur, ok := r.backends[ident]; ok && cur.entry.State != uint8(StateUnresolved) &&
 			slices.Equal(cur.mac, w.b.MAC) && cur.routed == routed && (!routed || cur.n.Src.IsValid()) {
+			mu.Lock() // resolutions already started write out too
 			out[ident] = resolution{n: cur.n}
+			mu.Unlock()
 			continue
 		}
 		wg.Add(1)
