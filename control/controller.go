@@ -47,7 +47,7 @@ const flowsPoll = time.Second
 // flowSweep is how often the connection table is swept of expired flows
 // (Reconciler.ExpireFlows): the datapath ignores them already, the sweep
 // frees their room. One sweep reads the whole table.
-const flowSweep = 10 * time.Second
+var flowSweep = 10 * time.Second // a var for tests
 
 type backend struct {
 	id         string // service@address (L4) or service@address:port (L7)
@@ -94,6 +94,11 @@ type Controller struct {
 	services []*service
 	kick     chan struct{}
 
+	// openFlows and expireFlows walk the connection table (Maps.OpenFlows,
+	// Reconciler.ExpireFlows); tests replace them.
+	openFlows   func() (map[uint32]int, error)
+	expireFlows func() (loader.FlowSweep, error)
+
 	transitions <-chan health.Transition
 	unsubscribe func()
 	unresolved  bool   // the last apply left backends unresolved: retry
@@ -121,6 +126,12 @@ func New(cfg *config.Config, o Options) *Controller {
 	c := &Controller{
 		rec: o.Reconciler, maps: o.Maps, l7: o.L7, hm: o.Health, routes: o.CheckRoutes, log: o.Logger, metrics: o.Metrics,
 		kick: make(chan struct{}, 1),
+	}
+	if o.Maps != nil {
+		c.openFlows = o.Maps.OpenFlows
+	}
+	if o.Reconciler != nil {
+		c.expireFlows = o.Reconciler.ExpireFlows
 	}
 	c.cfg = cfg
 	c.services = buildServices(cfg, nil)
@@ -278,16 +289,30 @@ func flowTimeouts(d config.Datapath) loader.FlowTimeouts {
 
 // sweepFlows deletes the connection table's expired flows.
 func (c *Controller) sweepFlows() {
-	if c.rec == nil {
+	if c.expireFlows == nil {
 		return
 	}
-	s, err := c.rec.ExpireFlows()
+	s, err := c.expireFlows()
 	if err != nil {
 		c.log.Warn("sweeping the connection table", "err", err)
 		return
 	}
 	if s.Expired > 0 {
 		c.log.Debug("expired flows deleted", "expired", s.Expired, "live", s.Live)
+	}
+}
+
+// sweepLoop sweeps the connection table every flowSweep until ctx ends.
+func (c *Controller) sweepLoop(ctx context.Context) {
+	sweep := time.NewTicker(flowSweep)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sweep.C:
+			c.sweepFlows()
+		}
 	}
 }
 
@@ -298,16 +323,19 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.unsubscribe != nil {
 		defer c.unsubscribe()
 	}
+	// The sweep reads the whole connection table (seconds for a large one):
+	// on its own, it delays no reconcile. It ends with Run.
+	var sweeper sync.WaitGroup
+	defer sweeper.Wait()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	sweeper.Go(func() { c.sweepLoop(sctx) })
 	poll := time.NewTicker(flowsPoll)
 	defer poll.Stop()
-	sweep := time.NewTicker(flowSweep)
-	defer sweep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-sweep.C:
-			c.sweepFlows()
 		case tr := <-c.transitions:
 			// One reconcile covers every transition already queued; each
 			// is logged as applied.
@@ -763,23 +791,34 @@ func (c *Controller) Remove(id string) (BackendInfo, error) {
 }
 
 // finishRemovals drops backends whose drain is over; reports whether any was.
+// The connection table is walked without c.mu (a large one takes seconds),
+// so the admin API and health changes go on meanwhile; a backend whose state
+// changed during the walk is looked at again at the next poll.
 func (c *Controller) finishRemovals() bool {
 	c.mu.Lock()
+	removing := false
+	for _, s := range c.services {
+		for _, b := range s.backends {
+			removing = removing || b.admin == AdminRemoving
+		}
+	}
+	if !removing {
+		c.mu.Unlock()
+		return false
+	}
+	q := c.flowQuery()
+	c.mu.Unlock()
+	flows := c.countFlows(q)
+
+	c.mu.Lock()
 	defer c.mu.Unlock()
-	var flows map[string]int
 	removed := false
 	for _, s := range c.services {
 		kept := s.backends[:0]
 		for _, b := range s.backends {
-			if b.admin != AdminRemoving {
-				kept = append(kept, b)
-				continue
-			}
-			if flows == nil {
-				flows = c.openFlows()
-			}
 			n := flows[b.id]
-			if n > 0 && time.Now().Before(b.deadline) {
+			if b.admin != AdminRemoving || q.backends[b.id] != b ||
+				n > 0 && time.Now().Before(b.deadline) {
 				kept = append(kept, b)
 				continue
 			}
@@ -795,27 +834,29 @@ func (c *Controller) finishRemovals() bool {
 	return removed
 }
 
-// openFlows counts what a removal waits for, per backend id: open L4 flows
-// and L7 requests in flight. The caller holds c.mu.
-func (c *Controller) openFlows() map[string]int {
-	out := map[string]int{}
+// flowQuery is what counting open flows needs of the backends, copied under
+// c.mu: L7 requests in flight (counters read at once), and the datapath ids
+// of the L4 backends.
+type flowQuery struct {
+	l7       map[string]int      // backend id: requests in flight
+	l4       map[string]uint32   // backend id: datapath id
+	backends map[string]*backend // the backends queried, by id
+}
+
+// flowQuery: the caller holds c.mu.
+func (c *Controller) flowQuery() flowQuery {
+	q := flowQuery{l7: map[string]int{}, l4: map[string]uint32{}, backends: map[string]*backend{}}
 	for _, s := range c.services {
+		for _, b := range s.backends {
+			q.backends[b.id] = b
+		}
 		if s.cfg.Mode == config.ModeL7 {
 			for _, b := range s.backends {
-				out[b.id] = c.inFlight(s, b)
+				q.l7[b.id] = c.inFlight(s, b)
 			}
+			continue
 		}
-	}
-	if c.rec == nil || c.maps == nil {
-		return out
-	}
-	byDatapath, err := c.maps.OpenFlows()
-	if err != nil {
-		c.log.Warn("reading the connection table", "err", err)
-		return out
-	}
-	for _, s := range c.services {
-		if s.cfg.Mode != config.ModeL4 {
+		if c.rec == nil {
 			continue
 		}
 		sid, ok := c.rec.ServiceID(s.cfg.VIP, s.cfg.Port, s.cfg.Protocol.Number())
@@ -824,9 +865,31 @@ func (c *Controller) openFlows() map[string]int {
 		}
 		for _, b := range s.backends {
 			if id, ok := c.rec.BackendID(sid, b.address); ok {
-				out[b.id] = byDatapath[id]
+				q.l4[b.id] = id
 			}
 		}
+	}
+	return q
+}
+
+// countFlows counts what a removal waits for, per backend id: open L4 flows
+// (one walk of the connection table: call it without c.mu) and L7 requests
+// in flight.
+func (c *Controller) countFlows(q flowQuery) map[string]int {
+	out := make(map[string]int, len(q.l7)+len(q.l4))
+	for id, n := range q.l7 {
+		out[id] = n
+	}
+	if len(q.l4) == 0 || c.openFlows == nil {
+		return out
+	}
+	byDatapath, err := c.openFlows()
+	if err != nil {
+		c.log.Warn("reading the connection table", "err", err)
+		return out
+	}
+	for id, dp := range q.l4 {
+		out[id] = byDatapath[dp]
 	}
 	return out
 }

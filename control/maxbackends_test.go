@@ -10,8 +10,6 @@ import (
 	"testing"
 
 	"github.com/xlb-dev/xlb/config"
-	"github.com/xlb-dev/xlb/internal/testenv"
-	"github.com/xlb-dev/xlb/loader"
 )
 
 // maxConfig is one L4 service with the given backends and max_backends.
@@ -34,7 +32,6 @@ func maxConfig(t *testing.T, max int, addrs ...string) *config.Config {
 // max_backends) holds every wanted L4 backend, admin-added ones included;
 // once accepted, reconciles keep succeeding.
 func TestReloadWithinLoadedMaxBackends(t *testing.T) {
-	testenv.RequireRoot(t, "loads the datapath")
 	tests := []struct {
 		name    string
 		loaded  uint32
@@ -58,17 +55,7 @@ func TestReloadWithinLoadedMaxBackends(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-			dp, err := loader.Open(loader.Options{Logger: quiet, MaxBackends: tt.loaded})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer dp.Close(false)
-			rec, err := loader.NewReconciler(&dp.Maps, benchResolver{}, 1, quiet)
-			if err != nil {
-				t.Fatal(err)
-			}
-			c := New(tt.first, Options{Reconciler: rec, Maps: &dp.Maps, Logger: quiet})
+			_, c := newL4ControllerSized(t, tt.first, tt.loaded)
 			ctx := context.Background()
 			if err := c.Start(ctx); err != nil {
 				t.Fatal(err)
@@ -81,7 +68,7 @@ func TestReloadWithinLoadedMaxBackends(t *testing.T) {
 			if err := c.reconcile(ctx); err != nil {
 				t.Fatal(err)
 			}
-			err = c.Reload(tt.next)
+			err := c.Reload(tt.next)
 			switch {
 			case tt.refused && !errors.Is(err, ErrTooManyBackends):
 				t.Fatalf("reload: %v, want ErrTooManyBackends", err)
