@@ -368,8 +368,9 @@ func (d *Datapath) Close(keep bool) error {
 			}
 		}
 	}
-	if drop || (!d.committed && d.createdDir) {
-		// Only removes the directory if nothing else lives there.
+	if d.lock != nil && (drop || (!d.committed && d.createdDir)) {
+		// Only removes the directory if nothing else lives there, and only
+		// under its lock: without it the directory is another daemon's.
 		if err := os.Remove(d.pinDir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
 			errs = append(errs, err)
 		}
