@@ -323,6 +323,10 @@ static __always_inline int encap6(struct xdp_md *ctx, const struct backend *be, 
 	if ((void *)(inner + 1) > end)
 		return ENCAP_FAILED;
 	__u32 len = bpf_ntohs(inner->payload_len) + sizeof(struct ipv6hdr);
+	if (len == sizeof(struct ipv6hdr)) /* past 64 KiB (see parse_ipv6) */
+		len = bpf_xdp_get_buff_len(ctx) - l2;
+	if (len > 0xffff) /* more than an outer payload length holds */
+		return icmp6_too_big(ctx, l2, 0xffff + sizeof(struct ipv6hdr));
 	__u32 outer_len = len + sizeof(struct ipv6hdr);
 	/* The traffic class straddles priority and the label's first byte. */
 	__u8 tclass_low = inner->flow_lbl[0] & 0xf0;

@@ -349,15 +349,21 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, struct packet *p, void
 	return PARSE_OK;
 }
 
-static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *p, void *data, void *end)
+/* l2: the offset of data (the IPv6 header) in the frame. */
+static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *p, void *data, void *end, __u32 l2)
 {
 	struct ipv6hdr *ip6 = data;
 
 	if ((void *)(ip6 + 1) > end)
 		return PARSE_MALFORMED;
-	/* No jumbograms (payload length 0 and a hop-by-hop option): XDP
-	 * frames are far below 64 KiB. */
 	__u32 len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	/*
+	 * Payload length 0: a packet past 64 KiB, which the frame measures.
+	 * Generic XDP sees GRO-built BIG TCP packets, which carry no jumbo
+	 * option; jumbograms carry one.
+	 */
+	if (len == sizeof(*ip6))
+		len = bpf_xdp_get_buff_len(ctx) - l2;
 	if (ip6->version != 6 || longer_than_frame(ctx, data, end, len))
 		return PARSE_MALFORMED;
 
@@ -450,7 +456,7 @@ static __always_inline int parse(struct xdp_md *ctx, struct packet *p, struct et
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(ctx, p, l3, end);
 	if (proto == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(ctx, p, l3, end);
+		return parse_ipv6(ctx, p, l3, end, l2);
 	return PARSE_NOT_IP;
 }
 
@@ -563,18 +569,23 @@ static __always_inline int flow_gone(const struct flow_value *ct, const struct p
 
 	if (p->syn && (ct->flags & XLB_FLOW_CLOSING))
 		return 1;
-	if (!t || !ct->seen)
+	if (!t)
 		return 0;
 	if (p->flow.proto == IPPROTO_UDP)
 		idle = t->udp;
 	else if (ct->flags & XLB_FLOW_CLOSING)
 		idle = t->tcp_closing;
-	else if (ct->flags & XLB_FLOW_ESTABLISHED)
+	else if ((ct->flags & XLB_FLOW_ESTABLISHED) || (!ct->seen && ct->packets > 1))
+		/* A build before flow states: past its SYN after one packet. */
 		idle = t->tcp_established;
 	else
 		idle = t->tcp_syn;
+	/* The later of seen and the daemon's start (signed: ticks wrap). */
+	__u32 last = ct->seen;
+	if ((__s32)(t->seen_floor - last) > 0)
+		last = t->seen_floor;
 	/* Signed: another CPU may have stamped the entry with the next tick. */
-	return idle && (__s32)(now - ct->seen) > (__s32)idle;
+	return idle && (__s32)(now - last) > (__s32)idle;
 }
 
 /*

@@ -166,8 +166,9 @@ struct flow_value {
 	/*
 	 * Tick (bpf_ktime_get_coarse_ns >> XLB_FLOW_TICK_SHIFT) of the last
 	 * packet: an entry idle longer than its state's flow_timeouts is gone.
-	 * 0: written by a build before timeouts (this was padding), which
-	 * counts as seen now until a packet or the loader's sweep stamps it.
+	 * The last-seen tick is the later of seen and idle_timeouts.seen_floor
+	 * (the daemon's start), so a build before timeouts (seen 0, this was
+	 * padding) ages from the start that found it, with no write to it.
 	 */
 	__u32 seen;
 	__u64 created_ns; /* bpf_ktime_get_coarse_ns at the first packet */
@@ -183,6 +184,12 @@ struct idle_timeouts {
 	__u32 tcp_established;
 	__u32 tcp_closing;
 	__u32 udp;
+	/*
+	 * Tick of the daemon's start: no entry counts as seen before it, so a
+	 * restart counts as a packet of every flow (no early expiry across
+	 * restarts, upgrades or downgrades; seen 0 expires in time).
+	 */
+	__u32 seen_floor;
 };
 
 struct counters {

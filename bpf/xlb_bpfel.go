@@ -110,6 +110,7 @@ type XlbIdleTimeouts struct {
 	TcpEstablished uint32
 	TcpClosing     uint32
 	Udp            uint32
+	SeenFloor      uint32
 }
 
 type XlbLimits uint32

@@ -72,6 +72,7 @@ type XlbBenchIdleTimeouts struct {
 	TcpEstablished uint32
 	TcpClosing     uint32
 	Udp            uint32
+	SeenFloor      uint32
 }
 
 type XlbBenchSvcInfo struct {

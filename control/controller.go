@@ -27,6 +27,9 @@ var (
 	ErrBadRequest = errors.New("bad request")
 	// ErrExists: the backend is already in the service.
 	ErrExists = errors.New("backend already exists")
+	// ErrTooManyBackends: the L4 backends need more datapath ids than the
+	// loaded backends table holds (datapath.max_backends).
+	ErrTooManyBackends = errors.New("too many l4 backends for datapath.max_backends")
 )
 
 // AdminState is what the admin API asked of a backend.
@@ -44,7 +47,7 @@ const flowsPoll = time.Second
 // flowSweep is how often the connection table is swept of expired flows
 // (Reconciler.ExpireFlows): the datapath ignores them already, the sweep
 // frees their room. One sweep reads the whole table.
-const flowSweep = 10 * time.Second
+var flowSweep = 10 * time.Second // a var for tests
 
 type backend struct {
 	id         string // service@address (L4) or service@address:port (L7)
@@ -91,6 +94,11 @@ type Controller struct {
 	services []*service
 	kick     chan struct{}
 
+	// openFlows and expireFlows walk the connection table (Maps.OpenFlows,
+	// Reconciler.ExpireFlows); tests replace them.
+	openFlows   func() (map[uint32]int, error)
+	expireFlows func() (loader.FlowSweep, error)
+
 	transitions <-chan health.Transition
 	unsubscribe func()
 	unresolved  bool   // the last apply left backends unresolved: retry
@@ -118,6 +126,12 @@ func New(cfg *config.Config, o Options) *Controller {
 	c := &Controller{
 		rec: o.Reconciler, maps: o.Maps, l7: o.L7, hm: o.Health, routes: o.CheckRoutes, log: o.Logger, metrics: o.Metrics,
 		kick: make(chan struct{}, 1),
+	}
+	if o.Maps != nil {
+		c.openFlows = o.Maps.OpenFlows
+	}
+	if o.Reconciler != nil {
+		c.expireFlows = o.Reconciler.ExpireFlows
 	}
 	c.cfg = cfg
 	c.services = buildServices(cfg, nil)
@@ -275,16 +289,30 @@ func flowTimeouts(d config.Datapath) loader.FlowTimeouts {
 
 // sweepFlows deletes the connection table's expired flows.
 func (c *Controller) sweepFlows() {
-	if c.rec == nil {
+	if c.expireFlows == nil {
 		return
 	}
-	s, err := c.rec.ExpireFlows()
+	s, err := c.expireFlows()
 	if err != nil {
 		c.log.Warn("sweeping the connection table", "err", err)
 		return
 	}
 	if s.Expired > 0 {
 		c.log.Debug("expired flows deleted", "expired", s.Expired, "live", s.Live)
+	}
+}
+
+// sweepLoop sweeps the connection table every flowSweep until ctx ends.
+func (c *Controller) sweepLoop(ctx context.Context) {
+	sweep := time.NewTicker(flowSweep)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sweep.C:
+			c.sweepFlows()
+		}
 	}
 }
 
@@ -295,16 +323,19 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.unsubscribe != nil {
 		defer c.unsubscribe()
 	}
+	// The sweep reads the whole connection table (seconds for a large one):
+	// on its own, it delays no reconcile. It ends with Run.
+	var sweeper sync.WaitGroup
+	defer sweeper.Wait()
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	sweeper.Go(func() { c.sweepLoop(sctx) })
 	poll := time.NewTicker(flowsPoll)
 	defer poll.Stop()
-	sweep := time.NewTicker(flowSweep)
-	defer sweep.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-sweep.C:
-			c.sweepFlows()
 		case tr := <-c.transitions:
 			// One reconcile covers every transition already queued; each
 			// is logged as applied.
@@ -555,6 +586,14 @@ func (c *Controller) Reload(cfg *config.Config) error {
 		c.log.Warn("reload: [datapath] table sizes need a restart; applying the rest")
 		cfg.Datapath.ConntrackSize, cfg.Datapath.MaxBackends = old.ConntrackSize, old.MaxBackends
 	}
+	// Every wanted L4 backend, admin-added ones included, holds an id of the
+	// table loaded at start: accepting more would make every reconcile fail.
+	services := buildServices(cfg, c.services)
+	if n, limit := l4Backends(services), c.maxBackends(); n > limit {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: the l4 services would have %d backends (admin-added ones included), the loaded table holds %d (datapath.max_backends; a larger one needs a restart)",
+			ErrTooManyBackends, n, limit)
+	}
 	retimed := c.maps != nil && flowTimeouts(old) != flowTimeouts(next)
 	if retimed {
 		if err := c.maps.SetFlowTimeouts(flowTimeouts(next)); err != nil {
@@ -563,7 +602,7 @@ func (c *Controller) Reload(cfg *config.Config) error {
 		}
 	}
 	prevServices, prevCfg := c.services, c.cfg
-	c.services = buildServices(cfg, c.services)
+	c.services = services
 	c.assignMarks(c.services)
 	c.cfg = cfg
 	if c.l7 != nil {
@@ -669,9 +708,10 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 		c.mu.Unlock()
 		return BackendInfo{}, fmt.Errorf("%w: %s", ErrExists, nb.id)
 	}
-	if limit := int(c.cfg.Datapath.MaxBackends); len(s.backends) >= limit || s.cfg.Mode == config.ModeL4 && c.l4Backends() >= limit {
+	// Only L4 backends take datapath ids; L7 ones are not capped.
+	if limit := c.maxBackends(); s.cfg.Mode == config.ModeL4 && l4Backends(c.services) >= limit {
 		c.mu.Unlock()
-		return BackendInfo{}, fmt.Errorf("%w: too many backends ([datapath] max_backends = %d)", ErrBadRequest, limit)
+		return BackendInfo{}, fmt.Errorf("%w: %w ([datapath] max_backends = %d)", ErrBadRequest, ErrTooManyBackends, limit)
 	}
 	s.backends = append(s.backends, nb)
 	c.assignMark(nb)
@@ -684,15 +724,26 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 }
 
 // l4Backends counts the backends of every L4 service: each takes a datapath
-// id. The caller holds c.mu.
-func (c *Controller) l4Backends() int {
+// id (a backend being removed keeps its id, and its place here, until its
+// flows end).
+func l4Backends(services []*service) int {
 	n := 0
-	for _, s := range c.services {
+	for _, s := range services {
 		if s.cfg.Mode == config.ModeL4 {
 			n += len(s.backends)
 		}
 	}
 	return n
+}
+
+// maxBackends is how many L4 backends the datapath holds: the size of the
+// backends table loaded at start, which a reload cannot change. The caller
+// holds c.mu.
+func (c *Controller) maxBackends() int {
+	if c.maps != nil && c.maps.Backends != nil {
+		return int(c.maps.Backends.MaxEntries())
+	}
+	return int(c.cfg.Datapath.MaxBackends)
 }
 
 // SetAdminState drains (AdminDraining) or readies (AdminReady) a backend.
@@ -740,23 +791,34 @@ func (c *Controller) Remove(id string) (BackendInfo, error) {
 }
 
 // finishRemovals drops backends whose drain is over; reports whether any was.
+// The connection table is walked without c.mu (a large one takes seconds),
+// so the admin API and health changes go on meanwhile; a backend whose state
+// changed during the walk is looked at again at the next poll.
 func (c *Controller) finishRemovals() bool {
 	c.mu.Lock()
+	removing := false
+	for _, s := range c.services {
+		for _, b := range s.backends {
+			removing = removing || b.admin == AdminRemoving
+		}
+	}
+	if !removing {
+		c.mu.Unlock()
+		return false
+	}
+	q := c.flowQuery()
+	c.mu.Unlock()
+	flows := c.countFlows(q)
+
+	c.mu.Lock()
 	defer c.mu.Unlock()
-	var flows map[string]int
 	removed := false
 	for _, s := range c.services {
 		kept := s.backends[:0]
 		for _, b := range s.backends {
-			if b.admin != AdminRemoving {
-				kept = append(kept, b)
-				continue
-			}
-			if flows == nil {
-				flows = c.openFlows()
-			}
 			n := flows[b.id]
-			if n > 0 && time.Now().Before(b.deadline) {
+			if b.admin != AdminRemoving || q.backends[b.id] != b ||
+				n > 0 && time.Now().Before(b.deadline) {
 				kept = append(kept, b)
 				continue
 			}
@@ -772,27 +834,29 @@ func (c *Controller) finishRemovals() bool {
 	return removed
 }
 
-// openFlows counts what a removal waits for, per backend id: open L4 flows
-// and L7 requests in flight. The caller holds c.mu.
-func (c *Controller) openFlows() map[string]int {
-	out := map[string]int{}
+// flowQuery is what counting open flows needs of the backends, copied under
+// c.mu: L7 requests in flight (counters read at once), and the datapath ids
+// of the L4 backends.
+type flowQuery struct {
+	l7       map[string]int      // backend id: requests in flight
+	l4       map[string]uint32   // backend id: datapath id
+	backends map[string]*backend // the backends queried, by id
+}
+
+// flowQuery: the caller holds c.mu.
+func (c *Controller) flowQuery() flowQuery {
+	q := flowQuery{l7: map[string]int{}, l4: map[string]uint32{}, backends: map[string]*backend{}}
 	for _, s := range c.services {
+		for _, b := range s.backends {
+			q.backends[b.id] = b
+		}
 		if s.cfg.Mode == config.ModeL7 {
 			for _, b := range s.backends {
-				out[b.id] = c.inFlight(s, b)
+				q.l7[b.id] = c.inFlight(s, b)
 			}
+			continue
 		}
-	}
-	if c.rec == nil || c.maps == nil {
-		return out
-	}
-	byDatapath, err := c.maps.OpenFlows()
-	if err != nil {
-		c.log.Warn("reading the connection table", "err", err)
-		return out
-	}
-	for _, s := range c.services {
-		if s.cfg.Mode != config.ModeL4 {
+		if c.rec == nil {
 			continue
 		}
 		sid, ok := c.rec.ServiceID(s.cfg.VIP, s.cfg.Port, s.cfg.Protocol.Number())
@@ -801,9 +865,31 @@ func (c *Controller) openFlows() map[string]int {
 		}
 		for _, b := range s.backends {
 			if id, ok := c.rec.BackendID(sid, b.address); ok {
-				out[b.id] = byDatapath[id]
+				q.l4[b.id] = id
 			}
 		}
+	}
+	return q
+}
+
+// countFlows counts what a removal waits for, per backend id: open L4 flows
+// (one walk of the connection table: call it without c.mu) and L7 requests
+// in flight.
+func (c *Controller) countFlows(q flowQuery) map[string]int {
+	out := make(map[string]int, len(q.l7)+len(q.l4))
+	for id, n := range q.l7 {
+		out[id] = n
+	}
+	if len(q.l4) == 0 || c.openFlows == nil {
+		return out
+	}
+	byDatapath, err := c.openFlows()
+	if err != nil {
+		c.log.Warn("reading the connection table", "err", err)
+		return out
+	}
+	for id, dp := range q.l4 {
+		out[id] = byDatapath[dp]
 	}
 	return out
 }

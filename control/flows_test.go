@@ -42,9 +42,16 @@ func udpFrame(src, dst netip.Addr, sport, dport uint16) []byte {
 // (closed with the test) whose backends all sit behind interface 1.
 func newL4Controller(t *testing.T, cfg *config.Config) (*loader.Datapath, *Controller) {
 	t.Helper()
+	return newL4ControllerSized(t, cfg, 0)
+}
+
+// newL4ControllerSized is newL4Controller with a backends table of
+// maxBackends entries (0: the default).
+func newL4ControllerSized(t *testing.T, cfg *config.Config, maxBackends uint32) (*loader.Datapath, *Controller) {
+	t.Helper()
 	testenv.RequireRoot(t, "needs root: loads the XDP datapath")
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	dp, err := loader.Open(loader.Options{Logger: quiet})
+	dp, err := loader.Open(loader.Options{Logger: quiet, MaxBackends: maxBackends})
 	if err != nil {
 		t.Fatal(err)
 	}

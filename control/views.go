@@ -88,9 +88,13 @@ func (c *Controller) infoWith(s *service, b *backend, flows map[string]int) Back
 
 // Backends lists every backend of every service (or of one).
 func (c *Controller) Backends(serviceName string) ([]BackendInfo, error) {
+	// The connection table is walked without c.mu: see finishRemovals.
+	c.mu.Lock()
+	q := c.flowQuery()
+	c.mu.Unlock()
+	flows := c.countFlows(q)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	flows := c.openFlows()
 	var out []BackendInfo
 	found := serviceName == ""
 	for _, s := range c.services {

@@ -91,7 +91,8 @@ func bpffsOutlivesProcess(dir string) (outlives, ok bool, err error) {
 // would tie daemons in other mount namespaces that use distinct bpffs
 // instances under the same path, and a flock ends with its process, so a
 // killed daemon leaves nothing stale behind. created says whether this call
-// made the directory.
+// made the directory and holds its lock: a start that made it but lost the
+// lock to another (which found it made) must not remove it.
 func claimPinDir(dir string) (lock *os.File, created bool, err error) {
 	// A holder that stops removes the directory; a lock taken on the removed
 	// one would guard nothing, so such a race starts over.
@@ -101,8 +102,11 @@ func claimPinDir(dir string) (lock *os.File, created bool, err error) {
 			return nil, false, err
 		}
 		lock, err = lockDir(dir)
-		if err != nil || lock != nil {
-			return lock, created, err
+		if err != nil {
+			return nil, false, err
+		}
+		if lock != nil {
+			return lock, created, nil
 		}
 	}
 	return nil, false, fmt.Errorf("lock pin directory %s: it keeps being removed", dir)

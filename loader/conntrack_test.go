@@ -68,10 +68,8 @@ func TestXDPFlowExpiry(t *testing.T) {
 	f := newFixture(t, d)
 	tcp4, udp4 := d.Services[0], d.Services[1]
 	const syn, est, closing = 10, 100, 50 // timeouts in ticks
-	if err := f.dp.SetFlowTimeouts(FlowTimeouts{
+	timeouts := FlowTimeouts{
 		TCPSyn: syn * FlowTick, TCPEstablished: est * FlowTick, TCPClosing: closing * FlowTick, UDP: 30 * FlowTick,
-	}); err != nil {
-		t.Fatal(err)
 	}
 	E, C := flowEstablished, flowClosing
 	const legacy = ^uint32(0) // seen 0: an entry from an older build
@@ -83,22 +81,27 @@ func TestXDPFlowExpiry(t *testing.T) {
 		age       uint32 // ticks since its last packet
 		moved     bool   // placed anew by the ring
 		wantFlags uint16
+		started   uint32 // ticks since the seen floor (0: long ago)
 	}{
-		{"udp live", true, 0, 0, 28, false, 0},
-		{"udp expired", true, 0, 0, 32, true, 0},
-		{"syn only, live", false, tcpACK, 0, syn - 2, false, E},
-		{"syn only, expired", false, tcpACK, 0, syn + 2, true, E},
-		{"established past tcp_syn", false, tcpACK, E, est - 2, false, E},
-		{"established expired", false, tcpACK, E, est + 2, true, E},
-		{"closing live", false, tcpACK, C | E, closing - 2, false, C | E},
-		{"closing expired", false, tcpACK, C | E, closing + 2, true, E},
-		{"syn reopens a closed flow", false, tcpSYN, C, 0, true, 0},
-		{"syn on an established flow stays", false, tcpSYN, E, 0, false, E},
-		{"syn retransmitted", false, tcpSYN, 0, 3, false, 0},
-		{"fin closes", false, tcpFIN | tcpACK, E, 0, false, C | E},
-		{"rst closes a syn-only flow", false, tcpRST, 0, 0, false, C},
-		{"older build entry stays and is stamped", false, tcpACK, 0, legacy, false, E},
-		{"older build udp entry", true, 0, 0, legacy, false, 0},
+		{"udp live", true, 0, 0, 28, false, 0, 0},
+		{"udp expired", true, 0, 0, 32, true, 0, 0},
+		{"syn only, live", false, tcpACK, 0, syn - 2, false, E, 0},
+		{"syn only, expired", false, tcpACK, 0, syn + 2, true, E, 0},
+		{"established past tcp_syn", false, tcpACK, E, est - 2, false, E, 0},
+		{"established expired", false, tcpACK, E, est + 2, true, E, 0},
+		{"closing live", false, tcpACK, C | E, closing - 2, false, C | E, 0},
+		{"closing expired", false, tcpACK, C | E, closing + 2, true, E, 0},
+		{"syn reopens a closed flow", false, tcpSYN, C, 0, true, 0, 0},
+		{"syn on an established flow stays", false, tcpSYN, E, 0, false, E, 0},
+		{"syn retransmitted", false, tcpSYN, 0, 3, false, 0, 0},
+		{"fin closes", false, tcpFIN | tcpACK, E, 0, false, C | E, 0},
+		{"rst closes a syn-only flow", false, tcpRST, 0, 0, false, C, 0},
+		{"older build entry stays", false, tcpACK, 0, legacy, false, E, 2},
+		{"older build udp entry", true, 0, 0, legacy, false, 0, 2},
+		{"older build entry idle since the start", false, tcpACK, 0, legacy, true, E, est + 2},
+		{"older build udp entry idle since the start", true, 0, 0, legacy, true, 0, 32},
+		{"idle past its timeout, but not since the start", false, tcpACK, 0, syn + 5, false, E, 2},
+		{"udp idle past its timeout since the start", true, 0, 0, 40, true, 0, 32},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -111,6 +114,11 @@ func TestXDPFlowExpiry(t *testing.T) {
 			pick := f.predict(svc, p.src, p.sport)
 			old := otherThan(pick)
 			now := nowTick(t)
+			started := tc.started
+			if started == 0 {
+				started = 1000
+			}
+			f.setTimeouts(timeouts, now-started)
 			v := bpf.XlbFlowValue{
 				BackendId: f.backendID(svc, old), ServiceId: uint16(f.serviceID(svc.VIP, svc.Port, svc.Proto)),
 				Flags: tc.flags, Packets: 5, Seen: now - tc.age,
@@ -192,21 +200,20 @@ func TestXDPNewFlowState(t *testing.T) {
 }
 
 // A sweep deletes exactly the entries the datapath treats as gone, in
-// batches, stamps those from an older build, and counts both in the metrics;
-// OpenFlows already leaves expired entries out.
+// batches, writes no value (an older build's entries age from the seen
+// floor), and counts both in the metrics; OpenFlows already leaves expired
+// entries out.
 func TestExpireFlows(t *testing.T) {
 	d := standardDesired()
 	f := newFixture(t, d)
 	reg := prometheus.NewRegistry()
 	f.rec.Metrics = NewMetrics(reg)
-	if err := f.dp.SetFlowTimeouts(FlowTimeouts{TCPSyn: 10 * FlowTick, TCPEstablished: 100 * FlowTick, TCPClosing: 50 * FlowTick, UDP: 30 * FlowTick}); err != nil {
-		t.Fatal(err)
-	}
+	now := nowTick(t)
+	f.setTimeouts(FlowTimeouts{TCPSyn: 10 * FlowTick, TCPEstablished: 100 * FlowTick, TCPClosing: 50 * FlowTick, UDP: 30 * FlowTick}, now-60)
 	udpSvc := uint16(f.serviceID(vip4, 53, protoUDP))
 	tcpSvc := uint16(f.serviceID(vip4, 80, protoTCP))
 	udpBe := f.backendID(d.Services[1], be4[0])
 	tcpBe := f.backendID(d.Services[0], be4[1])
-	now := nowTick(t)
 
 	// More than one batch of each, so that walks and deletes chunk.
 	const n = flowBatch + 100
@@ -233,7 +240,8 @@ func TestExpireFlows(t *testing.T) {
 		{bpf.XlbFlowValue{Flags: flowEstablished, Packets: 9, Seen: now - 12}, false}, // established
 		{bpf.XlbFlowValue{Flags: flowClosing, Packets: 9, Seen: now - 52}, true},      // closing
 		{bpf.XlbFlowValue{Packets: 9, CreatedNs: 1}, false},                           // older build: established
-		{bpf.XlbFlowValue{Flags: flowClosing, Packets: 9, CreatedNs: 1}, false},       // older build: closed
+		{bpf.XlbFlowValue{Flags: flowClosing, Packets: 9, CreatedNs: 1}, true},        // older build: closed, started 60 ticks ago
+		{bpf.XlbFlowValue{Packets: 1, CreatedNs: 1}, true},                            // older build: syn only
 	}
 	for i, s := range special {
 		s.v.BackendId, s.v.ServiceId = tcpBe, tcpSvc
@@ -262,30 +270,24 @@ func TestExpireFlows(t *testing.T) {
 	if sweep.Expired != len(expired) || sweep.Live != live {
 		t.Fatalf("sweep %+v, want %d expired and %d live", sweep, len(expired), live)
 	}
+	written := map[bpf.XlbFlowKey]bpf.XlbFlowValue{}
+	for i, k := range keys {
+		written[k] = vals[i]
+	}
 	left := 0
 	if err := f.dp.walkFlows(func(k bpf.XlbFlowKey, v bpf.XlbFlowValue) {
 		left++
 		if expired[k] {
 			t.Errorf("expired entry %v survived the sweep", k)
 		}
-		if v.Seen == 0 {
-			t.Errorf("entry %v left unstamped", k)
+		if v != written[k] {
+			t.Errorf("entry %v rewritten by the sweep: %+v, was %+v", k, v, written[k])
 		}
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if left != live {
 		t.Fatalf("%d entries left, want %d", left, live)
-	}
-	var old bpf.XlbFlowValue
-	if err := f.dp.Conntrack.Lookup(tcpKey(3), &old); err != nil {
-		t.Fatal(err)
-	}
-	if old.Flags != flowEstablished || old.Packets != 9 {
-		t.Fatalf("older build's established entry stamped as %+v, want established", old)
-	}
-	if err := f.dp.Conntrack.Lookup(tcpKey(4), &old); err != nil || old.Flags != flowClosing {
-		t.Fatalf("older build's closed entry stamped as %+v (%v), want closing", old, err)
 	}
 	if got := gathered(t, reg, "xlb_conntrack_expired_total", nil); got != float64(len(expired)) {
 		t.Errorf("xlb_conntrack_expired_total = %v, want %d", got, len(expired))
@@ -404,6 +406,16 @@ func TestAdoptResizedTables(t *testing.T) {
 	}
 }
 
+// setTimeouts gives the datapath timeouts t with the seen floor at tick floor
+// (as if the daemon had started then).
+func (f *fixture) setTimeouts(t FlowTimeouts, floor uint32) {
+	f.t.Helper()
+	f.dp.seenFloor = floor
+	if err := f.dp.SetFlowTimeouts(t); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
 // setDefaultTimeouts gives the datapath the default flow timeouts, as the
 // daemon does: the expiry check then runs in full.
 func (f *fixture) setDefaultTimeouts() {
@@ -422,5 +434,35 @@ func TestDefaultSizesAreCompiled(t *testing.T) {
 	if config.DefaultConntrackSize != bpf.XlbLimitsXLB_CONNTRACK_SIZE || config.DefaultMaxBackends != MaxBackends {
 		t.Fatalf("config defaults %d flows, %d backends; xlb.h %d, %d",
 			config.DefaultConntrackSize, config.DefaultMaxBackends, bpf.XlbLimitsXLB_CONNTRACK_SIZE, MaxBackends)
+	}
+}
+
+// Commit counts as a packet of every flow: the seen floor becomes the
+// current tick, the timeouts in force stay.
+func TestCommitRaisesSeenFloor(t *testing.T) {
+	f := newFixture(t, standardDesired())
+	timeouts := FlowTimeouts{TCPSyn: 2 * FlowTick, TCPEstablished: 9 * FlowTick, TCPClosing: 3 * FlowTick, UDP: 4 * FlowTick}
+	before := nowTick(t)
+	f.setTimeouts(timeouts, before-100)
+	if err := f.dp.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var v bpf.XlbIdleTimeouts
+	if err := f.dp.FlowTimeouts.Lookup(uint32(0), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.SeenFloor < before || v.SeenFloor > nowTick(t) {
+		t.Fatalf("seen floor %d after Commit, want the tick of Commit (%d..)", v.SeenFloor, before)
+	}
+	if got, err := f.dp.ReadFlowTimeouts(); err != nil || got != timeouts {
+		t.Fatalf("timeouts after Commit %+v (%v), want %+v", got, err, timeouts)
+	}
+	// A later write (a reload) keeps the floor.
+	if err := f.dp.SetFlowTimeouts(FlowTimeouts{UDP: FlowTick}); err != nil {
+		t.Fatal(err)
+	}
+	var after bpf.XlbIdleTimeouts
+	if err := f.dp.FlowTimeouts.Lookup(uint32(0), &after); err != nil || after.SeenFloor != v.SeenFloor {
+		t.Fatalf("seen floor %d after a reload (%v), want %d", after.SeenFloor, err, v.SeenFloor)
 	}
 }

@@ -138,7 +138,7 @@ func Open(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load XDP collection: %w", err)
 	}
-	d.Maps = Maps{objs.XlbMaps}
+	d.Maps = Maps{XlbMaps: objs.XlbMaps}
 	d.Program, d.Noop = objs.XlbXdp, objs.XlbNoop
 	if d.Adopted {
 		if d.saved, err = d.takeCheckpoint(d.fresh); err != nil {
@@ -200,6 +200,11 @@ func (d *Datapath) checkOutlives(keep bool) error {
 func (d *Datapath) Commit() error {
 	if d.committed {
 		return nil
+	}
+	// Before this start's program takes over: the start counts as a packet
+	// of every flow it adopted.
+	if err := d.Maps.raiseSeenFloor(); err != nil {
+		return err
 	}
 	if d.pinDir != "" {
 		if err := d.commitLink(); err != nil {
@@ -363,8 +368,9 @@ func (d *Datapath) Close(keep bool) error {
 			}
 		}
 	}
-	if drop || (!d.committed && d.createdDir) {
-		// Only removes the directory if nothing else lives there.
+	if d.lock != nil && (drop || (!d.committed && d.createdDir)) {
+		// Only removes the directory if nothing else lives there, and only
+		// under its lock: without it the directory is another daemon's.
 		if err := os.Remove(d.pinDir); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
 			errs = append(errs, err)
 		}

@@ -49,9 +49,41 @@ func (t FlowTimeouts) ticks() bpf.XlbIdleTimeouts {
 	}
 }
 
-// SetFlowTimeouts makes the datapath apply t from its next packet on.
+// SetFlowTimeouts makes the datapath apply t from its next packet on, with
+// this start's seen floor (the current tick the first time).
 func (m *Maps) SetFlowTimeouts(t FlowTimeouts) error {
-	if err := m.XlbMaps.FlowTimeouts.Put(uint32(0), t.ticks()); err != nil {
+	m.timeoutsMu.Lock()
+	defer m.timeoutsMu.Unlock()
+	if m.seenFloor == 0 {
+		now, err := currentTick()
+		if err != nil {
+			return err
+		}
+		m.seenFloor = now
+	}
+	v := t.ticks()
+	v.SeenFloor = m.seenFloor
+	if err := m.XlbMaps.FlowTimeouts.Put(uint32(0), v); err != nil {
+		return fmt.Errorf("write flow timeouts: %w", err)
+	}
+	return nil
+}
+
+// raiseSeenFloor makes the current tick the seen floor, keeping the
+// timeouts in force: no flow counts as idle since before now.
+func (m *Maps) raiseSeenFloor() error {
+	m.timeoutsMu.Lock()
+	defer m.timeoutsMu.Unlock()
+	now, err := currentTick()
+	if err != nil {
+		return err
+	}
+	var v bpf.XlbIdleTimeouts
+	if err := m.XlbMaps.FlowTimeouts.Lookup(uint32(0), &v); err != nil {
+		return fmt.Errorf("read flow timeouts: %w", err)
+	}
+	m.seenFloor, v.SeenFloor = now, now
+	if err := m.XlbMaps.FlowTimeouts.Put(uint32(0), v); err != nil {
 		return fmt.Errorf("write flow timeouts: %w", err)
 	}
 	return nil
@@ -94,25 +126,31 @@ const (
 )
 
 // expired mirrors flow_gone in xlb.c: idle longer than the timeout of the
-// entry's protocol and state. Seen 0 (an entry from a build before timeouts)
-// is not expired; a seen after the clock read (a packet meanwhile) is fresh.
+// entry's protocol and state, counting from the later of its last packet and
+// the seen floor (the daemon's start; an entry from a build before timeouts
+// has seen 0). A seen after the clock read (a packet meanwhile) is fresh.
 func (r flowRules) expired(k bpf.XlbFlowKey, v bpf.XlbFlowValue) bool {
-	if v.Seen == 0 {
-		return false
-	}
 	var limit uint32
 	switch {
 	case k.Proto == unix.IPPROTO_UDP:
 		limit = r.limits.Udp
 	case v.Flags&flowClosing != 0:
 		limit = r.limits.TcpClosing
-	case v.Flags&flowEstablished != 0:
+	case v.Flags&flowEstablished != 0 || legacyEstablished(v):
 		limit = r.limits.TcpEstablished
 	default:
 		limit = r.limits.TcpSyn
 	}
-	return limit != 0 && int32(r.now-v.Seen) > int32(limit)
+	last := v.Seen
+	if int32(r.limits.SeenFloor-last) > 0 {
+		last = r.limits.SeenFloor
+	}
+	return limit != 0 && int32(r.now-last) > int32(limit)
 }
+
+// legacyEstablished: an entry from a build before flow states (and
+// timeouts: seen 0) is past its SYN when it saw more than one packet.
+func legacyEstablished(v bpf.XlbFlowValue) bool { return v.Seen == 0 && v.Packets > 1 }
 
 // abandonedHandshake: a TCP flow that saw only its SYN this long ago never
 // completed its handshake (refused or unanswered by the backend, whose RST
@@ -127,9 +165,7 @@ func (r flowRules) open(k bpf.XlbFlowKey, v bpf.XlbFlowValue) bool {
 	if r.expired(k, v) || v.Flags&flowClosing != 0 {
 		return false
 	}
-	// An entry from a build before flow states is past its SYN when it
-	// saw more than one packet.
-	established := v.Flags&flowEstablished != 0 || v.Seen == 0 && v.Packets > 1
+	established := v.Flags&flowEstablished != 0 || legacyEstablished(v)
 	if k.Proto == unix.IPPROTO_TCP && !established && r.nowNs > v.CreatedNs && r.nowNs-v.CreatedNs > uint64(abandonedHandshake) {
 		return false
 	}
@@ -183,10 +219,11 @@ type FlowSweep struct {
 }
 
 // ExpireFlows deletes the connection table entries the datapath already
-// treats as gone, so that the table holds live flows only, and stamps those
-// from a build before timeouts (seen 0) so that they age from now. A packet
-// of a flow whose entry is being deleted at that moment becomes a new flow,
-// placed by the same Maglev table.
+// treats as gone, so that the table holds live flows only. It writes no
+// value: the datapath may have re-created or re-steered an entry since the
+// walk read it, and on a full table an update could evict a live flow. A
+// packet of a flow whose entry is being deleted at that moment becomes a new
+// flow, placed by the same Maglev table.
 func (m *Maps) ExpireFlows() (FlowSweep, error) {
 	var s FlowSweep
 	r, err := m.flowRules()
@@ -194,34 +231,15 @@ func (m *Maps) ExpireFlows() (FlowSweep, error) {
 		return s, err
 	}
 	var dead []bpf.XlbFlowKey
-	type entry struct {
-		k bpf.XlbFlowKey
-		v bpf.XlbFlowValue
-	}
-	var unstamped []entry
 	err = m.walkFlows(func(k bpf.XlbFlowKey, v bpf.XlbFlowValue) {
-		switch {
-		case r.expired(k, v):
+		if r.expired(k, v) {
 			dead = append(dead, k)
-		case v.Seen == 0:
-			unstamped = append(unstamped, entry{k, v})
-			fallthrough
-		default:
+		} else {
 			s.Live++
 		}
 	})
 	if err != nil {
 		return s, err
-	}
-	for _, e := range unstamped {
-		e.v.Seen = r.now
-		if e.k.Proto == unix.IPPROTO_TCP && e.v.Packets > 1 && e.v.Flags&flowClosing == 0 {
-			e.v.Flags |= flowEstablished
-		}
-		// Exist only: an entry evicted meanwhile stays gone.
-		if err := m.Conntrack.Update(e.k, e.v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return s, fmt.Errorf("stamp conntrack entry: %w", err)
-		}
 	}
 	for len(dead) > 0 {
 		n, err := m.Conntrack.BatchDelete(dead[:min(len(dead), flowBatch)], nil)
@@ -249,6 +267,12 @@ func (r *Reconciler) ExpireFlows() (FlowSweep, error) {
 		}
 	}
 	return s, err
+}
+
+// currentTick is the datapath's flow clock now.
+func currentTick() (uint32, error) {
+	ns, err := monotonicNow()
+	return uint32(ns >> bpf.XlbLimitsXLB_FLOW_TICK_SHIFT), err
 }
 
 // monotonicNow reads the clock bpf_ktime_get_coarse_ns counts on.

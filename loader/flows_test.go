@@ -46,25 +46,34 @@ func TestFlowRules(t *testing.T) {
 		k             bpf.XlbFlowKey
 		v             bpf.XlbFlowValue
 		expired, open bool
+		floor         uint32 // the seen floor (0: none, long ago)
 	}{
-		{"udp just seen", udp, bpf.XlbFlowValue{Seen: now, Packets: 1, CreatedNs: nsAgo(time.Hour)}, false, true},
-		{"udp idle its timeout", udp, bpf.XlbFlowValue{Seen: now - 30}, false, true},
-		{"udp idle past its timeout", udp, bpf.XlbFlowValue{Seen: now - 31}, true, false},
-		{"udp seen after the clock read", udp, bpf.XlbFlowValue{Seen: now + 1}, false, true},
-		{"fresh syn", tcp, bpf.XlbFlowValue{Seen: now, Packets: 1, CreatedNs: nsAgo(time.Second)}, false, true},
-		{"syn idle past tcp_syn", tcp, bpf.XlbFlowValue{Seen: now - 11, Packets: 1, CreatedNs: nsAgo(time.Second)}, true, false},
-		{"syn retried, never answered", tcp, bpf.XlbFlowValue{Seen: now, Packets: 4, CreatedNs: nsAgo(10 * time.Second)}, false, false},
-		{"established idle past tcp_syn", tcp, bpf.XlbFlowValue{Seen: now - 99, Flags: est, Packets: 9, CreatedNs: nsAgo(time.Hour)}, false, true},
-		{"established idle past its timeout", tcp, bpf.XlbFlowValue{Seen: now - 101, Flags: est, Packets: 9}, true, false},
-		{"closing within its timeout", tcp, bpf.XlbFlowValue{Seen: now - 49, Flags: closing | est}, false, false},
-		{"closing past its timeout", tcp, bpf.XlbFlowValue{Seen: now - 51, Flags: closing | est}, true, false},
-		{"closing, established timeout not yet", tcp, bpf.XlbFlowValue{Seen: now - 60, Flags: closing | est}, true, false},
-		{"older build: established", tcp, bpf.XlbFlowValue{Packets: 12, CreatedNs: nsAgo(time.Hour)}, false, true},
-		{"older build: syn never answered", tcp, bpf.XlbFlowValue{Packets: 1, CreatedNs: nsAgo(10 * time.Second)}, false, false},
-		{"older build: client closed", tcp, bpf.XlbFlowValue{Packets: 40, Flags: closing, CreatedNs: nsAgo(time.Second)}, false, false},
-		{"older build: udp", udp, bpf.XlbFlowValue{Packets: 1, CreatedNs: nsAgo(time.Hour)}, false, true},
+		{"udp just seen", udp, bpf.XlbFlowValue{Seen: now, Packets: 1, CreatedNs: nsAgo(time.Hour)}, false, true, 0},
+		{"udp idle its timeout", udp, bpf.XlbFlowValue{Seen: now - 30}, false, true, 0},
+		{"udp idle past its timeout", udp, bpf.XlbFlowValue{Seen: now - 31}, true, false, 0},
+		{"udp seen after the clock read", udp, bpf.XlbFlowValue{Seen: now + 1}, false, true, 0},
+		{"fresh syn", tcp, bpf.XlbFlowValue{Seen: now, Packets: 1, CreatedNs: nsAgo(time.Second)}, false, true, 0},
+		{"syn idle past tcp_syn", tcp, bpf.XlbFlowValue{Seen: now - 11, Packets: 1, CreatedNs: nsAgo(time.Second)}, true, false, 0},
+		{"syn retried, never answered", tcp, bpf.XlbFlowValue{Seen: now, Packets: 4, CreatedNs: nsAgo(10 * time.Second)}, false, false, 0},
+		{"established idle past tcp_syn", tcp, bpf.XlbFlowValue{Seen: now - 99, Flags: est, Packets: 9, CreatedNs: nsAgo(time.Hour)}, false, true, 0},
+		{"established idle past its timeout", tcp, bpf.XlbFlowValue{Seen: now - 101, Flags: est, Packets: 9}, true, false, 0},
+		{"closing within its timeout", tcp, bpf.XlbFlowValue{Seen: now - 49, Flags: closing | est}, false, false, 0},
+		{"closing past its timeout", tcp, bpf.XlbFlowValue{Seen: now - 51, Flags: closing | est}, true, false, 0},
+		{"closing, established timeout not yet", tcp, bpf.XlbFlowValue{Seen: now - 60, Flags: closing | est}, true, false, 0},
+		{"older build: established", tcp, bpf.XlbFlowValue{Packets: 12, CreatedNs: nsAgo(time.Hour)}, false, true, now - 5},
+		{"older build: syn never answered", tcp, bpf.XlbFlowValue{Packets: 1, CreatedNs: nsAgo(10 * time.Second)}, false, false, now - 5},
+		{"older build: client closed", tcp, bpf.XlbFlowValue{Packets: 40, Flags: closing, CreatedNs: nsAgo(time.Second)}, false, false, now - 5},
+		{"older build: udp", udp, bpf.XlbFlowValue{Packets: 1, CreatedNs: nsAgo(time.Hour)}, false, true, now - 5},
+		{"older build: established, idle since the start past its timeout", tcp, bpf.XlbFlowValue{Packets: 12}, true, false, now - 101},
+		{"older build: syn, idle since the start past tcp_syn", tcp, bpf.XlbFlowValue{Packets: 1}, true, false, now - 11},
+		{"older build: udp, idle since the start past its timeout", udp, bpf.XlbFlowValue{Packets: 1}, true, false, now - 31},
+		{"idle past its timeout, but not since the start", udp, bpf.XlbFlowValue{Seen: now - 40, CreatedNs: nsAgo(time.Hour)}, false, true, now - 5},
+		{"idle past its timeout since the start", udp, bpf.XlbFlowValue{Seen: now - 40}, true, false, now - 31},
+		{"seen after the start", udp, bpf.XlbFlowValue{Seen: now - 31}, true, false, now - 40},
 	}
 	for _, tc := range cases {
+		r := r
+		r.limits.SeenFloor = tc.floor
 		if got := r.expired(tc.k, tc.v); got != tc.expired {
 			t.Errorf("%s: expired = %v, want %v", tc.name, got, tc.expired)
 		}

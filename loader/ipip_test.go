@@ -248,25 +248,30 @@ func TestIPIPEncapGolden(t *testing.T) {
 func TestIPIPEncap(t *testing.T) {
 	f, n := newIPIPFixture(t)
 	cases := []struct {
-		name  string
-		p     pkt
-		noFIB bool
+		name    string
+		p       pkt
+		noFIB   bool
+		zeroLen bool // IPv6 payload length 0: the frame's length (BIG TCP)
 	}{
-		{"ipv4 tcp", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpACK, df: true, payload: 100}, false},
-		{"ipv4 dscp ecn", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 2, dport: 80, tcpFlags: tcpACK, tos: 0xb9, payload: 10}, false},
-		{"ipv4 vlan", pkt{vlan: 42, src: client4, dst: vip4, proto: protoTCP, sport: 3, dport: 80, tcpFlags: tcpSYN, df: true}, false},
-		{"ipv4 options", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 4, dport: 80, tcpFlags: tcpSYN, ipOptions: 3}, false},
-		{"ipv4 next hop from the loader", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 5, dport: 80, tcpFlags: tcpSYN, df: true}, true},
-		{"ipv6 tcp", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpACK, payload: 100}, false},
-		{"ipv6 traffic class", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 2, dport: 80, tcpFlags: tcpACK, tos: 0x2e}, false},
-		{"ipv6 vlan ext headers", pkt{vlan: 7, src: client6, dst: vip6, proto: protoTCP, sport: 3, dport: 80, proto6Ext: []uint8{0, 60}}, false},
-		{"ipv6 next hop from the loader", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 5, dport: 80, tcpFlags: tcpSYN}, true},
+		{"ipv4 tcp", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpACK, df: true, payload: 100}, false, false},
+		{"ipv4 dscp ecn", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 2, dport: 80, tcpFlags: tcpACK, tos: 0xb9, payload: 10}, false, false},
+		{"ipv4 vlan", pkt{vlan: 42, src: client4, dst: vip4, proto: protoTCP, sport: 3, dport: 80, tcpFlags: tcpSYN, df: true}, false, false},
+		{"ipv4 options", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 4, dport: 80, tcpFlags: tcpSYN, ipOptions: 3}, false, false},
+		{"ipv4 next hop from the loader", pkt{src: client4, dst: vip4, proto: protoTCP, sport: 5, dport: 80, tcpFlags: tcpSYN, df: true}, true, false},
+		{"ipv6 tcp", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpACK, payload: 100}, false, false},
+		{"ipv6 traffic class", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 2, dport: 80, tcpFlags: tcpACK, tos: 0x2e}, false, false},
+		{"ipv6 vlan ext headers", pkt{vlan: 7, src: client6, dst: vip6, proto: protoTCP, sport: 3, dport: 80, proto6Ext: []uint8{0, 60}}, false, false},
+		{"ipv6 next hop from the loader", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 5, dport: 80, tcpFlags: tcpSYN}, true, false},
+		{"ipv6 payload length 0", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 6, dport: 80, tcpFlags: tcpACK, payload: 100}, false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			n.forwarding(!tc.noFIB)
 			defer n.forwarding(true)
 			in := tc.p.build()
+			if tc.zeroLen {
+				in = tc.p.setIPLength(in, 40)
+			}
 			l3 := 14
 			if tc.p.vlan != 0 {
 				l3 = 18

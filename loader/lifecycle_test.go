@@ -238,6 +238,35 @@ func TestPinDirLocked(t *testing.T) {
 	again.Close(false)
 }
 
+// Two daemons starting at once: A makes the directory, B (finding it made)
+// locks it first, A's lock fails. A's failed start must leave B's directory
+// alone, although A made it.
+func TestPinDirLoserLeavesWinnersDir(t *testing.T) {
+	requireRoot(t)
+	dir := testPinDir(t, "race")
+	createdA, err := mkdirOwned(dir)
+	if err != nil || !createdA {
+		t.Fatalf("A: created %v, %v", createdA, err)
+	}
+	lockB, createdB, err := claimPinDir(dir)
+	if err != nil || createdB {
+		t.Fatalf("B: created %v, %v", createdB, err)
+	}
+	defer lockB.Close()
+	lockA, createdA, err := claimPinDir(dir)
+	if !errors.Is(err, ErrPinDirInUse) || lockA != nil || createdA {
+		t.Fatalf("A's claim: lock %v created %v err %v, want ErrPinDirInUse and nothing claimed", lockA, createdA, err)
+	}
+	// As Open closes A after preparePins failed, had A kept created.
+	a := &Datapath{pinDir: dir, createdDir: true, log: quietLogger()}
+	if err := a.Close(false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Fatalf("the loser removed the directory the winner holds: %v", err)
+	}
+}
+
 // The host's bpffs outlives the process: KeepOnExit is accepted there (the
 // refusal under a private mount namespace is an e2e test: `ip netns exec`).
 func TestKeepOnExitOnHostBPFFS(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -20,6 +21,11 @@ import (
 // writer; readers (status, metrics) may use it concurrently.
 type Maps struct {
 	bpf.XlbMaps
+
+	// timeoutsMu orders the writes of flow_timeouts; seenFloor is the
+	// tick this start counts as every flow's last packet (0: not yet set).
+	timeoutsMu sync.Mutex
+	seenFloor  uint32
 }
 
 // mapFields lists the *ebpf.Map fields of bpf.XlbMaps with their map names, so

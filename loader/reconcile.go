@@ -375,10 +375,16 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 		newEntries[ident] = e
 	}
 
-	// Phase 1: new or newly usable backends.
+	// Phase 1: new or newly usable backends. New ones the free ids cannot
+	// hold wait for the ids of removed backends (deferred, below).
+	deferred := map[beIdent]bool{}
 	for ident, e := range newEntries {
 		cur, ok := r.backends[ident]
 		if ok && cur.entry == e {
+			continue
+		}
+		if !ok && r.beIDs.empty() {
+			deferred[ident] = true
 			continue
 		}
 		if e.State == uint8(StateUp) || !ok {
@@ -421,6 +427,9 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 
 	// Phase 3: backends that stop taking new flows, then removed ones.
 	for ident, e := range newEntries {
+		if deferred[ident] {
+			continue
+		}
 		if cur := r.backends[ident]; cur.entry != e {
 			if err := r.writeBackend(ident, e, wantBe[ident], resolved[ident].n, &ch); err != nil {
 				return ch, err
@@ -460,10 +469,40 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 		r.log.Info("service removed", "service", cString(st.info.Name[:]), "id", st.id)
 	}
 
+	// Phase 5: backends that waited for ids, now that removed backends and
+	// services are gone from every ring (an id taken over before that would
+	// let the old ring send its packets to another service's backend), then
+	// the rings that use them.
+	if len(deferred) > 0 {
+		for ident := range deferred {
+			if err := r.writeBackend(ident, newEntries[ident], wantBe[ident], resolved[ident].n, &ch); err != nil {
+				return ch, err
+			}
+		}
+		for ident, s := range want {
+			if s.Kind != KindL4 || !hasDeferred(deferred, r.services[ident].id) {
+				continue
+			}
+			if err := r.swapRing(s, r.services[ident], d.RingSize, newEntries, &ch); err != nil {
+				return ch, err
+			}
+		}
+	}
+
 	if err := r.writeTxPorts(newEntries); err != nil {
 		return ch, err
 	}
 	return ch, nil
+}
+
+// hasDeferred reports whether a backend of service id waits for an id.
+func hasDeferred(deferred map[beIdent]bool, id uint32) bool {
+	for ident := range deferred {
+		if ident.service == id {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Reconciler) writeBackend(ident beIdent, e bpf.XlbBackend, w beWant, n Neighbour, ch *Change) error {
@@ -509,8 +548,12 @@ func (r *Reconciler) swapRing(s *ServiceSpec, st *svcState, m uint32, entries ma
 		if e.State != uint8(StateUp) || b.Weight == 0 {
 			continue
 		}
+		cur, ok := r.backends[ident]
+		if !ok {
+			continue // waits for an id: the next swap adds it
+		}
 		names = append(names, maglev.Backend{Name: ident.addr.String(), Weight: b.Weight})
-		ids = append(ids, r.backends[ident].id)
+		ids = append(ids, cur.id)
 	}
 	input := ringInputKey(m, names, ids)
 	if st.ringSum != 0 && input == st.ringInput {
@@ -709,7 +752,9 @@ func (r *Reconciler) resolveAll(ctx context.Context, want map[beIdent]beWant) ma
 		routed := w.s.Forwarding == ForwardIPIP
 		if cur, ok := r.backends[ident]; ok && cur.entry.State != uint8(StateUnresolved) &&
 			slices.Equal(cur.mac, w.b.MAC) && cur.routed == routed && (!routed || cur.n.Src.IsValid()) {
+			mu.Lock() // resolutions already started write out too
 			out[ident] = resolution{n: cur.n}
+			mu.Unlock()
 			continue
 		}
 		wg.Add(1)
@@ -824,6 +869,14 @@ func (p *idPool) get() (uint32, error) {
 		}
 	}
 	return 0, ErrFull
+}
+
+// empty reports whether get would fail.
+func (p *idPool) empty() bool {
+	for len(p.free) > 0 && p.taken[p.free[0]] {
+		p.free = p.free[1:] // as get would skip it
+	}
+	return len(p.free) == 0
 }
 
 func (p *idPool) put(id uint32) {

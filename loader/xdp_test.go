@@ -173,6 +173,36 @@ func TestXDPFragmentsFollowSource(t *testing.T) {
 // cut to match, it is PASS while the L2/L3 headers are incomplete, DROP once
 // it is known to be for an L4 VIP but its transport header is cut, TX when the
 // transport header is complete.
+// An IPv6 payload length of 0 means a packet past 64 KiB: generic XDP sees
+// GRO-built BIG TCP packets so, with no jumbo option. The frame gives the
+// length, and the packet goes where the same one with its length would.
+func TestXDPIPv6PayloadLenZero(t *testing.T) {
+	f := newFixture(t, standardDesired())
+	for _, tc := range []struct {
+		name string
+		p    pkt
+	}{
+		{"tcp", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 40000, dport: 80, tcpFlags: tcpACK, payload: 1000}},
+		{"udp", pkt{src: client6, dst: vip6, proto: protoUDP, sport: 40001, dport: 53, payload: 100}},
+		{"tcp behind an extension header", pkt{src: client6, dst: vip6, proto: protoTCP, sport: 40002, dport: 80, tcpFlags: tcpACK, payload: 10, proto6Ext: []uint8{0}}},
+		{"multi-buffer", pkt{src: client6, dst: vip6, proto: protoUDP, sport: 40003, dport: 53, payload: 8938}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := tc.p.build()
+			retWant, want := f.run(slices.Clone(data))
+			zero := tc.p.setIPLength(data, 40) // payload length 0
+			before := f.reasons()[rTX].Packets
+			ret, got := f.run(zero)
+			if ret != xdpTX || retWant != xdpTX || f.reasons()[rTX].Packets != before+1 {
+				t.Fatalf("verdict %s (with its length: %s), want TX counted as forwarded", verdictNames[ret], verdictNames[retWant])
+			}
+			if !bytes.Equal(got[:6], want[:6]) {
+				t.Fatalf("sent to %x, the same packet with its length to %x", got[:6], want[:6])
+			}
+		})
+	}
+}
+
 func TestXDPTruncation(t *testing.T) {
 	f := newFixture(t, standardDesired())
 	bases := []struct {
