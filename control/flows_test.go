@@ -67,14 +67,17 @@ func newL4ControllerSized(t *testing.T, cfg *config.Config, maxBackends uint32) 
 // before drain_timeout: UDP has no FIN to wait for. While its client keeps
 // sending, the removal waits.
 func TestUDPRemovalEndsAfterIdleTimeout(t *testing.T) {
-	const udpTimeout = 2 * time.Second
+	// 4 s: far above the 300 ms between the client's packets even when the
+	// machine stalls (a failure under load once showed 3 packets where 13
+	// were due), and still far below drain_timeout.
+	const udpTimeout = 4 * time.Second
 	cfg, err := config.Parse([]byte(`
 [health_check]
 enabled = false
 [admin]
 drain_timeout = "60s"
 [datapath]
-udp_timeout = "2s"
+udp_timeout = "4s"
 [[service]]
 name = "dns"
 vip = "198.19.0.10"
@@ -134,14 +137,18 @@ hash = "flow_hash"
 	// The client keeps its flow on the draining backend, and the removal
 	// waits, for longer than the timeout.
 	var last time.Time
-	for end := time.Now().Add(2 * udpTimeout); time.Now().Before(end); time.Sleep(300 * time.Millisecond) {
+	var maxGap time.Duration // between two packets: the premise is that it stays far below udp_timeout
+	for end := time.Now().Add(udpTimeout + udpTimeout/2); time.Now().Before(end); time.Sleep(300 * time.Millisecond) {
 		if got := send(); got != id {
-			t.Fatalf("active flow moved from its draining backend %s to %s", id, got)
+			t.Fatalf("active flow moved from its draining backend %s to %s (longest gap between packets %v)", id, got, maxGap)
+		}
+		if !last.IsZero() {
+			maxGap = max(maxGap, time.Since(last))
 		}
 		last = time.Now()
 	}
 	if !present() || stateOf(t, c, id).OpenFlows != 1 {
-		t.Fatalf("%s removed while its client was sending: %+v", id, stateOf(t, c, id))
+		t.Fatalf("%s removed while its client was sending (longest gap between packets %v): %+v", id, maxGap, stateOf(t, c, id))
 	}
 
 	// Quiet: the flow expires after udp_timeout (up to two ticks late) and

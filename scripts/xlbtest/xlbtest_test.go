@@ -480,6 +480,11 @@ func TestLoadSourcePorts(t *testing.T) {
 		mu.Lock()
 		seen[r.RemoteAddr] = true
 		mu.Unlock()
+		// The server closes first, so the TIME_WAIT of each 4-tuple is on its
+		// side: the client's connect from a port the range reuses within
+		// the same second would otherwise get EADDRNOTAVAIL (tcp_tw_reuse
+		// waits a second), as it did once in CI.
+		w.Header().Set("Connection", "close")
 		w.Write(replyBody("p", clientIP(r), 0))
 	}))
 	defer srv.Close()
