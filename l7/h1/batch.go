@@ -14,7 +14,7 @@ import "runtime"
 // for an nginx backend to sleep after each request: behind xlb it slept
 // 0.47 times per request, behind HAProxy (whose event loop reads all that
 // is ready, then writes all) 0.06. Yielding first took it to 0.10, and
-// cut xlb's CPU per request by a sixth (make bench-l7, c50). With nothing
-// else ready to run it returns at once: one connection alone loses no
-// time.
+// cut xlb's CPU per request by a sixth (binaries side by side, wrk -c50,
+// docs/performance.md). With nothing else ready to run it returns at
+// once: one connection alone loses no time.
 func yieldBeforeWrite() { runtime.Gosched() }
