@@ -32,4 +32,41 @@ static __always_inline __u16 ipv4_header_csum(const struct iphdr *ip)
 	return csum_fold(sum);
 }
 
+/*
+ * Incremental updates (RFC 1624, eqn. 3) for rewritten fields: add each
+ * change with csum_add_change, then csum_apply each checksum the changed
+ * bytes are covered by. Sums of 32-bit words fold to the same 16-bit sum.
+ */
+
+/* acc plus the change of n bytes (a multiple of 4) from old to new. */
+static __always_inline __u64 csum_add_change(__u64 acc, const void *old, const void *new, int n)
+{
+	const __u32 *o = old, *w = new;
+
+#pragma unroll
+	for (int i = 0; i < n / 4; i++)
+		acc += (__u32)~o[i] + (__u64)w[i];
+	return acc;
+}
+
+/* The checksum field *check after the changes summed in acc. */
+static __always_inline void csum_apply(__u16 *check, __u64 acc)
+{
+	*check = csum_fold(acc + (__u16)~*check);
+}
+
+/*
+ * The same for a UDP checksum: 0 means none was sent (IPv4), and stays 0;
+ * a computed 0 is sent as 0xffff (RFC 768). An IPv6 UDP packet without one
+ * is invalid, and is left as invalid as it came.
+ */
+static __always_inline void csum_apply_udp(__u16 *check, __u64 acc)
+{
+	if (*check == 0)
+		return;
+	csum_apply(check, acc);
+	if (*check == 0)
+		*check = 0xffff;
+}
+
 #endif

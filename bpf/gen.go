@@ -2,7 +2,7 @@ package bpf
 
 // The C structs and enums below cross the user/kernel boundary; bpf2go turns
 // them into Go types so they are defined once, in xlb.h.
-//go:generate go tool bpf2go -go-package bpf -tags linux -target bpfel -type svc_key -type svc_value -type backend -type flow_key -type flow_value -type counters -type svc_info -type reason -type svc_kind -type hash_mode -type backend_state -type family -type limits -type flow_flags -type idle_timeouts -type forwarding -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" Xlb xlb.c -- -I.
+//go:generate go tool bpf2go -go-package bpf -tags linux -target bpfel -type svc_key -type svc_value -type backend -type flow_key -type flow_value -type counters -type svc_info -type reason -type svc_kind -type hash_mode -type backend_state -type family -type limits -type flow_flags -type idle_timeouts -type forwarding -type nat_port_range -type nat_flow -type nat_binding -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" Xlb xlb.c -- -I.
 
 // XlbBench is the same program built for `make bench-xdp` only: each rerun
 // under BPF_PROG_TEST_RUN becomes a new flow (see bench_next_flow in xlb.c).

@@ -4,8 +4,9 @@
 /*
  * xlb XDP datapath: L4 services are steered per packet to a backend chosen from
  * the connection table or the service's Maglev ring, and forwarded by L2 direct
- * server return (only the Ethernet addresses change) or, for forwarding =
- * "ipip", inside an outer IP header (ipip.h). Everything else is passed to the
+ * server return (only the Ethernet addresses change), for forwarding = "ipip"
+ * inside an outer IP header (ipip.h), for forwarding = "nat" with addresses
+ * and ports translated both ways (nat.h). Everything else is passed to the
  * kernel. Every return is counted with its reason (enum reason).
  */
 #include <linux/bpf.h>
@@ -107,7 +108,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XLB_R_MAX);
+	__uint(max_entries, XLB_REASON_SLOTS);
 	__type(key, __u32);
 	__type(value, struct counters);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -165,11 +166,15 @@ struct ipv6_frag_hdr {
 struct packet {
 	struct flow_key flow;
 	__u64 len;
+	__u32 ip_len;    /* the IP packet's length, header included */
+	__u16 l3;        /* offset of the IP header in the frame */
+	__u16 l4;        /* offset of the transport (or ICMP) header */
 	__u8 flow_flags; /* enum flow_flags this TCP packet shows */
 	__u8 syn;        /* a TCP SYN without ACK: a connection's first packet */
 	__u8 fragment;  /* any fragment */
 	__u8 later_fragment; /* no transport header in this packet */
 	__u8 l4_truncated;
+	__u8 df;         /* IPv4 "don't fragment" */
 };
 
 static __always_inline void count(void *map, __u32 idx, __u64 len, __u64 new_flow)
@@ -331,6 +336,9 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, struct packet *p, void
 
 	p->flow.family = XLB_FAMILY_V4;
 	p->flow.proto = ip->protocol;
+	p->ip_len = tot;
+	p->l4 = p->l3 + hlen;
+	p->df = !!(ip->frag_off & bpf_htons(IP_DF));
 	__builtin_memcpy(p->flow.src, &ip->saddr, 4);
 	__builtin_memcpy(p->flow.dst, &ip->daddr, 4);
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
@@ -368,6 +376,7 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *p, void
 		return PARSE_MALFORMED;
 
 	p->flow.family = XLB_FAMILY_V6;
+	p->ip_len = len;
 	__builtin_memcpy(p->flow.src, &ip6->saddr, 16);
 	__builtin_memcpy(p->flow.dst, &ip6->daddr, 16);
 
@@ -432,6 +441,7 @@ truncated:
 
 done:
 	p->flow.proto = next;
+	p->l4 = l2 + (cur - data);
 	if (next != IPPROTO_TCP && next != IPPROTO_UDP)
 		return PARSE_OTHER_PROTO;
 	if (p->later_fragment)
@@ -452,6 +462,7 @@ static __always_inline int parse(struct xdp_md *ctx, struct packet *p, struct et
 	if (l2 < 0)
 		return PARSE_MALFORMED;
 	*eth_out = data;
+	p->l3 = l2;
 	void *l3 = data + l2;
 	if (proto == bpf_htons(ETH_P_IP))
 		return parse_ipv4(ctx, p, l3, end);
@@ -495,19 +506,13 @@ static __always_inline __u32 ring_pick(struct svc_value *svc, struct packet *p)
 	return be ? *be : XLB_NO_ID;
 }
 
-/* The verdict of an ipip packet encap_ipip did not leave to forward. */
-static __always_inline int encap_verdict(int rc, __u64 len)
+/* The clock of flow_value.seen: ticks of 2^XLB_FLOW_TICK_SHIFT ns. */
+static __always_inline __u32 flow_tick(__u64 ns)
 {
-	switch (rc) {
-	case ENCAP_ICMP:
-		return verdict(XLB_R_ICMP_TOO_BIG, len, XDP_TX);
-	case ENCAP_TOO_BIG:
-		return verdict(XLB_R_DROP_TOO_BIG, len, XDP_DROP);
-	case ENCAP_NO_ROUTE:
-		return verdict(XLB_R_DROP_NO_ROUTE, len, XDP_DROP);
-	}
-	return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
+	return ns >> XLB_FLOW_TICK_SHIFT;
 }
+
+#include "nat.h"
 
 static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, __u32 svc_id,
 				   __u32 be_id, struct backend *be, struct packet *p, __u64 new_flow)
@@ -516,13 +521,18 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, __u32
 	int action = XDP_TX;
 	__u32 egress = be->ifindex;
 	/* Read once: the loader may rewrite the entry meanwhile. */
-	int ipip = be->forwarding == XLB_FWD_IPIP;
+	__u8 fwd = be->forwarding;
+	int rc = TX_OK;
 
-	if (ipip) {
-		int rc = encap_ipip(ctx, be, flow_hash(&p->flow, XLB_HASH_FLOW), &egress);
-		if (rc != ENCAP_OK)
-			return encap_verdict(rc, p->len);
-	}
+	if (fwd == XLB_FWD_IPIP)
+		rc = encap_ipip(ctx, be, flow_hash(&p->flow, XLB_HASH_FLOW), &egress);
+	else if (fwd == XLB_FWD_NAT && p->fragment)
+		/* Later fragments carry no ports to translate. */
+		return verdict(XLB_R_DROP_FRAGMENT, p->len, XDP_DROP);
+	else if (fwd == XLB_FWD_NAT)
+		rc = nat_forward(ctx, p, be, be_id, svc_id, &egress);
+	if (rc != TX_OK)
+		return tx_verdict(rc, p->len);
 	if (egress != ctx->ingress_ifindex) {
 		/* Only records the target; fails when the port is missing. */
 		action = bpf_redirect_map(&tx_ports, egress, XDP_DROP);
@@ -530,7 +540,7 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, __u32
 			return verdict(XLB_R_DROP_NO_TX_PORT, p->len, XDP_DROP);
 		reason = XLB_R_REDIRECT;
 	}
-	if (!ipip) {
+	if (fwd == XLB_FWD_DSR) {
 		/* From ctx again: the verifier cannot tell that this path never
 		 * moved the frame's start (bpf_xdp_adjust_head). */
 		eth = (void *)(long)ctx->data;
@@ -548,12 +558,6 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, __u32
 static __always_inline int usable(struct backend *be)
 {
 	return be && (be->state == XLB_BE_UP || be->state == XLB_BE_DRAINING);
-}
-
-/* The clock of flow_value.seen: ticks of 2^XLB_FLOW_TICK_SHIFT ns. */
-static __always_inline __u32 flow_tick(__u64 ns)
-{
-	return ns >> XLB_FLOW_TICK_SHIFT;
 }
 
 /*
@@ -692,11 +696,18 @@ int xlb_xdp(struct xdp_md *ctx)
 	case PARSE_MALFORMED:
 		return verdict(XLB_R_PASS_MALFORMED, p.len, XDP_PASS);
 	case PARSE_OTHER_PROTO:
+		/* An ICMP error about a NAT flow, to the LB's NAT source? */
+		if (!p.fragment && maybe_vip(&p.flow)) {
+			int action = nat_icmp(ctx, &p);
+			if (action >= 0)
+				return action;
+		}
 		return verdict(XLB_R_PASS_OTHER_PROTO, p.len, XDP_PASS);
 	}
 	if (!eth)
 		return verdict(XLB_R_PASS_MALFORMED, p.len, XDP_PASS);
 
+	/* VIPs, and the addresses NAT flows leave from (their answers). */
 	if (!maybe_vip(&p.flow))
 		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XDP_PASS);
 
@@ -714,7 +725,10 @@ int xlb_xdp(struct xdp_md *ctx)
 	}
 
 	if (!p.fragment) {
-		int action = steer_established(ctx, eth, &p);
+		int action = nat_reply(ctx, &p);
+		if (action >= 0)
+			return action;
+		action = steer_established(ctx, eth, &p);
 		if (action >= 0)
 			return action;
 	}

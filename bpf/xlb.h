@@ -16,8 +16,15 @@ enum limits {
 	 * backend_stats to [datapath] max_backends */
 	XLB_MAX_BACKENDS = 16384,
 	XLB_MAX_SVC_KEYS = 4096, /* services map: services plus VIP markers */
-	/* resized by the loader to [datapath] conntrack_size */
+	/* resized by the loader to [datapath] conntrack_size, as are
+	 * nat_flows and nat_bindings */
 	XLB_CONNTRACK_SIZE = 262144,
+	/* reason_stats slots: more than enum reason has, so that new reasons
+	 * keep the pinned map compatible */
+	XLB_REASON_SLOTS = 32,
+	/* source ports a new NAT flow tries before it is dropped as
+	 * exhaustion (see nat.h) */
+	XLB_NAT_PROBES = 24,
 	/* flow_value.seen and flow_timeouts count ticks of 2^30 ns (1.07 s) */
 	XLB_FLOW_TICK_SHIFT = 30,
 	XLB_MAX_TX_PORTS = 64,
@@ -87,7 +94,13 @@ enum reason {
 	XLB_R_DROP_TOO_BIG = 12,    /* ipip: too big, and no ICMP allowed (IPv4 without DF) */
 	XLB_R_DROP_NO_ROUTE = 13,   /* ipip: the FIB says the backend is unreachable */
 	XLB_R_DROP_ENCAP = 14,      /* ipip: no room to add the outer header */
-	XLB_R_MAX = 15,
+	/* nat: a backend's answer (or an ICMP error about a NAT flow)
+	 * translated back to VIP -> client and sent on */
+	XLB_R_NAT_REPLY_TX = 15,
+	XLB_R_NAT_REPLY_REDIRECT = 16,
+	/* nat: no free source port among those probed, or a NAT table full */
+	XLB_R_DROP_NAT_PORTS = 17,
+	XLB_R_MAX = 18,
 };
 
 /* How an L4 service's packets reach its backends (struct backend). */
@@ -100,6 +113,13 @@ enum forwarding {
 	 * next hop from the kernel's FIB (see ipip.h).
 	 */
 	XLB_FWD_IPIP = 1,
+	/*
+	 * Full NAT: client -> VIP:port leaves as source -> backend:port, with
+	 * source the LB's address (backend.src) and a port allocated per
+	 * flow; the backend's answers come back to the LB and are translated
+	 * to VIP -> client (nat.h).
+	 */
+	XLB_FWD_NAT = 2,
 };
 
 struct svc_key {
@@ -127,8 +147,10 @@ struct backend {
 	__u8 family;
 	__u8 state;       /* enum backend_state */
 	__u8 forwarding;  /* enum forwarding; the service's */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 port;       /* nat: the backend's port (host order) */
 	/*
+	 * nat: the source address of translated packets (the LB's).
 	 * ipip: the outer source address. The bits of src_hash_mask (host
 	 * order, over the address's last 32 bits) are replaced by the flow's
 	 * hash, so that each flow has its own source within a prefix the
@@ -196,6 +218,46 @@ struct counters {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows; /* conntrack entries created */
+};
+
+/*
+ * nat: the source ports NAT flows are given, [first, first + count). The one
+ * entry of the nat_ports map; count 0 turns new NAT flows away.
+ */
+struct nat_port_range {
+	__u16 first;
+	__u16 pad;
+	__u32 count;
+};
+
+/*
+ * nat: a client flow's translation, keyed by its flow_key as the client
+ * sends it. The backend's answers find it through nat_bindings.
+ */
+struct nat_flow {
+	__u32 backend_id;
+	__u16 port; /* the allocated source port (host order) */
+	__u16 pad;
+};
+
+/*
+ * nat: one allocated source port, keyed by the flow_key of the backend's
+ * answers (backend:port -> LB source:allocated port), so a reply is looked
+ * up by the key its own header gives.
+ */
+struct nat_binding {
+	struct flow_key client; /* client -> VIP:port, as the client sends it */
+	__u32 backend_id;
+	__u16 service_id;
+	__u16 flags; /* enum flow_flags, from both directions */
+	__u32 seen;  /* tick of the last packet, either direction */
+	/*
+	 * Where the client's first packet came from: the answers' next hop
+	 * when the FIB cannot give one (no neighbour entry, forwarding off).
+	 */
+	__u32 client_ifindex;
+	__u8 client_mac[6]; /* its source MAC */
+	__u8 local_mac[6];  /* its destination MAC (the receiving interface) */
 };
 
 /* Not read by the datapath: lets `xlb status` and bpftool name things. */

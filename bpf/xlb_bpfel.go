@@ -24,7 +24,8 @@ type XlbBackend struct {
 	Family      uint8
 	State       uint8
 	Forwarding  uint8
-	Pad         [3]uint8
+	Pad         uint8
+	Port        uint16
 	Src         [16]uint8
 	SrcHashMask uint32
 }
@@ -95,6 +96,7 @@ type XlbForwarding uint32
 const (
 	XlbForwardingXLB_FWD_DSR  XlbForwarding = 0
 	XlbForwardingXLB_FWD_IPIP XlbForwarding = 1
+	XlbForwardingXLB_FWD_NAT  XlbForwarding = 2
 )
 
 type XlbHashMode uint32
@@ -120,6 +122,8 @@ const (
 	XlbLimitsXLB_MAX_BACKENDS     XlbLimits = 16384
 	XlbLimitsXLB_MAX_SVC_KEYS     XlbLimits = 4096
 	XlbLimitsXLB_CONNTRACK_SIZE   XlbLimits = 262144
+	XlbLimitsXLB_REASON_SLOTS     XlbLimits = 32
+	XlbLimitsXLB_NAT_PROBES       XlbLimits = 24
 	XlbLimitsXLB_FLOW_TICK_SHIFT  XlbLimits = 30
 	XlbLimitsXLB_MAX_TX_PORTS     XlbLimits = 64
 	XlbLimitsXLB_NAME_LEN         XlbLimits = 48
@@ -128,25 +132,54 @@ const (
 	XlbLimitsXLB_NO_ID            XlbLimits = 4294967295
 )
 
+type XlbNatBinding struct {
+	_             structs.HostLayout
+	Client        XlbFlowKey
+	BackendId     uint32
+	ServiceId     uint16
+	Flags         uint16
+	Seen          uint32
+	ClientIfindex uint32
+	ClientMac     [6]uint8
+	LocalMac      [6]uint8
+}
+
+type XlbNatFlow struct {
+	_         structs.HostLayout
+	BackendId uint32
+	Port      uint16
+	Pad       uint16
+}
+
+type XlbNatPortRange struct {
+	_     structs.HostLayout
+	First uint16
+	Pad   uint16
+	Count uint32
+}
+
 type XlbReason uint32
 
 const (
-	XlbReasonXLB_R_TX               XlbReason = 0
-	XlbReasonXLB_R_REDIRECT         XlbReason = 1
-	XlbReasonXLB_R_PASS_NOT_IP      XlbReason = 2
-	XlbReasonXLB_R_PASS_MALFORMED   XlbReason = 3
-	XlbReasonXLB_R_PASS_OTHER_PROTO XlbReason = 4
-	XlbReasonXLB_R_PASS_NO_SERVICE  XlbReason = 5
-	XlbReasonXLB_R_PASS_L7          XlbReason = 6
-	XlbReasonXLB_R_DROP_NO_BACKEND  XlbReason = 7
-	XlbReasonXLB_R_DROP_TRUNCATED   XlbReason = 8
-	XlbReasonXLB_R_DROP_FRAGMENT    XlbReason = 9
-	XlbReasonXLB_R_DROP_NO_TX_PORT  XlbReason = 10
-	XlbReasonXLB_R_ICMP_TOO_BIG     XlbReason = 11
-	XlbReasonXLB_R_DROP_TOO_BIG     XlbReason = 12
-	XlbReasonXLB_R_DROP_NO_ROUTE    XlbReason = 13
-	XlbReasonXLB_R_DROP_ENCAP       XlbReason = 14
-	XlbReasonXLB_R_MAX              XlbReason = 15
+	XlbReasonXLB_R_TX                 XlbReason = 0
+	XlbReasonXLB_R_REDIRECT           XlbReason = 1
+	XlbReasonXLB_R_PASS_NOT_IP        XlbReason = 2
+	XlbReasonXLB_R_PASS_MALFORMED     XlbReason = 3
+	XlbReasonXLB_R_PASS_OTHER_PROTO   XlbReason = 4
+	XlbReasonXLB_R_PASS_NO_SERVICE    XlbReason = 5
+	XlbReasonXLB_R_PASS_L7            XlbReason = 6
+	XlbReasonXLB_R_DROP_NO_BACKEND    XlbReason = 7
+	XlbReasonXLB_R_DROP_TRUNCATED     XlbReason = 8
+	XlbReasonXLB_R_DROP_FRAGMENT      XlbReason = 9
+	XlbReasonXLB_R_DROP_NO_TX_PORT    XlbReason = 10
+	XlbReasonXLB_R_ICMP_TOO_BIG       XlbReason = 11
+	XlbReasonXLB_R_DROP_TOO_BIG       XlbReason = 12
+	XlbReasonXLB_R_DROP_NO_ROUTE      XlbReason = 13
+	XlbReasonXLB_R_DROP_ENCAP         XlbReason = 14
+	XlbReasonXLB_R_NAT_REPLY_TX       XlbReason = 15
+	XlbReasonXLB_R_NAT_REPLY_REDIRECT XlbReason = 16
+	XlbReasonXLB_R_DROP_NAT_PORTS     XlbReason = 17
+	XlbReasonXLB_R_MAX                XlbReason = 18
 )
 
 type XlbSvcInfo struct {
@@ -193,6 +226,9 @@ const (
 	XlbMapBackends         = "backends"
 	XlbMapConntrack        = "conntrack"
 	XlbMapFlowTimeouts     = "flow_timeouts"
+	XlbMapNatBindings      = "nat_bindings"
+	XlbMapNatFlows         = "nat_flows"
+	XlbMapNatPorts         = "nat_ports"
 	XlbMapReasonStats      = "reason_stats"
 	XlbMapRings            = "rings"
 	XlbMapServiceInfo      = "service_info"
@@ -267,6 +303,9 @@ type XlbMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.MapSpec `ebpf:"flow_timeouts"`
+	NatBindings  *ebpf.MapSpec `ebpf:"nat_bindings"`
+	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
+	NatPorts     *ebpf.MapSpec `ebpf:"nat_ports"`
 	ReasonStats  *ebpf.MapSpec `ebpf:"reason_stats"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceInfo  *ebpf.MapSpec `ebpf:"service_info"`
@@ -315,6 +354,9 @@ type XlbMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.Map `ebpf:"flow_timeouts"`
+	NatBindings  *ebpf.Map `ebpf:"nat_bindings"`
+	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
+	NatPorts     *ebpf.Map `ebpf:"nat_ports"`
 	ReasonStats  *ebpf.Map `ebpf:"reason_stats"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceInfo  *ebpf.Map `ebpf:"service_info"`
@@ -330,6 +372,9 @@ func (m *XlbMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.FlowTimeouts,
+		m.NatBindings,
+		m.NatFlows,
+		m.NatPorts,
 		m.ReasonStats,
 		m.Rings,
 		m.ServiceInfo,

@@ -24,7 +24,8 @@ type XlbBenchBackend struct {
 	Family      uint8
 	State       uint8
 	Forwarding  uint8
-	Pad         [3]uint8
+	Pad         uint8
+	Port        uint16
 	Src         [16]uint8
 	SrcHashMask uint32
 }
@@ -75,6 +76,32 @@ type XlbBenchIdleTimeouts struct {
 	SeenFloor      uint32
 }
 
+type XlbBenchNatBinding struct {
+	_             structs.HostLayout
+	Client        XlbBenchFlowKey
+	BackendId     uint32
+	ServiceId     uint16
+	Flags         uint16
+	Seen          uint32
+	ClientIfindex uint32
+	ClientMac     [6]uint8
+	LocalMac      [6]uint8
+}
+
+type XlbBenchNatFlow struct {
+	_         structs.HostLayout
+	BackendId uint32
+	Port      uint16
+	Pad       uint16
+}
+
+type XlbBenchNatPortRange struct {
+	_     structs.HostLayout
+	First uint16
+	Pad   uint16
+	Count uint32
+}
+
 type XlbBenchSvcInfo struct {
 	_          structs.HostLayout
 	Name       [48]int8
@@ -111,6 +138,9 @@ const (
 	XlbBenchMapBackends         = "backends"
 	XlbBenchMapConntrack        = "conntrack"
 	XlbBenchMapFlowTimeouts     = "flow_timeouts"
+	XlbBenchMapNatBindings      = "nat_bindings"
+	XlbBenchMapNatFlows         = "nat_flows"
+	XlbBenchMapNatPorts         = "nat_ports"
 	XlbBenchMapReasonStats      = "reason_stats"
 	XlbBenchMapRings            = "rings"
 	XlbBenchMapServiceInfo      = "service_info"
@@ -185,6 +215,9 @@ type XlbBenchMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.MapSpec `ebpf:"flow_timeouts"`
+	NatBindings  *ebpf.MapSpec `ebpf:"nat_bindings"`
+	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
+	NatPorts     *ebpf.MapSpec `ebpf:"nat_ports"`
 	ReasonStats  *ebpf.MapSpec `ebpf:"reason_stats"`
 	Rings        *ebpf.MapSpec `ebpf:"rings"`
 	ServiceInfo  *ebpf.MapSpec `ebpf:"service_info"`
@@ -233,6 +266,9 @@ type XlbBenchMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.Map `ebpf:"flow_timeouts"`
+	NatBindings  *ebpf.Map `ebpf:"nat_bindings"`
+	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
+	NatPorts     *ebpf.Map `ebpf:"nat_ports"`
 	ReasonStats  *ebpf.Map `ebpf:"reason_stats"`
 	Rings        *ebpf.Map `ebpf:"rings"`
 	ServiceInfo  *ebpf.Map `ebpf:"service_info"`
@@ -248,6 +284,9 @@ func (m *XlbBenchMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.FlowTimeouts,
+		m.NatBindings,
+		m.NatFlows,
+		m.NatPorts,
 		m.ReasonStats,
 		m.Rings,
 		m.ServiceInfo,

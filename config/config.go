@@ -61,11 +61,13 @@ const (
 	// or IPv6 (IPv6-in-IPv6) header to a backend anywhere routed, which
 	// strips it (xlb decap) and answers the client directly.
 	ForwardIPIP Forwarding = "ipip"
+	// ForwardNAT is full NAT: the packet leaves from the LB's address
+	// (nat_source) and a port allocated per flow, to the backend's address
+	// and port; the backend answers the LB, which translates the answer
+	// back. Backends need no setup, but see the client's address only as
+	// the LB's.
+	ForwardNAT Forwarding = "nat"
 )
-
-// forwardNAT is not implemented yet; it is named so that it gets a "not
-// supported yet" message instead of "invalid value".
-const forwardNAT Forwarding = "nat"
 
 // Algorithm is how an L7 service picks a backend for a request.
 type Algorithm string
@@ -148,7 +150,7 @@ var (
 	protocols   = []Protocol{ProtoTCP, ProtoUDP}
 	modes       = []Mode{ModeL4, ModeL7}
 	hashModes   = []HashMode{HashIP, HashFlow}
-	forwardings = []Forwarding{ForwardDSR, ForwardIPIP}
+	forwardings = []Forwarding{ForwardDSR, ForwardIPIP, ForwardNAT}
 	algorithms  = []Algorithm{AlgoRoundRobin, AlgoLeastConnections, AlgoIPHash, AlgoRandom}
 	checkTypes  = []string{CheckHTTP, CheckTCP}
 	initStates  = []string{StateUp, StateDown}
@@ -273,7 +275,11 @@ type Service struct {
 	// last 32), so that backends' receive hashing spreads flows. Zero: the
 	// host's own address toward each backend.
 	IPIPSourcePrefix netip.Prefix
-	Algorithm        Algorithm // L7 only; empty for L4 services
+	// NATSource is nat only: the address translated packets leave from,
+	// where the backends' answers come back to. Zero: the host's own
+	// address toward each backend (its route's source).
+	NATSource netip.Addr
+	Algorithm Algorithm // L7 only; empty for L4 services
 
 	// The rest up to HealthCheck is L7 only: zero for L4 services (see
 	// l7.go, and SetL7Defaults for a Service built in code).
@@ -320,8 +326,9 @@ type Service struct {
 // Backend is one [[service.backend]] table.
 type Backend struct {
 	Address netip.Addr
-	// Port is where an L7 service's proxy connects; it defaults to the
-	// service port. 0 for L4 services: dsr and ipip keep the destination port.
+	// Port is where an L7 service's proxy connects, or where an L4 nat
+	// service's packets go; it defaults to the service port. 0 for dsr and
+	// ipip services, which keep the destination port.
 	Port uint16
 	// Weight is the backend's share of the Maglev table; 0 keeps it out of
 	// the table (no new flows) while existing flows stay.
@@ -347,7 +354,7 @@ func (s Service) BackendCheck(b Backend) HealthCheck {
 	}
 	if h.Port == 0 {
 		h.Port = s.Port
-		if s.Mode == ModeL7 && b.Port != 0 {
+		if b.Port != 0 { // l7 and nat: where the backend serves
 			h.Port = b.Port
 		}
 	}
@@ -414,7 +421,7 @@ func (c *Config) ApplyDefaults() {
 		for j := range s.Backends {
 			b := &s.Backends[j]
 			b.Address = b.Address.Unmap()
-			if s.Mode == ModeL7 && b.Port == 0 {
+			if (s.Mode == ModeL7 || s.Forwarding == ForwardNAT) && b.Port == 0 {
 				b.Port = s.Port
 			}
 		}

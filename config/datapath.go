@@ -1,6 +1,11 @@
 package config
 
-import "time"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
 
 // Datapath holds the [datapath] table: the sizes of the XDP datapath's big
 // tables, fixed when it loads (a change takes a restart), and the idle
@@ -20,6 +25,38 @@ type Datapath struct {
 	TCPEstablishedTimeout time.Duration
 	TCPClosingTimeout     time.Duration
 	UDPTimeout            time.Duration
+	// NATPorts are the source ports nat flows are given (each backend,
+	// port and source address has them all). They must lie outside the
+	// host's own ephemeral ports (net.ipv4.ip_local_port_range), which
+	// the daemon checks when it applies them: a host connection and a
+	// nat flow to the same backend would share a 4-tuple. A change
+	// applies to new flows.
+	NATPorts PortRange
+}
+
+// PortRange is an inclusive range of ports, "FIRST-LAST" in the file.
+type PortRange struct{ First, Last uint16 }
+
+func (r PortRange) String() string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
+
+// Count is how many ports the range holds.
+func (r PortRange) Count() uint32 { return uint32(r.Last) - uint32(r.First) + 1 }
+
+// Overlaps reports whether r and o share a port.
+func (r PortRange) Overlaps(o PortRange) bool { return r.First <= o.Last && o.First <= r.Last }
+
+// ParsePortRange reads "FIRST-LAST" (1 <= FIRST <= LAST <= 65535).
+func ParsePortRange(s string) (PortRange, error) {
+	a, b, ok := strings.Cut(strings.TrimSpace(s), "-")
+	first, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 16)
+	last, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 16)
+	switch {
+	case !ok || err1 != nil || err2 != nil:
+		return PortRange{}, fmt.Errorf("must be \"FIRST-LAST\" with ports 1..65535, got %q", s)
+	case first == 0 || first > last:
+		return PortRange{}, fmt.Errorf("must have 1 <= FIRST <= LAST, got %q", s)
+	}
+	return PortRange{uint16(first), uint16(last)}, nil
 }
 
 // [datapath] defaults and bounds.
@@ -40,10 +77,15 @@ const (
 	DefaultTCPEstablishedTimeout = 15 * time.Minute
 	DefaultTCPClosingTimeout     = 2 * time.Minute
 	DefaultUDPTimeout            = 30 * time.Second
+	// DefaultNATPorts stays below Linux's default ephemeral ports
+	// (32768-60999) and above the well-known ones.
 	// The datapath counts flow time in ticks of about 1.07 s.
 	MinFlowTimeout = time.Second
 	MaxFlowTimeout = 7 * 24 * time.Hour
 )
+
+// DefaultNATPorts: see DefaultUDPTimeout.
+var DefaultNATPorts = PortRange{1024, 32767}
 
 // datapathSizes and datapathTimeouts define each [datapath] key once: name,
 // default and bounds. Decoding, ApplyDefaults and validation read them.
@@ -86,6 +128,14 @@ func decodeDatapath(t *table) Datapath {
 	for _, k := range datapathTimeouts {
 		t.duration(k.key, MinFlowTimeout, MaxFlowTimeout, k.field(&d))
 	}
+	var ports string
+	if t.str("nat_port_range", &ports) {
+		r, err := ParsePortRange(ports)
+		if err != nil {
+			t.errorf("nat_port_range", "%v", err)
+		}
+		d.NATPorts = r
+	}
 	t.finish()
 	return d
 }
@@ -99,6 +149,9 @@ func (d *Datapath) applyDefaults() {
 	}
 	for _, k := range datapathTimeouts {
 		setZero(k.field(d), k.def)
+	}
+	if d.NATPorts == (PortRange{}) {
+		d.NATPorts = DefaultNATPorts
 	}
 }
 

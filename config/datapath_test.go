@@ -23,15 +23,19 @@ tcp_syn_timeout = "5s"
 tcp_established_timeout = "1h"
 tcp_closing_timeout = "45s"
 udp_timeout_secs = 2.5
+nat_port_range = "10000 - 19999"
 `, Datapath{ConntrackSize: 1 << 20, MaxBackends: 64, TCPSynTimeout: 5 * time.Second,
-			TCPEstablishedTimeout: time.Hour, TCPClosingTimeout: 45 * time.Second, UDPTimeout: 2500 * time.Millisecond}},
+			TCPEstablishedTimeout: time.Hour, TCPClosingTimeout: 45 * time.Second, UDPTimeout: 2500 * time.Millisecond,
+			NATPorts: PortRange{10000, 19999}}},
 		{"bounds", `[datapath]
 conntrack_size = 1024
 max_backends = 1048576
 tcp_syn_timeout = "1s"
 udp_timeout = "168h"
+nat_port_range = "65535-65535"
 `, Datapath{ConntrackSize: 1024, MaxBackends: 1 << 20, TCPSynTimeout: time.Second,
-			TCPEstablishedTimeout: DefaultTCPEstablishedTimeout, TCPClosingTimeout: DefaultTCPClosingTimeout, UDPTimeout: 168 * time.Hour}},
+			TCPEstablishedTimeout: DefaultTCPEstablishedTimeout, TCPClosingTimeout: DefaultTCPClosingTimeout, UDPTimeout: 168 * time.Hour,
+			NATPorts: PortRange{65535, 65535}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -62,6 +66,9 @@ func TestDatapathErrors(t *testing.T) {
 		{"timeout below a second", "[datapath]\ntcp_syn_timeout = \"500ms\"\n", "x.toml:2: datapath.tcp_syn_timeout: must be at least 1s, got \"500ms\""},
 		{"timeout beyond a week", "[datapath]\nudp_timeout_secs = 604801\n", "x.toml:2: datapath.udp_timeout_secs: must be at most 604800 seconds, got 604801"},
 		{"timeout without unit", "[datapath]\ntcp_closing_timeout = 120\n", "x.toml:2: datapath.tcp_closing_timeout: must be a duration string like \"1500ms\" or \"5s\", got integer 120 (or write tcp_closing_timeout_secs = 120)"},
+		{"port range zero", "[datapath]\nnat_port_range = \"0-100\"\n", "x.toml:2: datapath.nat_port_range: must have 1 <= FIRST <= LAST, got \"0-100\""},
+		{"port range past 65535", "[datapath]\nnat_port_range = \"1024-65536\"\n", "x.toml:2: datapath.nat_port_range: must be \"FIRST-LAST\" with ports 1..65535, got \"1024-65536\""},
+		{"port range not a range", "[datapath]\nnat_port_range = 1024\n", "x.toml:2: datapath.nat_port_range: must be a string, got integer 1024"},
 		{"typo", "[datapath]\nudp_timout = \"1m\"\n", "x.toml:2: datapath.udp_timout: unknown key (did you mean \"udp_timeout\"?)"},
 	}
 	for _, tc := range cases {

@@ -114,6 +114,7 @@ func decodeService(t *table, global HealthCheck) Service {
 	enum(t, "hash", &s.Hash)
 	enum(t, "forwarding", &s.Forwarding)
 	t.prefix("ipip_source_prefix", &s.IPIPSourcePrefix)
+	t.addr("nat_source", &s.NATSource)
 	enum(t, "algorithm", &s.Algorithm)
 	decodeL7(t, &s)
 	s.HealthCheck = decodeHealthCheck(t.table("health_check")).resolve(global)

@@ -205,12 +205,9 @@ func (v *validator) service(s *Service, p string, tableSize uint32, global *Heal
 	switch {
 	case l4:
 		checkEnum(v, p+".hash", line, s.Hash, hashModes)
-		if s.Forwarding == forwardNAT {
-			v.errorf(p+".forwarding", line, "%q is not supported yet (allowed: %s)", s.Forwarding, joinValues(forwardings))
-		} else {
-			checkEnum(v, p+".forwarding", line, s.Forwarding, forwardings)
-		}
+		checkEnum(v, p+".forwarding", line, s.Forwarding, forwardings)
 		v.ipipSourcePrefix(s, p)
+		v.natSource(s, p)
 		if s.Algorithm != "" {
 			v.errorf(p+".algorithm", line, "applies to l7 services only (l4 services pick backends by hash)")
 		}
@@ -228,6 +225,9 @@ func (v *validator) service(s *Service, p string, tableSize uint32, global *Heal
 		}
 		if s.IPIPSourcePrefix.IsValid() {
 			v.errorf(p+".ipip_source_prefix", line, "applies to l4 services only")
+		}
+		if s.NATSource.IsValid() {
+			v.errorf(p+".nat_source", line, "applies to l4 services only")
 		}
 		v.l7(s, p)
 	}
@@ -279,8 +279,8 @@ func (v *validator) backends(s *Service, p string, tableSize uint32, l4, l7 bool
 				}
 			}
 		}
-		if b.Port != 0 && l4 {
-			v.errorf(ep+".port", b.Line, "applies to l7 services only (%s forwarding keeps the service port %d)", s.Forwarding, s.Port)
+		if b.Port != 0 && l4 && s.Forwarding != ForwardNAT {
+			v.errorf(ep+".port", b.Line, "applies to l7 and nat services only (%s forwarding keeps the service port %d)", s.Forwarding, s.Port)
 		}
 		if b.HealthCheckPath != "" {
 			switch {
@@ -300,8 +300,8 @@ func (v *validator) backends(s *Service, p string, tableSize uint32, l4, l7 bool
 			switch {
 			case l7:
 				v.errorf(ep+".mac", b.Line, "applies to l4 services only")
-			case s.Forwarding == ForwardIPIP:
-				v.errorf(ep+".mac", b.Line, "applies to dsr forwarding only (ipip takes the next hop from the kernel's routing and neighbour tables)")
+			case s.Forwarding == ForwardIPIP || s.Forwarding == ForwardNAT:
+				v.errorf(ep+".mac", b.Line, "applies to dsr forwarding only (%s takes the next hop from the kernel's routing and neighbour tables)", s.Forwarding)
 			case len(b.MAC) != 6:
 				v.errorf(ep+".mac", b.Line, "must be a 6-byte Ethernet address, got %d bytes (%s)", len(b.MAC), b.MAC)
 			case b.MAC[0]&1 != 0:
@@ -339,6 +339,24 @@ func (v *validator) ipipSourcePrefix(s *Service, p string) {
 		v.errorf(path, s.Line, "must not be the whole address space, got %s", pfx)
 	case pfx.Masked() != pfx:
 		v.errorf(path, s.Line, "%s has bits set past its length (did you mean %s?)", pfx, pfx.Masked())
+	}
+}
+
+// natSource checks an L4 service's nat_source.
+func (v *validator) natSource(s *Service, p string) {
+	a := s.NATSource
+	if !a.IsValid() {
+		return
+	}
+	path := p + ".nat_source"
+	switch {
+	case s.Forwarding != ForwardNAT:
+		v.errorf(path, s.Line, "applies to nat forwarding only (this service's forwarding is %q)", s.Forwarding)
+	case !v.address(path, s.Line, a, false):
+	case s.VIP.IsValid() && a.Is4() != s.VIP.Is4():
+		v.errorf(path, s.Line, "%s address %s in an %s service (vip %s)", family(a), a, family(s.VIP), s.VIP)
+	case a == s.VIP:
+		v.errorf(path, s.Line, "must not be the service's vip %s (answers to the vip are the clients' packets)", a)
 	}
 }
 

@@ -276,6 +276,9 @@ func (c *Controller) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := c.setNATPorts(c.cfg); err != nil {
+		return err
+	}
 	return c.reconcile(ctx)
 }
 
@@ -522,12 +525,15 @@ func (c *Controller) desired() loader.Desired {
 		if s.cfg.Hash == config.HashFlow {
 			spec.Hash = loader.HashFlow
 		}
-		if s.cfg.Forwarding == config.ForwardIPIP {
+		switch s.cfg.Forwarding {
+		case config.ForwardIPIP:
 			spec.Forwarding, spec.IPIPSource = loader.ForwardIPIP, s.cfg.IPIPSourcePrefix
+		case config.ForwardNAT:
+			spec.Forwarding, spec.NATSource = loader.ForwardNAT, s.cfg.NATSource
 		}
 		for _, b := range s.backends {
 			spec.Backends = append(spec.Backends, loader.BackendSpec{
-				Address: b.address, Weight: b.weight, State: c.effective(b), MAC: b.mac,
+				Address: b.address, Weight: b.weight, State: c.effective(b), MAC: b.mac, Port: b.port,
 			})
 		}
 		d.Services = append(d.Services, spec)
@@ -594,6 +600,13 @@ func (c *Controller) Reload(cfg *config.Config) error {
 		return fmt.Errorf("%w: the l4 services would have %d backends (admin-added ones included), the loaded table holds %d (datapath.max_backends; a larger one needs a restart)",
 			ErrTooManyBackends, n, limit)
 	}
+	// Checked whenever nat is in use: the host's range may have moved.
+	if usesNAT(cfg) || old.NATPorts != next.NATPorts {
+		if err := c.setNATPorts(cfg); err != nil {
+			c.mu.Unlock()
+			return err
+		}
+	}
 	retimed := c.maps != nil && flowTimeouts(old) != flowTimeouts(next)
 	if retimed {
 		if err := c.maps.SetFlowTimeouts(flowTimeouts(next)); err != nil {
@@ -608,6 +621,9 @@ func (c *Controller) Reload(cfg *config.Config) error {
 	if c.l7 != nil {
 		if err := c.l7.Update(c.l7Configs()); err != nil {
 			c.services, c.cfg = prevServices, prevCfg
+			if err := c.setNATPorts(prevCfg); err != nil {
+				c.log.Error("reload refused, but the new nat_port_range stays", "err", err)
+			}
 			if retimed {
 				if rerr := c.maps.SetFlowTimeouts(flowTimeouts(old)); rerr != nil {
 					c.log.Error("reload refused, but the new flow timeouts stay", "err", rerr)

@@ -112,7 +112,10 @@ func Open(opts Options) (*Datapath, error) {
 		return nil, fmt.Errorf("load embedded XDP object: %w", err)
 	}
 	if opts.ConntrackSize > 0 {
-		spec.Maps[bpf.XlbMapConntrack].MaxEntries = opts.ConntrackSize
+		// A NAT flow holds one entry in each.
+		for _, name := range []string{bpf.XlbMapConntrack, bpf.XlbMapNatFlows, bpf.XlbMapNatBindings} {
+			spec.Maps[name].MaxEntries = opts.ConntrackSize
+		}
 	}
 	if opts.MaxBackends > 0 {
 		spec.Maps[bpf.XlbMapBackends].MaxEntries = opts.MaxBackends
@@ -426,8 +429,10 @@ func splitPins(spec *ebpf.CollectionSpec, dir string, log *slog.Logger) (fresh m
 	// an adopted flow would reach whichever backend gets its id.
 	if (fresh[bpf.XlbMapBackends] || fresh[bpf.XlbMapServices]) && !fresh[bpf.XlbMapConntrack] {
 		log.Warn("backend or service ids start afresh: a new connection table replaces the pinned one too (flows are placed anew)")
-		fresh[bpf.XlbMapConntrack] = true
-		spec.Maps[bpf.XlbMapConntrack].Pinning = ebpf.PinNone
+		for _, name := range []string{bpf.XlbMapConntrack, bpf.XlbMapNatFlows, bpf.XlbMapNatBindings} {
+			fresh[name] = true
+			spec.Maps[name].Pinning = ebpf.PinNone
+		}
 	}
 	return fresh, adopted, nil
 }

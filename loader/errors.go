@@ -26,6 +26,10 @@ var (
 	// ErrNoRoutedResolver: the Resolver cannot find an ipip backend's next
 	// hop (it is no RoutedResolver).
 	ErrNoRoutedResolver = errors.New("resolver cannot resolve routed (ipip) backends")
+	// ErrNATBypass: a nat backend is reached through an interface other
+	// than the XDP one, so its answers (arriving there) would bypass the
+	// translation back.
+	ErrNATBypass = errors.New("nat backend reached through another interface than the XDP one: its answers would bypass xlb")
 	// ErrNoTCX: the kernel cannot attach TC programs with tcx (Linux 6.6+).
 	ErrNoTCX = errors.New("kernel without tcx (TC programs through bpf links need Linux 6.6 or later)")
 	// ErrFull: no free service or backend id.

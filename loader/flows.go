@@ -179,11 +179,16 @@ const flowBatch = 4096
 // system call per flowBatch entries rather than two per entry. Entries that
 // change meanwhile may be seen twice or not at all.
 func (m *Maps) walkFlows(fn func(k bpf.XlbFlowKey, v bpf.XlbFlowValue)) error {
-	keys := make([]bpf.XlbFlowKey, flowBatch)
-	vals := make([]bpf.XlbFlowValue, flowBatch)
+	return walkMap(m.Conntrack, fn)
+}
+
+// walkMap calls fn for every entry of a hash map, read in batches.
+func walkMap[K, V any](mp *ebpf.Map, fn func(k K, v V)) error {
+	keys := make([]K, flowBatch)
+	vals := make([]V, flowBatch)
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := m.Conntrack.BatchLookup(&cursor, keys, vals, nil)
+		n, err := mp.BatchLookup(&cursor, keys, vals, nil)
 		for i := range n {
 			fn(keys[i], vals[i])
 		}
@@ -191,9 +196,27 @@ func (m *Maps) walkFlows(fn func(k bpf.XlbFlowKey, v bpf.XlbFlowValue)) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("read conntrack: %w", err)
+			return fmt.Errorf("read %s: %w", mp.String(), err)
 		}
 	}
+}
+
+// deleteAll deletes keys in batches, skipping keys deleted meanwhile (by
+// the datapath, or evicted), and returns how many it deleted.
+func deleteAll(mp *ebpf.Map, keys []bpf.XlbFlowKey) (int, error) {
+	deleted := 0
+	for len(keys) > 0 {
+		n, err := mp.BatchDelete(keys[:min(len(keys), flowBatch)], nil)
+		deleted += n
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			n++ // gone meanwhile: skip it
+		case err != nil:
+			return deleted, fmt.Errorf("delete from %s: %w", mp.String(), err)
+		}
+		keys = keys[n:]
+	}
+	return deleted, nil
 }
 
 // OpenFlows counts, per backend id, the connection table entries a drain
@@ -241,29 +264,35 @@ func (m *Maps) ExpireFlows() (FlowSweep, error) {
 	if err != nil {
 		return s, err
 	}
-	for len(dead) > 0 {
-		n, err := m.Conntrack.BatchDelete(dead[:min(len(dead), flowBatch)], nil)
-		s.Expired += n
-		switch {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			// Evicted or deleted by the datapath meanwhile: skip it.
-			n++
-		case err != nil:
-			return s, fmt.Errorf("delete expired conntrack entries: %w", err)
-		}
-		dead = dead[n:]
+	s.Expired, err = deleteAll(m.Conntrack, dead)
+	if err != nil {
+		return s, fmt.Errorf("delete expired conntrack entries: %w", err)
 	}
 	return s, nil
 }
 
 // ExpireFlows runs one sweep of the connection table (Maps.ExpireFlows) and
-// counts it in the metrics. It takes no lock: Apply never writes conntrack.
+// of the NAT tables (Maps.ExpireNAT), and counts them in the metrics. It
+// takes no lock: Apply never writes conntrack or the NAT tables.
 func (r *Reconciler) ExpireFlows() (FlowSweep, error) {
 	s, err := r.maps.ExpireFlows()
 	if r.Metrics != nil {
 		r.Metrics.expired.Add(float64(s.Expired))
 		if err == nil {
 			r.Metrics.flows.Set(float64(s.Live))
+		}
+	}
+	if err != nil {
+		return s, err
+	}
+	ns, err := r.maps.ExpireNAT()
+	if r.Metrics != nil {
+		r.Metrics.natFreed.Add(float64(ns.Expired))
+		if err == nil {
+			r.Metrics.natPorts.Reset()
+			for id, n := range ns.Live {
+				r.Metrics.natPorts.WithLabelValues(r.maps.serviceName(id)).Set(float64(n))
+			}
 		}
 	}
 	return s, err

@@ -18,6 +18,8 @@ type Metrics struct {
 	reconcile prometheus.Histogram
 	expired   prometheus.Counter
 	flows     prometheus.Gauge
+	natFreed  prometheus.Counter
+	natPorts  *prometheus.GaugeVec
 }
 
 // NewMetrics registers the reconciler's metrics with reg.
@@ -40,9 +42,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Namespace: "xlb", Name: "conntrack_entries",
 			Help: "Connection table entries left by the last expiry sweep.",
 		}),
+		natFreed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "xlb", Name: "nat_ports_freed_total",
+			Help: "NAT source ports freed after their flow's idle timeout or end.",
+		}),
+		natPorts: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "xlb", Name: "nat_ports_in_use",
+			Help: "NAT source ports held by flows of a service (forwarding = nat), as of the last sweep.",
+		}, []string{"service"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.rebuilds, m.reconcile, m.expired, m.flows)
+		reg.MustRegister(m.rebuilds, m.reconcile, m.expired, m.flows, m.natFreed, m.natPorts)
 	}
 	return m
 }

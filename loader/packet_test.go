@@ -24,6 +24,9 @@ type pkt struct {
 	payload        int
 	etherType      uint16 // overrides the L3 type (e.g. ARP)
 	proto6Ext      []uint8
+	// checksum: a real TCP/UDP checksum (else TCP carries a dummy and UDP
+	// none); noUDPChecksum keeps UDP's 0 even then.
+	checksum, noUDPChecksum bool
 }
 
 const (
@@ -83,6 +86,7 @@ func (p pkt) build() []byte {
 			ip[i] = 1 // NOP options
 		}
 		binary.BigEndian.PutUint16(ip[10:], ipChecksum(ip))
+		p.fillChecksum(l4)
 		b = append(b, ip...)
 		return append(b, l4...)
 	}
@@ -116,9 +120,45 @@ func (p pkt) build() []byte {
 	s, d := p.src.As16(), p.dst.As16()
 	copy(ip[8:], s[:])
 	copy(ip[24:], d[:])
+	p.fillChecksum(l4)
 	b = append(b, ip...)
 	b = append(b, ext...)
 	return append(b, l4...)
+}
+
+// fillChecksum writes l4's real transport checksum when p asks for one.
+func (p pkt) fillChecksum(l4 []byte) {
+	if !p.checksum || p.fragOffset != 0 || p.moreFragments {
+		return
+	}
+	switch {
+	case p.proto == 6:
+		binary.BigEndian.PutUint16(l4[16:], 0)
+		binary.BigEndian.PutUint16(l4[16:], transportChecksum(p.src, p.dst, p.proto, l4))
+	case p.proto == 17 && !p.noUDPChecksum:
+		c := transportChecksum(p.src, p.dst, p.proto, l4)
+		if c == 0 {
+			c = 0xffff
+		}
+		binary.BigEndian.PutUint16(l4[6:], c)
+	}
+}
+
+// transportChecksum is the RFC 1071 checksum of seg (its checksum field
+// zero, or included to verify: then 0 means valid) with the pseudo-header
+// of src, dst and proto, computed from scratch.
+func transportChecksum(src, dst netip.Addr, proto uint8, seg []byte) uint16 {
+	var pseudo []byte
+	pseudo = append(pseudo, src.AsSlice()...)
+	pseudo = append(pseudo, dst.AsSlice()...)
+	if src.Is4() {
+		pseudo = append(pseudo, 0, proto)
+		pseudo = binary.BigEndian.AppendUint16(pseudo, uint16(len(seg)))
+	} else {
+		pseudo = binary.BigEndian.AppendUint32(pseudo, uint32(len(seg)))
+		pseudo = append(pseudo, 0, 0, 0, proto)
+	}
+	return ipChecksum(append(pseudo, seg...))
 }
 
 // l4 is the transport header and payload (or just payload for later fragments).
@@ -192,6 +232,9 @@ func ipChecksum(h []byte) uint16 {
 	var sum uint32
 	for i := 0; i+1 < len(h); i += 2 {
 		sum += uint32(binary.BigEndian.Uint16(h[i:]))
+	}
+	if len(h)%2 == 1 {
+		sum += uint32(h[len(h)-1]) << 8
 	}
 	for sum > 0xffff {
 		sum = sum&0xffff + sum>>16

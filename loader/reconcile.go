@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,14 +73,22 @@ type Forwarding uint8
 const (
 	ForwardDSR  = Forwarding(bpf.XlbForwardingXLB_FWD_DSR)  // L2 direct server return
 	ForwardIPIP = Forwarding(bpf.XlbForwardingXLB_FWD_IPIP) // IP-in-IP / IPv6-in-IPv6 tunnel
+	ForwardNAT  = Forwarding(bpf.XlbForwardingXLB_FWD_NAT)  // full NAT, both directions
 )
 
 func (f Forwarding) String() string {
-	if f == ForwardIPIP {
+	switch f {
+	case ForwardIPIP:
 		return "ipip"
+	case ForwardNAT:
+		return "nat"
 	}
 	return "dsr"
 }
+
+// routed reports whether backends are reached through the kernel's routes
+// (any next hop, routers included) rather than on an attached network.
+func (f Forwarding) routed() bool { return f == ForwardIPIP || f == ForwardNAT }
 
 // BackendSpec is one desired backend of an L4 service.
 type BackendSpec struct {
@@ -87,6 +96,8 @@ type BackendSpec struct {
 	Weight  uint32
 	State   State // StateUp, StateDraining or StateDown
 	MAC     net.HardwareAddr
+	// Port is nat only: the backend's port (0: the service's).
+	Port uint16
 }
 
 // ServiceSpec is one desired service.
@@ -103,7 +114,10 @@ type ServiceSpec struct {
 	// otherwise the outer source is the host's address toward the backend.
 	Forwarding Forwarding
 	IPIPSource netip.Prefix
-	Backends   []BackendSpec // L4 only
+	// NATSource is nat only: the address translated packets leave from
+	// (invalid: the host's address toward each backend).
+	NATSource netip.Addr
+	Backends  []BackendSpec // L4 only
 }
 
 // Desired is the whole state the maps should hold.
@@ -244,7 +258,7 @@ func (r *Reconciler) recover() error {
 			continue
 		}
 		id := uint32(i)
-		st := &beState{id: id, entry: be, n: neighbourOf(be), routed: Forwarding(be.Forwarding) == ForwardIPIP}
+		st := &beState{id: id, entry: be, n: neighbourOf(be), routed: Forwarding(be.Forwarding).routed()}
 		r.backends[beIdent{be.ServiceId, BackendAddr(be)}] = st
 		r.beIDs.take(id)
 	}
@@ -359,6 +373,9 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 	for ident, w := range wantBe {
 		b := w.b
 		res := resolved[ident]
+		if res.err == nil && w.s.Forwarding == ForwardNAT && r.ifindex != 0 && res.n.IfIndex != r.ifindex {
+			res.err = fmt.Errorf("%s via interface %d: %w", ident.addr, res.n.IfIndex, ErrNATBypass)
+		}
 		state := b.State
 		if res.err != nil {
 			state = StateUnresolved
@@ -369,8 +386,11 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 			}
 		}
 		e := NewBackend(ident.addr, ident.service, uint16(min(b.Weight, 65535)), state, res.n)
-		if w.s.Forwarding == ForwardIPIP {
+		switch w.s.Forwarding {
+		case ForwardIPIP:
 			setOuterSource(&e, res.n.Src, w.s.IPIPSource)
+		case ForwardNAT:
+			setNATSource(&e, res.n.Src, w.s.NATSource, cmp.Or(b.Port, w.s.Port))
 		}
 		newEntries[ident] = e
 	}
@@ -421,7 +441,7 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 	if err := r.writeMarkers(want); err != nil {
 		return ch, err
 	}
-	if err := r.writeVIPFilter(want); err != nil {
+	if err := r.writeVIPFilter(want, newEntries); err != nil {
 		return ch, err
 	}
 
@@ -533,7 +553,7 @@ func (r *Reconciler) writeBackend(ident beIdent, e bpf.XlbBackend, w beWant, n N
 	}
 	cur.entry = e
 	cur.mac = w.b.MAC
-	cur.n, cur.routed = n, w.s.Forwarding == ForwardIPIP
+	cur.n, cur.routed = n, w.s.Forwarding.routed()
 	return nil
 }
 
@@ -674,14 +694,21 @@ func VIPFilterBit(vip netip.Addr) (word uint32, bit uint64) {
 	return (h >> 6) % uint32(bpf.XlbLimitsXLB_VIP_FILTER_WORDS), 1 << (h & 63)
 }
 
-// writeVIPFilter sets the filter bits of every VIP (adding before removing is
+// writeVIPFilter sets the filter bits of every VIP and every nat source
+// address, where the backends' answers arrive (adding before removing is
 // not needed: a bit is only cleared when no VIP uses it any more, and a VIP's
 // services are already gone from the services map by then).
-func (r *Reconciler) writeVIPFilter(want map[svcIdent]*ServiceSpec) error {
+func (r *Reconciler) writeVIPFilter(want map[svcIdent]*ServiceSpec, entries map[beIdent]bpf.XlbBackend) error {
 	next := map[uint32]uint64{}
 	for ident := range want {
 		w, b := VIPFilterBit(ident.vip)
 		next[w] |= b
+	}
+	for _, e := range entries {
+		if Forwarding(e.Forwarding) == ForwardNAT {
+			w, b := VIPFilterBit(addrFromBytes(e.Src, e.Family))
+			next[w] |= b
+		}
 	}
 	if r.vipBits == nil {
 		// Unknown after a restart: rewrite every word once.
@@ -749,7 +776,7 @@ func (r *Reconciler) resolveAll(ctx context.Context, want map[beIdent]beWant) ma
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for ident, w := range want {
-		routed := w.s.Forwarding == ForwardIPIP
+		routed := w.s.Forwarding.routed()
 		if cur, ok := r.backends[ident]; ok && cur.entry.State != uint8(StateUnresolved) &&
 			slices.Equal(cur.mac, w.b.MAC) && cur.routed == routed && (!routed || cur.n.Src.IsValid()) {
 			mu.Lock() // resolutions already started write out too
@@ -787,7 +814,7 @@ func neighbourOf(e bpf.XlbBackend) Neighbour {
 		MAC:     net.HardwareAddr(e.Mac[:]),
 		SrcMAC:  net.HardwareAddr(e.Smac[:]),
 	}
-	if Forwarding(e.Forwarding) == ForwardIPIP && e.SrcHashMask == 0 {
+	if Forwarding(e.Forwarding).routed() && e.SrcHashMask == 0 {
 		n.Src = addrFromBytes(e.Src, e.Family)
 	}
 	return n
@@ -804,6 +831,14 @@ func setOuterSource(e *bpf.XlbBackend, host netip.Addr, prefix netip.Prefix) {
 	}
 	e.Src, _ = addrBytes(prefix.Masked().Addr())
 	e.SrcHashMask = SourceHashMask(prefix)
+}
+
+// setNATSource makes e a nat entry to the backend's port whose answers come
+// back to src (the host's address toward the backend when invalid).
+func setNATSource(e *bpf.XlbBackend, host, src netip.Addr, port uint16) {
+	e.Forwarding = uint8(ForwardNAT)
+	e.Port = port
+	e.Src, _ = addrBytes(cmp.Or(src, host))
 }
 
 // SourceHashMask is the part of an outer source address in prefix that the

@@ -24,13 +24,15 @@ type ServiceStatus struct {
 	Protocol string     `json:"protocol"`
 	Mode     string     `json:"mode"`
 	Hash     string     `json:"hash,omitempty"`
-	// Forwarding is "dsr" or "ipip" (L4 only).
-	Forwarding string          `json:"forwarding,omitempty"`
-	RingSize   uint32          `json:"ring_size,omitempty"`
-	Packets    uint64          `json:"packets"`
-	Bytes      uint64          `json:"bytes"`
-	NewFlows   uint64          `json:"new_flows"`
-	Backends   []BackendStatus `json:"backends,omitempty"`
+	// Forwarding is "dsr", "ipip" or "nat" (L4 only).
+	Forwarding string `json:"forwarding,omitempty"`
+	// NATPorts counts the source ports its NAT flows hold (nat only).
+	NATPorts int             `json:"nat_ports_in_use,omitempty"`
+	RingSize uint32          `json:"ring_size,omitempty"`
+	Packets  uint64          `json:"packets"`
+	Bytes    uint64          `json:"bytes"`
+	NewFlows uint64          `json:"new_flows"`
+	Backends []BackendStatus `json:"backends,omitempty"`
 }
 
 // BackendStatus is one backend of a service.
@@ -43,6 +45,10 @@ type BackendStatus struct {
 	// it (ipip, where the kernel's FIB decides per packet when it can).
 	MAC     string `json:"mac"`
 	IfIndex uint32 `json:"ifindex"`
+	// Port and Source are nat only: where translated packets go to, and
+	// the address they leave from.
+	Port   uint16     `json:"port,omitempty"`
+	Source netip.Addr `json:"source,omitzero"`
 	// Slots is how many Maglev table entries point at the backend, Share
 	// the fraction of the table that is.
 	Slots    uint32  `json:"slots"`
@@ -109,6 +115,7 @@ func (m *Maps) TakeSnapshot() (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	nat := false
 	for i, be := range entries {
 		id := uint32(i)
 		s := byID[be.ServiceId]
@@ -119,11 +126,27 @@ func (m *Maps) TakeSnapshot() (*Snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.Backends = append(s.Backends, BackendStatus{
+		st := BackendStatus{
 			ID: id, Address: BackendAddr(be), State: State(be.State).String(), Weight: be.Weight,
 			MAC: macString(be.Mac), IfIndex: be.Ifindex,
 			Packets: c.Packets, Bytes: c.Bytes, NewFlows: c.NewFlows, OpenFlows: flows[id],
-		})
+		}
+		if Forwarding(be.Forwarding) == ForwardNAT {
+			nat = true
+			st.Port, st.Source = be.Port, addrFromBytes(be.Src, be.Family)
+		}
+		s.Backends = append(s.Backends, st)
+	}
+	if nat {
+		ports, err := m.NATPortsInUse()
+		if err != nil {
+			return nil, err
+		}
+		for id, n := range ports {
+			if s := byID[id]; s != nil {
+				s.NATPorts = n
+			}
+		}
 	}
 	for _, s := range byID {
 		if err := m.fillShares(s); err != nil {

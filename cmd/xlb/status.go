@@ -118,16 +118,24 @@ func printStatus(out io.Writer, snap *loader.Snapshot) {
 	w := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 	for _, s := range snap.Services {
 		w.Flush()
-		fmt.Fprintf(w, "service %s\t%s\t%s\t%s\tpackets %d\tbytes %d\tnew flows %d\n",
+		nat := ""
+		if s.Forwarding == "nat" {
+			nat = fmt.Sprintf("\tnat ports in use %d", s.NATPorts)
+		}
+		fmt.Fprintf(w, "service %s\t%s\t%s\t%s\tpackets %d\tbytes %d\tnew flows %d%s\n",
 			s.Name, netip.AddrPortFrom(s.VIP, s.Port).String()+"/"+s.Protocol, s.Mode,
-			strings.TrimSpace(s.Hash+" "+s.Forwarding), s.Packets, s.Bytes, s.NewFlows)
+			strings.TrimSpace(s.Hash+" "+s.Forwarding), s.Packets, s.Bytes, s.NewFlows, nat)
 		if s.Mode != "l4" {
 			continue
 		}
 		fmt.Fprintf(w, "  BACKEND\tSTATE\tWEIGHT\tSHARE\tMAC\tPACKETS\tBYTES\tNEW FLOWS\tOPEN FLOWS\n")
 		for _, b := range s.Backends {
+			addr := b.Address.String()
+			if b.Port != 0 { // nat: where translated packets go, and from
+				addr = netip.AddrPortFrom(b.Address, b.Port).String() + " from " + b.Source.String()
+			}
 			fmt.Fprintf(w, "  %s\t%s\t%d\t%.1f%%\t%s\t%d\t%d\t%d\t%d\n",
-				b.Address, b.State, b.Weight, 100*b.Share, b.MAC, b.Packets, b.Bytes, b.NewFlows, b.OpenFlows)
+				addr, b.State, b.Weight, 100*b.Share, b.MAC, b.Packets, b.Bytes, b.NewFlows, b.OpenFlows)
 		}
 		if len(s.Backends) == 0 || allZero(s.Backends) {
 			fmt.Fprintf(w, "  (no usable backend: packets to this service are dropped)\n")

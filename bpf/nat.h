@@ -1,0 +1,572 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Full NAT for xlb.c (forwarding = "nat"): a client's packet to VIP:port
+ * leaves as LB-source:port' -> backend:backend-port, the port' allocated per
+ * flow; the backend's answers, addressed to LB-source:port', are found by
+ * their own header in nat_bindings and leave as VIP:port -> client. Backends
+ * need nothing: no VIP, no sysctls, any network the LB can route to.
+ *
+ * Ports are allocated without collisions: a binding is inserted only where
+ * none exists (BPF_NOEXIST), so two flows never share one, and only the
+ * daemon's sweep removes bindings (after the flow's idle timeout), so a
+ * binding is never taken over while its flow may still send. A flow that
+ * finds no free port among XLB_NAT_PROBES tries is dropped and counted.
+ *
+ * ICMP errors about a NAT flow that reach the LB source (fragmentation
+ * needed, packet too big, unreachable, time exceeded) are translated back
+ * to the client, headers and quoted packet alike, as from the VIP.
+ *
+ * Checksums are updated incrementally (csum.h): the program assumes full
+ * checksums, as NICs deliver them (see LAB.md on veth's partial ones).
+ *
+ * Included by xlb.c after struct packet, the conntrack and tx_ports maps and
+ * flow_hash, which it uses.
+ */
+#ifndef XLB_NAT_H
+#define XLB_NAT_H
+
+#include "route.h"
+
+/* Client flow -> its translation. Allocated as used: NAT may be unused. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_CONNTRACK_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_key);
+	__type(value, struct nat_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_flows SEC(".maps");
+
+/* The backend's answers' flow_key -> the client flow they belong to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XLB_CONNTRACK_SIZE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_key);
+	__type(value, struct nat_binding);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_bindings SEC(".maps");
+
+/* Key 0: struct nat_port_range, written by the daemon from [datapath]. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nat_port_range);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat_ports SEC(".maps");
+
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+static __always_inline int flow_key_eq(const struct flow_key *a, const struct flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	__u64 diff = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*a) / 8); i++)
+		diff |= x[i] ^ y[i];
+	return diff == 0;
+}
+
+/* The flow_key of the backend's answers to a flow that was given port. */
+static __always_inline void reply_key(struct flow_key *k, const struct backend *be, __u8 proto,
+				      __u8 family, __u16 port)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->src, be->addr, 16);
+	__builtin_memcpy(k->dst, be->src, 16);
+	k->sport = be->port;
+	k->dport = port;
+	k->proto = proto;
+	k->family = family;
+}
+
+/* Inserts the binding k for the client flow p, if k is free; 0 when done. */
+static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *k,
+				     const struct packet *p, __u32 be_id, __u32 svc_id, __u32 now)
+{
+	void *data = (void *)(long)ctx->data;
+	struct ethhdr *eth = data;
+	struct nat_binding fresh = {
+		.client = p->flow,
+		.backend_id = be_id,
+		.service_id = svc_id,
+		.flags = p->flow_flags,
+		.seen = now,
+		.client_ifindex = ctx->ingress_ifindex,
+	};
+
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+		return -1;
+	__builtin_memcpy(fresh.client_mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(fresh.local_mac, eth->h_dest, ETH_ALEN);
+	return bpf_map_update_elem(&nat_bindings, k, &fresh, BPF_NOEXIST);
+}
+
+/*
+ * The source port of the client flow p to backend be: the flow's own while
+ * its binding stands (put back if the sweep removed it), else a new one.
+ * Returns TX_OK with *port set, or TX_NO_PORT.
+ */
+static __always_inline int nat_port(struct xdp_md *ctx, const struct packet *p,
+				    const struct backend *be, __u32 be_id, __u32 svc_id, __u16 *port)
+{
+	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
+	struct nat_flow *nf = bpf_map_lookup_elem(&nat_flows, &p->flow);
+	struct flow_key k;
+
+	if (nf && nf->backend_id == be_id) {
+		__u16 own = nf->port;
+
+		reply_key(&k, be, p->flow.proto, p->flow.family, own);
+		struct nat_binding *b = bpf_map_lookup_elem(&nat_bindings, &k);
+		if (b && flow_key_eq(&b->client, &p->flow)) {
+			if (b->seen != now)
+				b->seen = now;
+			if (p->syn)
+				b->flags = 0; /* the client opens its ports again */
+			else if (p->flow_flags & ~b->flags)
+				b->flags |= p->flow_flags;
+			*port = own;
+			return TX_OK;
+		}
+		if (!b && nat_bind(ctx, &k, p, be_id, svc_id, now) == 0) {
+			*port = own;
+			return TX_OK;
+		}
+	}
+
+	__u32 zero = 0;
+	struct nat_port_range *r = bpf_map_lookup_elem(&nat_ports, &zero);
+	if (!r || r->count == 0)
+		return TX_NO_PORT;
+	__u32 first = r->first, count = r->count;
+	__u32 h = flow_hash(&p->flow, XLB_HASH_FLOW);
+	/* Double hashing: an odd step spreads the tries of colliding flows. */
+	__u32 step = (h >> 16) | 1;
+
+#pragma clang loop unroll(disable)
+	for (__u32 i = 0; i < XLB_NAT_PROBES; i++) {
+		__u16 try = first + (h + i * step) % count;
+
+		reply_key(&k, be, p->flow.proto, p->flow.family, try);
+		if (nat_bind(ctx, &k, p, be_id, svc_id, now))
+			continue;
+		struct nat_flow v = {.backend_id = be_id, .port = try};
+		if (bpf_map_update_elem(&nat_flows, &p->flow, &v, BPF_ANY)) {
+			bpf_map_delete_elem(&nat_bindings, &k);
+			return TX_NO_PORT;
+		}
+		*port = try;
+		return TX_OK;
+	}
+	return TX_NO_PORT;
+}
+
+/* acc plus the change of one 16-bit word. */
+static __always_inline __u64 csum_add_change16(__u64 acc, __u16 old, __u16 new)
+{
+	return acc + (__u16)~old + new;
+}
+
+/*
+ * Rewrites the addresses and ports of the TCP or UDP packet p to src:sport
+ * -> dst:dport (ports in host order), updating the IPv4 header and transport
+ * checksums.
+ */
+static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *p, const __u8 *src,
+				       const __u8 *dst, __u16 sport, __u16 dport)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 l3 = p->l3 & 0x1f;  /* 14 or 18 */
+	__u32 l4 = p->l4 & 0x3ff; /* past IPv4 options or IPv6 extensions */
+	__be16 ports[2] = {bpf_htons(sport), bpf_htons(dport)};
+	__u64 acc;
+
+	if (p->flow.family == XLB_FAMILY_V4) {
+		struct iphdr *ip = data + l3;
+
+		if ((void *)(ip + 1) > end)
+			return TX_FAILED;
+		acc = csum_add_change(0, &ip->saddr, src, 4);
+		acc = csum_add_change(acc, &ip->daddr, dst, 4);
+		csum_apply(&ip->check, acc);
+		__builtin_memcpy(&ip->saddr, src, 4);
+		__builtin_memcpy(&ip->daddr, dst, 4);
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+
+		if ((void *)(ip6 + 1) > end)
+			return TX_FAILED;
+		acc = csum_add_change(0, &ip6->saddr, src, 16);
+		acc = csum_add_change(acc, &ip6->daddr, dst, 16);
+		__builtin_memcpy(&ip6->saddr, src, 16);
+		__builtin_memcpy(&ip6->daddr, dst, 16);
+	}
+
+	if (p->flow.proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = data + l4;
+
+		if ((void *)(tcp + 1) > end)
+			return TX_FAILED;
+		acc = csum_add_change(acc, &tcp->source, ports, 4);
+		csum_apply(&tcp->check, acc);
+		tcp->source = ports[0];
+		tcp->dest = ports[1];
+		return TX_OK;
+	}
+	struct udphdr *udp = data + l4;
+
+	if ((void *)(udp + 1) > end)
+		return TX_FAILED;
+	acc = csum_add_change(acc, &udp->source, ports, 4);
+	csum_apply_udp(&udp->check, acc);
+	udp->source = ports[0];
+	udp->dest = ports[1];
+	return TX_OK;
+}
+
+/* Points the frame's Ethernet header at nh. */
+static __always_inline int set_eth(struct xdp_md *ctx, const struct next_hop *nh)
+{
+	struct ethhdr *eth = (void *)(long)ctx->data;
+
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+		return TX_FAILED;
+	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	return TX_OK;
+}
+
+/*
+ * The FIB lookup of a packet of ip_len bytes from src to dst (16-byte
+ * addresses, IPv4 in the first 4).
+ */
+static __always_inline void fib_params(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u8 family,
+				       __u8 proto, __u32 ip_len, const __u8 *src, const __u8 *dst)
+{
+	fib->l4_protocol = proto;
+	fib->tot_len = ip_len > 0xffff ? 0xffff : ip_len;
+	fib->ifindex = ctx->ingress_ifindex;
+	if (family == XLB_FAMILY_V4) {
+		fib->family = XLB_AF_INET;
+		__builtin_memcpy(&fib->ipv4_src, src, 4);
+		__builtin_memcpy(&fib->ipv4_dst, dst, 4);
+	} else {
+		fib->family = XLB_AF_INET6;
+		__builtin_memcpy(fib->ipv6_src, src, 16);
+		__builtin_memcpy(fib->ipv6_dst, dst, 16);
+	}
+}
+
+/*
+ * The answer to a packet too big for its next hop: an ICMP error back to
+ * its source (from its destination), or a drop where none may be sent.
+ */
+static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, __u32 mtu)
+{
+	if (p->flow.family == XLB_FAMILY_V6)
+		return icmp6_too_big(ctx, p->l3 & 0x1f, mtu);
+	if (p->df)
+		return icmp4_too_big(ctx, p->l3 & 0x1f, mtu);
+	return TX_TOO_BIG;
+}
+
+/*
+ * Translates the client's packet p for backend be (forwarding = "nat").
+ * TX_OK leaves a frame to send on *egress with its Ethernet addresses set;
+ * see enum tx_result.
+ */
+static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *p,
+				       const struct backend *be, __u32 be_id, __u32 svc_id, __u32 *egress)
+{
+	struct bpf_fib_lookup fib = {};
+	struct next_hop fallback = {}, nh = {};
+	__u16 port;
+
+	/* The route first: a packet too big is answered from the VIP, as sent. */
+	fib_params(ctx, &fib, p->flow.family, p->flow.proto, p->ip_len, be->src, be->addr);
+	backend_hop(be, &fallback);
+	int rc = next_hop(ctx, &fib, &fallback, &nh);
+	if (rc == TX_TOO_BIG)
+		return too_big(ctx, p, nh.mtu);
+	if (rc != TX_OK)
+		return rc;
+
+	rc = nat_port(ctx, p, be, be_id, svc_id, &port);
+	if (rc != TX_OK)
+		return rc;
+	rc = nat_rewrite(ctx, p, be->src, be->addr, port, be->port);
+	if (rc != TX_OK)
+		return rc;
+	*egress = nh.ifindex;
+	return set_eth(ctx, &nh);
+}
+
+/*
+ * The route back to a NAT flow's client c (a copy of b's): from the FIB, or
+ * where the client's first packet came from.
+ */
+static __always_inline int client_hop(struct xdp_md *ctx, const struct flow_key *c,
+				      const struct nat_binding *b, __u8 proto, __u32 ip_len,
+				      struct next_hop *nh)
+{
+	struct bpf_fib_lookup fib = {};
+	struct next_hop fallback = {.ifindex = b->client_ifindex};
+
+	__builtin_memcpy(fallback.dmac, b->client_mac, ETH_ALEN);
+	__builtin_memcpy(fallback.smac, b->local_mac, ETH_ALEN);
+	fib_params(ctx, &fib, c->family, proto, ip_len, c->dst, c->src);
+	return next_hop(ctx, &fib, &fallback, nh);
+}
+
+static __always_inline int reply_verdict(struct xdp_md *ctx, __u32 egress, __u64 len)
+{
+	if (egress == ctx->ingress_ifindex)
+		return verdict(XLB_R_NAT_REPLY_TX, len, XDP_TX);
+	int action = bpf_redirect_map(&tx_ports, egress, XDP_DROP);
+	if (action != XDP_REDIRECT)
+		return verdict(XLB_R_DROP_NO_TX_PORT, len, XDP_DROP);
+	return verdict(XLB_R_NAT_REPLY_REDIRECT, len, action);
+}
+
+/* The verdict of a packet nat_forward or nat_reply did not leave to send. */
+static __always_inline int tx_verdict(int rc, __u64 len)
+{
+	switch (rc) {
+	case TX_ICMP:
+		return verdict(XLB_R_ICMP_TOO_BIG, len, XDP_TX);
+	case TX_TOO_BIG:
+		return verdict(XLB_R_DROP_TOO_BIG, len, XDP_DROP);
+	case TX_NO_ROUTE:
+		return verdict(XLB_R_DROP_NO_ROUTE, len, XDP_DROP);
+	case TX_NO_PORT:
+		return verdict(XLB_R_DROP_NAT_PORTS, len, XDP_DROP);
+	}
+	return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
+}
+
+/* Is port one NAT flows are given? */
+static __always_inline int nat_port_in_range(__u16 port)
+{
+	__u32 zero = 0;
+	struct nat_port_range *r = bpf_map_lookup_elem(&nat_ports, &zero);
+
+	return r && (__u32)port - r->first < r->count;
+}
+
+/*
+ * A backend's answer to a NAT flow, translated to VIP -> client and sent on;
+ * -1 when p (TCP or UDP, not a fragment) is not one.
+ */
+static __always_inline int nat_reply(struct xdp_md *ctx, const struct packet *p)
+{
+	if (!nat_port_in_range(p->flow.dport))
+		return -1;
+	struct nat_binding *b = bpf_map_lookup_elem(&nat_bindings, &p->flow);
+	if (!b)
+		return -1;
+
+	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
+	if (b->seen != now)
+		b->seen = now;
+	if ((p->flow_flags & XLB_FLOW_CLOSING) && !(b->flags & XLB_FLOW_CLOSING))
+		b->flags |= XLB_FLOW_CLOSING;
+	/* The flow stays placed while only the backend speaks. */
+	struct flow_value *ct = bpf_map_lookup_elem(&conntrack, &b->client);
+	if (ct && ct->seen != now)
+		ct->seen = now;
+
+	struct flow_key c = b->client;
+	struct next_hop nh = {};
+	int rc = client_hop(ctx, &c, b, p->flow.proto, p->ip_len, &nh);
+	if (rc == TX_TOO_BIG)
+		rc = too_big(ctx, p, nh.mtu); /* to the backend, from the LB source */
+	if (rc == TX_OK)
+		rc = nat_rewrite(ctx, p, c.dst, c.src, c.dport, c.sport);
+	if (rc == TX_OK)
+		rc = set_eth(ctx, &nh);
+	if (rc != TX_OK)
+		return tx_verdict(rc, p->len);
+	return reply_verdict(ctx, nh.ifindex, p->len);
+}
+
+/*
+ * The quoted packet of an ICMP error that reached an LB source: where its
+ * IP header and transport ports start, and the binding key it names (the
+ * quote is a packet the LB sent, so its reverse is the answers' key).
+ */
+struct icmp_quote {
+	__u32 ip;    /* quoted IP header, from the frame's start */
+	__u32 l4;    /* quoted ports */
+	__u32 check; /* the ICMP checksum */
+};
+
+static __always_inline int quote_key(void *data, void *end, const struct packet *p,
+				     struct icmp_quote *q, struct flow_key *k)
+{
+	__u32 l4 = p->l4 & 0x3ff;
+	__u8 *icmp = data + l4;
+
+	if ((void *)(icmp + 8) > end)
+		return -1;
+	q->check = l4 + 2;
+	q->ip = l4 + 8;
+	k->family = p->flow.family;
+	if (p->flow.family == XLB_FAMILY_V4) {
+		if (p->flow.proto != IPPROTO_ICMP)
+			return -1;
+		if (icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED &&
+		    icmp[0] != ICMP_PARAMETERPROB)
+			return -1;
+		struct iphdr *in = data + (q->ip & 0x3ff);
+		if ((void *)(in + 1) > end || in->version != 4 || in->ihl < 5)
+			return -1;
+		if (in->frag_off & bpf_htons(IP_OFFSET))
+			return -1; /* no ports quoted */
+		k->proto = in->protocol;
+		__builtin_memcpy(k->src, &in->daddr, 4);
+		__builtin_memcpy(k->dst, &in->saddr, 4);
+		q->l4 = (q->ip & 0x3ff) + ((in->ihl * 4) & 0x3c);
+	} else {
+		if (p->flow.proto != IPPROTO_ICMPV6)
+			return -1;
+		/* destination unreachable, packet too big, time exceeded,
+		 * parameter problem: the error types (RFC 4443) */
+		if (icmp[0] < ICMPV6_DEST_UNREACH || icmp[0] > ICMPV6_PARAMPROB)
+			return -1;
+		struct ipv6hdr *in = data + (q->ip & 0x3ff);
+		if ((void *)(in + 1) > end)
+			return -1;
+		k->proto = in->nexthdr; /* quotes with extension headers pass */
+		__builtin_memcpy(k->src, &in->daddr, 16);
+		__builtin_memcpy(k->dst, &in->saddr, 16);
+		q->l4 = (q->ip & 0x3ff) + sizeof(*in);
+	}
+	if (k->proto != IPPROTO_TCP && k->proto != IPPROTO_UDP)
+		return -1;
+	__be16 *ports = data + (q->l4 & 0x7ff);
+	if ((void *)(ports + 2) > end)
+		return -1;
+	k->sport = bpf_ntohs(ports[1]);
+	k->dport = bpf_ntohs(ports[0]);
+	return 0;
+}
+
+/*
+ * Rewrites an ICMP error about the NAT flow c's LB-side packet into one
+ * about the client's packet, from the VIP to the client: outer addresses,
+ * quoted addresses and ports, and the checksums over each (the quoted
+ * transport checksum only when quoted).
+ */
+static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet *p,
+					const struct icmp_quote *q, const struct flow_key *c)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 l3 = p->l3 & 0x1f;
+	__u16 *check = data + (q->check & 0x3ff);
+	__be16 ports[2] = {bpf_htons(c->sport), bpf_htons(c->dport)};
+	__be16 *qports = data + (q->l4 & 0x7ff);
+	__u64 outer, inner, icmp = 0;
+
+	if ((void *)(check + 1) > end || (void *)(qports + 2) > end)
+		return TX_FAILED;
+
+	if (p->flow.family == XLB_FAMILY_V4) {
+		struct iphdr *ip = data + l3;
+		struct iphdr *in = data + (q->ip & 0x3ff);
+
+		if ((void *)(ip + 1) > end || (void *)(in + 1) > end)
+			return TX_FAILED;
+		outer = csum_add_change(0, &ip->saddr, c->dst, 4);
+		outer = csum_add_change(outer, &ip->daddr, c->src, 4);
+		csum_apply(&ip->check, outer);
+		__builtin_memcpy(&ip->saddr, c->dst, 4);
+		__builtin_memcpy(&ip->daddr, c->src, 4);
+
+		inner = csum_add_change(0, &in->saddr, c->src, 4);
+		inner = csum_add_change(inner, &in->daddr, c->dst, 4);
+		__u16 old = in->check;
+		csum_apply(&in->check, inner);
+		icmp = csum_add_change16(inner, old, in->check);
+		__builtin_memcpy(&in->saddr, c->src, 4);
+		__builtin_memcpy(&in->daddr, c->dst, 4);
+	} else {
+		struct ipv6hdr *ip6 = data + l3;
+		struct ipv6hdr *in = data + (q->ip & 0x3ff);
+
+		if ((void *)(ip6 + 1) > end || (void *)(in + 1) > end)
+			return TX_FAILED;
+		/* The ICMPv6 checksum covers the outer addresses too. */
+		outer = csum_add_change(0, &ip6->saddr, c->dst, 16);
+		outer = csum_add_change(outer, &ip6->daddr, c->src, 16);
+		__builtin_memcpy(&ip6->saddr, c->dst, 16);
+		__builtin_memcpy(&ip6->daddr, c->src, 16);
+
+		inner = csum_add_change(0, &in->saddr, c->src, 16);
+		inner = csum_add_change(inner, &in->daddr, c->dst, 16);
+		__builtin_memcpy(&in->saddr, c->src, 16);
+		__builtin_memcpy(&in->daddr, c->dst, 16);
+		icmp = outer + inner;
+	}
+
+	/* The quoted transport header: ports, and its checksum if quoted. */
+	__u64 l4 = csum_add_change(inner, qports, ports, 4);
+	icmp = csum_add_change(icmp, qports, ports, 4);
+	qports[0] = ports[0];
+	qports[1] = ports[1];
+	void *th = qports;
+	if (c->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = th;
+		if ((void *)(tcp + 1) <= end) {
+			__u16 old = tcp->check;
+			csum_apply(&tcp->check, l4);
+			icmp = csum_add_change16(icmp, old, tcp->check);
+		}
+	} else {
+		struct udphdr *udp = th;
+		if ((void *)(udp + 1) <= end) {
+			__u16 old = udp->check;
+			csum_apply_udp(&udp->check, l4);
+			icmp = csum_add_change16(icmp, old, udp->check);
+		}
+	}
+	csum_apply(check, icmp);
+	return TX_OK;
+}
+
+/*
+ * An ICMP error about a NAT flow (p: ICMP or ICMPv6 to a possible LB
+ * source), translated back to the client; -1 when it is not one.
+ */
+static __always_inline int nat_icmp(struct xdp_md *ctx, const struct packet *p)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct icmp_quote q = {};
+	struct flow_key k = {};
+
+	if (quote_key(data, end, p, &q, &k) || !nat_port_in_range(k.dport))
+		return -1;
+	struct nat_binding *b = bpf_map_lookup_elem(&nat_bindings, &k);
+	if (!b)
+		return -1;
+
+	struct flow_key c = b->client;
+	struct next_hop nh = {};
+	/* Too big, it is dropped: never an ICMP error about an ICMP error. */
+	int rc = client_hop(ctx, &c, b, p->flow.proto, p->ip_len, &nh);
+	if (rc == TX_OK)
+		rc = icmp_rewrite(ctx, p, &q, &c);
+	if (rc == TX_OK)
+		rc = set_eth(ctx, &nh);
+	if (rc != TX_OK)
+		return tx_verdict(rc, p->len);
+	return reply_verdict(ctx, nh.ifindex, p->len);
+}
+
+#endif
