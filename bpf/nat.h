@@ -345,6 +345,8 @@ static __always_inline int tx_verdict(int rc, __u64 len)
 		return verdict(XLB_R_DROP_NO_ROUTE, len, XDP_DROP);
 	case TX_NO_PORT:
 		return verdict(XLB_R_DROP_NAT_PORTS, len, XDP_DROP);
+	case TX_ICMP_LIMITED:
+		return verdict(XLB_R_DROP_ICMP_RATE, len, XDP_DROP);
 	}
 	return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
 }

@@ -56,7 +56,44 @@ enum tx_result {
 	TX_NO_ROUTE,  /* the FIB says the destination is unreachable: drop */
 	TX_FAILED,    /* no headroom (never with the 256 bytes XDP reserves) */
 	TX_NO_PORT,   /* nat: no source port free, or a NAT table full: drop */
+	TX_ICMP_LIMITED, /* an ICMP error was due, but the budget is spent: drop */
 };
+
+/*
+ * This CPU's budget of ICMP errors: a token bucket, so that packets sent to
+ * provoke errors (from forged sources: reflection) get a bounded answer.
+ */
+struct icmp_budget {
+	__u64 last_ns;
+	__u64 tokens;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct icmp_budget);
+} icmp_budget SEC(".maps");
+
+/* Takes one ICMP error from this CPU's budget; 0 when it is spent. */
+static __always_inline int icmp_allowed(void)
+{
+	__u32 zero = 0;
+	struct icmp_budget *b = bpf_map_lookup_elem(&icmp_budget, &zero);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!b)
+		return 0;
+	__u64 tokens = b->tokens + ((now - b->last_ns) >> XLB_ICMP_REFILL_SHIFT);
+	if (tokens > XLB_ICMP_BURST)
+		tokens = XLB_ICMP_BURST;
+	if (tokens > b->tokens) /* whole tokens only: keep the remainder */
+		b->last_ns = now;
+	if (!tokens)
+		return 0;
+	b->tokens = tokens - 1;
+	return 1;
+}
 
 struct next_hop {
 	__u32 ifindex;
@@ -118,6 +155,9 @@ static __always_inline void *icmp_reply(struct xdp_md *ctx, __u32 l2, __u32 quot
 	struct ethhdr *eth = data;
 	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
 
+	*rc = TX_ICMP_LIMITED;
+	if (!icmp_allowed())
+		return NULL;
 	/* Quoted bytes must be in the linear part (always, but for tiny MTUs). */
 	*rc = TX_TOO_BIG;
 	if (data + l2 + quote > end || (void *)(eth + 1) > end)

@@ -157,7 +157,8 @@ static __always_inline int usable(struct backend *be)
 
 /*
  * Is a connection table entry gone: idle past its state's timeout, or a
- * closed TCP flow whose ports the client opens again (a SYN)? Either way the
+ * closed TCP flow, silent for XLB_CLOSING_QUIET_TICKS, whose ports the client
+ * opens again (a SYN)? Either way the
  * service's ring places the packet as a new flow.
  */
 static __always_inline int flow_gone(const struct flow_value *ct, const struct packet *p, __u32 now)
@@ -166,7 +167,8 @@ static __always_inline int flow_gone(const struct flow_value *ct, const struct p
 	struct idle_timeouts *t = bpf_map_lookup_elem(&flow_timeouts, &zero);
 	__u32 idle;
 
-	if (p->syn && (ct->flags & XLB_FLOW_CLOSING))
+	if (p->syn && (ct->flags & XLB_FLOW_CLOSING) &&
+	    (__s32)(now - ct->seen) >= XLB_CLOSING_QUIET_TICKS)
 		return 1;
 	if (!t)
 		return 0;

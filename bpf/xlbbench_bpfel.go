@@ -67,6 +67,12 @@ type XlbBenchFlowValue struct {
 	CreatedNs uint64
 }
 
+type XlbBenchIcmpBudget struct {
+	_      structs.HostLayout
+	LastNs uint64
+	Tokens uint64
+}
+
 type XlbBenchIdleTimeouts struct {
 	_              structs.HostLayout
 	TcpSyn         uint32
@@ -138,6 +144,7 @@ const (
 	XlbBenchMapBackends         = "backends"
 	XlbBenchMapConntrack        = "conntrack"
 	XlbBenchMapFlowTimeouts     = "flow_timeouts"
+	XlbBenchMapIcmpBudget       = "icmp_budget"
 	XlbBenchMapNatBindings      = "nat_bindings"
 	XlbBenchMapNatFlows         = "nat_flows"
 	XlbBenchMapNatPorts         = "nat_ports"
@@ -215,6 +222,7 @@ type XlbBenchMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.MapSpec `ebpf:"flow_timeouts"`
+	IcmpBudget   *ebpf.MapSpec `ebpf:"icmp_budget"`
 	NatBindings  *ebpf.MapSpec `ebpf:"nat_bindings"`
 	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatPorts     *ebpf.MapSpec `ebpf:"nat_ports"`
@@ -266,6 +274,7 @@ type XlbBenchMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.Map `ebpf:"flow_timeouts"`
+	IcmpBudget   *ebpf.Map `ebpf:"icmp_budget"`
 	NatBindings  *ebpf.Map `ebpf:"nat_bindings"`
 	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
 	NatPorts     *ebpf.Map `ebpf:"nat_ports"`
@@ -284,6 +293,7 @@ func (m *XlbBenchMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.FlowTimeouts,
+		m.IcmpBudget,
 		m.NatBindings,
 		m.NatFlows,
 		m.NatPorts,

@@ -159,10 +159,15 @@ func legacyEstablished(v bpf.XlbFlowValue) bool { return v.Seen == 0 && v.Packet
 const abandonedHandshake = 3 * time.Second
 
 // open reports whether an entry is a connection a drain should wait for: not
-// expired, not closed by the client (FIN/RST), and for TCP past its SYN
-// unless that is recent.
+// expired, not closed by the client (FIN/RST) and silent since, and for TCP
+// past its SYN unless that is recent.
 func (r flowRules) open(k bpf.XlbFlowKey, v bpf.XlbFlowValue) bool {
-	if r.expired(k, v) || v.Flags&flowClosing != 0 {
+	if r.expired(k, v) {
+		return false
+	}
+	// A FIN may be a half-close and an RST forged: a closing flow that
+	// goes on sending is still open.
+	if v.Flags&flowClosing != 0 && int32(r.now-v.Seen) >= int32(bpf.XlbLimitsXLB_CLOSING_QUIET_TICKS) {
 		return false
 	}
 	established := v.Flags&flowEstablished != 0 || legacyEstablished(v)

@@ -28,8 +28,8 @@ func TestToTicks(t *testing.T) {
 }
 
 // The Go reading of an entry agrees with flow_gone in xlb.c, and a drain
-// waits only for entries that are neither gone nor closed nor abandoned
-// handshakes.
+// waits only for entries that are neither gone nor closed (and silent since)
+// nor abandoned handshakes.
 func TestFlowRules(t *testing.T) {
 	const now = 1000 // ticks
 	r := flowRules{
@@ -58,6 +58,8 @@ func TestFlowRules(t *testing.T) {
 		{"established idle past tcp_syn", tcp, bpf.XlbFlowValue{Seen: now - 99, Flags: est, Packets: 9, CreatedNs: nsAgo(time.Hour)}, false, true, 0},
 		{"established idle past its timeout", tcp, bpf.XlbFlowValue{Seen: now - 101, Flags: est, Packets: 9}, true, false, 0},
 		{"closing within its timeout", tcp, bpf.XlbFlowValue{Seen: now - 49, Flags: closing | est}, false, false, 0},
+		{"closing, still sending (a half-close, or a forged RST)", tcp, bpf.XlbFlowValue{Seen: now - 1, Flags: closing | est}, false, true, 0},
+		{"closing, silent since", tcp, bpf.XlbFlowValue{Seen: now - 2, Flags: closing | est}, false, false, 0},
 		{"closing past its timeout", tcp, bpf.XlbFlowValue{Seen: now - 51, Flags: closing | est}, true, false, 0},
 		{"closing, established timeout not yet", tcp, bpf.XlbFlowValue{Seen: now - 60, Flags: closing | est}, true, false, 0},
 		{"older build: established", tcp, bpf.XlbFlowValue{Packets: 12, CreatedNs: nsAgo(time.Hour)}, false, true, now - 5},

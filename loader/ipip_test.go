@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -547,5 +549,41 @@ func TestIPIPAdoptPinnedState(t *testing.T) {
 	g.expectCounted(t, pkt{src: client6, dst: vip6, proto: protoTCP, sport: 5, dport: 81, tcpFlags: tcpSYN}.build(), xdpRedirect, rRedirect)
 	if err := g.dp.Commit(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ICMP errors are rate limited per CPU (a burst of XLB_ICMP_BURST, then about
+// one a millisecond): a flood of packets too big for the path gets a bounded
+// answer, and the rest are dropped and counted.
+func TestICMPRateLimit(t *testing.T) {
+	f, _ := newIPIPFixture(t)
+	const n = 600
+	burst := int(bpf.XlbLimitsXLB_ICMP_BURST)
+	rLimited := reason(bpf.XlbReasonXLB_R_DROP_ICMP_RATE)
+	before := f.reasons()
+	start := time.Now()
+	for i := range n {
+		p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: uint16(20000 + i), dport: 80, tcpFlags: tcpACK, df: true, payload: outMTU}
+		if ret, _ := f.runSized(p.build()); ret != xdpTX && ret != xdpDrop {
+			t.Fatalf("packet %d: verdict %s", i, verdictNames[ret])
+		}
+	}
+	elapsed := time.Since(start)
+	after := f.reasons()
+	sent := int(after[rICMPTooBig].Packets - before[rICMPTooBig].Packets)
+	limited := int(after[rLimited].Packets - before[rLimited].Packets)
+	if sent+limited != n {
+		t.Fatalf("%d answered + %d limited, want %d in all", sent, limited, n)
+	}
+	// Each CPU the test ran on had its burst, and a refill per ~1.05 ms.
+	cpus := runtime.NumCPU()
+	most := cpus*burst + cpus*int(elapsed/(time.Nanosecond<<bpf.XlbLimitsXLB_ICMP_REFILL_SHIFT)+1)
+	if sent < burst || sent > most {
+		t.Fatalf("%d answered, %d limited in %v: want %d..%d answered", sent, limited, elapsed, burst, most)
+	}
+	// Faster than the refill, some must have been limited (a host that
+	// stalled the loop for longer proves nothing either way).
+	if refill := time.Nanosecond << bpf.XlbLimitsXLB_ICMP_REFILL_SHIFT; elapsed < n*refill/2 && limited == 0 {
+		t.Fatalf("%d packets in %v, none limited", n, elapsed)
 	}
 }
