@@ -1,7 +1,11 @@
 package loader
 
 import (
+	"context"
+	"fmt"
 	"math"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -87,5 +91,64 @@ func TestFlowRules(t *testing.T) {
 	off := flowRules{now: now}
 	if off.expired(udp, bpf.XlbFlowValue{Seen: 1}) {
 		t.Error("expired with no timeouts set")
+	}
+}
+
+// In a time namespace the datapath's clock is the host's: the namespace's
+// monotonic offset comes off the process's reading.
+func TestParseMonotonicOffset(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		bad  bool
+	}{
+		{"monotonic           0         0\nboottime            0         0\n", 0, false},
+		{"monotonic        3600       500\nboottime          -10         0\n", 3600*1e9 + 500, false},
+		{"boottime 5 0\nmonotonic -86400 0\n", -86400 * 1e9, false},
+		{"", 0, false},
+		{"monotonic x 0\n", 0, true},
+	} {
+		got, err := parseMonotonicOffset(tc.in)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("parseMonotonicOffset(%q) = %d, %v; want %d (error %v)", tc.in, got, err, tc.want, tc.bad)
+		}
+	}
+}
+
+// The same, for real: a copy of this test binary in a time namespace a day
+// ahead reads the same flow clock as this process.
+func TestFlowClockInTimeNamespace(t *testing.T) {
+	if os.Getenv("XLB_PRINT_FLOW_TICK") != "" {
+		now, err := currentTick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("tick %d\n", now)
+		return
+	}
+	requireRoot(t)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("no unshare(1)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, unshare, "--time", "--monotonic", "86400", "--",
+		os.Args[0], "-test.run=^TestFlowClockInTimeNamespace$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "XLB_PRINT_FLOW_TICK=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var child uint32
+	if _, err := fmt.Sscanf(string(out), "tick %d", &child); err != nil {
+		t.Fatalf("child said %q: %v", out, err)
+	}
+	parent, err := currentTick()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := int32(parent - child); d < 0 || d > 30 {
+		t.Fatalf("flow clock in the time namespace %d, here %d: %d ticks apart", child, parent, d)
 	}
 }
