@@ -73,6 +73,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct icmp_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* every map is: tools open them all */
 } icmp_budget SEC(".maps");
 
 /* Takes one ICMP error from this CPU's budget; 0 when it is spent. */
