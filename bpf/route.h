@@ -57,6 +57,8 @@ enum tx_result {
 	TX_FAILED,    /* no headroom (never with the 256 bytes XDP reserves) */
 	TX_NO_PORT,   /* nat: no source port free, or a NAT table full: drop */
 	TX_ICMP_LIMITED, /* an ICMP error was due, but the budget is spent: drop */
+	TX_TRUNCATED, /* nat: the transport header is out of reach: drop */
+	TX_VLAN,      /* nat: a VLAN-tagged client packet: drop */
 };
 
 /*

@@ -321,11 +321,13 @@ int xlb_xdp(struct xdp_md *ctx)
 		return steer_new(ctx, eth, svc, &p);
 	}
 
-	if (!p.fragment) {
+	if (!p.later_fragment) {
 		int action = nat_reply(ctx, &p);
 		if (action >= 0)
 			return action;
-		action = steer_established(ctx, eth, &p);
+	}
+	if (!p.fragment) {
+		int action = steer_established(ctx, eth, &p);
 		if (action >= 0)
 			return action;
 	}

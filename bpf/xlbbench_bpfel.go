@@ -102,10 +102,11 @@ type XlbBenchNatFlow struct {
 }
 
 type XlbBenchNatPortRange struct {
-	_     structs.HostLayout
-	First uint16
-	Pad   uint16
-	Count uint32
+	_          structs.HostLayout
+	First      uint16
+	ReplyFirst uint16
+	Count      uint32
+	ReplyCount uint32
 }
 
 type XlbBenchSvcInfo struct {

@@ -704,9 +704,9 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 		bc.Weight = uint32(*req.Weight)
 	}
 	if req.MAC != "" {
-		if s.cfg.Mode != config.ModeL4 {
+		if s.cfg.Mode != config.ModeL4 || s.cfg.Forwarding != config.ForwardDSR {
 			c.mu.Unlock()
-			return BackendInfo{}, fmt.Errorf("%w: mac applies to l4 services only", ErrBadRequest)
+			return BackendInfo{}, fmt.Errorf("%w: mac applies to l4 services with dsr forwarding only (ipip and nat take the next hop from the kernel)", ErrBadRequest)
 		}
 		mac, err := net.ParseMAC(req.MAC)
 		if err != nil || len(mac) != 6 {
@@ -715,9 +715,9 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 		}
 		bc.MAC = mac
 	}
-	if req.Port != 0 && s.cfg.Mode == config.ModeL4 {
+	if req.Port != 0 && s.cfg.Mode == config.ModeL4 && s.cfg.Forwarding != config.ForwardNAT {
 		c.mu.Unlock()
-		return BackendInfo{}, fmt.Errorf("%w: port applies to l7 services only (dsr keeps the service port)", ErrBadRequest)
+		return BackendInfo{}, fmt.Errorf("%w: port applies to l7 and nat services only (%s keeps the service port)", ErrBadRequest, s.cfg.Forwarding)
 	}
 	nb := newBackend(s.cfg, bc, false)
 	if _, b, _ := c.find(nb.id); b != nil {
