@@ -103,7 +103,7 @@ func runCmd(args []string, out io.Writer) error {
 		reg.MustRegister(loader.NewCollector(maps, rec))
 		// Opened whatever the config says: it also removes what a killed
 		// daemon left.
-		r, err := checkroute.Open(checkroute.Options{Logger: log})
+		r, err := checkroute.Open(checkroute.Options{Logger: log, Instance: cfg.Daemon.BPFFSDir})
 		if err != nil {
 			return err
 		}
