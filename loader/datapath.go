@@ -163,7 +163,8 @@ func Open(opts Options) (*Datapath, error) {
 // spec the maps this start creates (none pinned, or pinned by an older,
 // incompatible build): those load unpinned until Commit.
 func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
-	if err := ensureBPFFS(d.pinDir, d.log); err != nil {
+	mounted, err := ensureBPFFS(d.pinDir, d.log)
+	if err != nil {
 		return err
 	}
 	lock, created, err := claimPinDir(d.pinDir)
@@ -171,7 +172,7 @@ func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
 	if err != nil {
 		return err
 	}
-	if err := d.checkOutlives(keep); err != nil {
+	if err := d.checkOutlives(keep, mounted); err != nil {
 		return err
 	}
 	d.fresh, d.Adopted, err = splitPins(spec, d.pinDir, d.log)
@@ -179,9 +180,9 @@ func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
 }
 
 // checkOutlives refuses keep when the pins would go with this process, and
-// says so when they will anyway.
-func (d *Datapath) checkOutlives(keep bool) error {
-	outlives, ok, err := bpffsOutlivesProcess(d.pinDir)
+// says so when they will anyway; mounted says Open mounted the bpffs.
+func (d *Datapath) checkOutlives(keep, mounted bool) error {
+	outlives, ok, err := bpffsOutlivesProcess(d.pinDir, mounted)
 	switch {
 	case !ok:
 		d.log.Debug("cannot tell whether the bpffs outlives xlb; assuming it does", "dir", d.pinDir, "err", err)
