@@ -9,7 +9,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netlink"
 )
 
 // pinIDs is the id of the map or link behind every pin in dir (directories
@@ -85,9 +84,7 @@ func TestCommitFailureRollsBack(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := newTestNet(t)
-			if err := n.h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xc0"}, PeerName: "xc1"}); err != nil {
-				t.Fatal(err)
-			}
+			n.veth("xc0", "xc1", nil, 0)
 			dir := testPinDir(t, "commit")
 			open := func(o Options) *Datapath {
 				t.Helper()

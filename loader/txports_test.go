@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // A second way out of the ipip fixtures' network: xp0, 198.18.6.1/24 and
@@ -44,38 +43,14 @@ func (r nsResolver) ResolveRouted(ctx context.Context, a netip.Addr) (nb Neighbo
 func moveNet(t *testing.T) (n *ipipNet, xp0 int) {
 	t.Helper()
 	n = newIPIPNet(t)
-	h := n.h
-	must := func(what string, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
+	xp0 = n.veth("xp0", "xp1", otherMAC, 0, "198.18.6.1/24", "2001:db8:6::1/64")
+	n.neigh(xp0, otherGw4, otherGwMAC)
+	n.neigh(xp0, otherGw6, otherGwMAC)
+	n.neigh(n.out, movingBe, movingMAC["xo0"])
+	n.neigh(xp0, movingBe, movingMAC["xp0"])
+	if err := n.h.RouteAdd(&netlink.Route{LinkIndex: n.out, Dst: prefixNet("198.18.7.0/24")}); err != nil {
+		t.Fatal(err)
 	}
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xp0", HardwareAddr: otherMAC}, PeerName: "xp1"}
-	must("add veth", h.LinkAdd(veth))
-	for _, name := range []string{"xp0", "xp1"} {
-		l, err := h.LinkByName(name)
-		must(name, err)
-		must(name+" up", h.LinkSetUp(l))
-		if name == "xp0" {
-			xp0 = l.Attrs().Index
-		}
-	}
-	for _, a := range []string{"198.18.6.1/24", "2001:db8:6::1/64"} {
-		addr, _ := netlink.ParseAddr(a)
-		addr.Flags = unix.IFA_F_NODAD
-		must("address "+a, h.AddrAdd(veth, addr))
-	}
-	neigh := func(link int, ip netip.Addr, mac net.HardwareAddr) {
-		must("neighbour "+ip.String(), h.NeighAdd(&netlink.Neigh{
-			LinkIndex: link, IP: ip.AsSlice(), HardwareAddr: mac, State: netlink.NUD_PERMANENT, Family: family(ip),
-		}))
-	}
-	neigh(xp0, otherGw4, otherGwMAC)
-	neigh(xp0, otherGw6, otherGwMAC)
-	neigh(n.out, movingBe, movingMAC["xo0"])
-	neigh(xp0, movingBe, movingMAC["xp0"])
-	must("route to the moving network", h.RouteAdd(&netlink.Route{LinkIndex: n.out, Dst: prefixNet("198.18.7.0/24")}))
 	return n, xp0
 }
 
@@ -165,17 +140,7 @@ func TestTxPortsFollowRouteChange(t *testing.T) {
 // matches, and stops with its context.
 func TestWatchRoutes(t *testing.T) {
 	n := newTestNet(t)
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xw0"}, PeerName: "xw1"}
-	if err := n.h.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
-	link, err := n.h.LinkByName("xw0")
-	if err == nil {
-		err = n.h.LinkSetUp(link)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	xw0 := n.veth("xw0", "xw1", nil, 0)
 	const ignoredProto = 177
 	ctx, cancel := context.WithCancel(context.Background())
 	changes := make(chan struct{}, 64)
@@ -190,7 +155,7 @@ func TestWatchRoutes(t *testing.T) {
 	})
 	route := func(dst string, proto netlink.RouteProtocol) {
 		t.Helper()
-		if err := n.h.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixNet(dst), Protocol: proto}); err != nil {
+		if err := n.h.RouteReplace(&netlink.Route{LinkIndex: xw0, Dst: prefixNet(dst), Protocol: proto}); err != nil {
 			t.Fatal(err)
 		}
 	}
