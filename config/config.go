@@ -195,6 +195,11 @@ type Daemon struct {
 	ClientTimeout  time.Duration
 	MaxRequestLine uint32
 	MaxRequestHead uint32
+	// AccessLog is where the L7 tier logs each request (accesslog.go):
+	// AccessLogStdout, AccessLogStderr, an absolute file path, or "" for
+	// no access log; AccessLogFormat is AccessLogJSON or AccessLogCommon.
+	AccessLog       string
+	AccessLogFormat string
 }
 
 // HealthCheck is how the backends of a service are checked. In a parsed
@@ -398,6 +403,7 @@ func (c *Config) ApplyDefaults() {
 	if d.MaxRequestHead == 0 {
 		d.MaxRequestHead = h1.DefaultMaxRequestHead
 	}
+	setDefault(&d.AccessLogFormat, DefaultAccessLogFormat)
 	c.HealthCheck.fillFrom(DefaultHealthCheck())
 	c.Admin.applyDefaults()
 	c.Datapath.applyDefaults()

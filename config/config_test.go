@@ -43,7 +43,7 @@ func TestParseValid(t *testing.T) {
 			MaglevTableSize: 251,
 			LogFormat:       "json",
 			LogLevel:        "debug",
-			ShutdownGrace:   DefaultShutdownGrace, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead,
+			ShutdownGrace:   DefaultShutdownGrace, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead, AccessLogFormat: DefaultAccessLogFormat,
 		},
 		HealthCheck: DefaultHealthCheck(),
 		Admin:       DefaultAdmin(),
@@ -106,7 +106,7 @@ address = "198.18.0.11"
 		t.Fatal(err)
 	}
 	wantDaemon := Daemon{XDPMode: XDPAuto, BPFFSDir: DefaultBPFFSDir, MaglevTableSize: DefaultMaglevTableSize,
-		LogFormat: "text", LogLevel: "info", ShutdownGrace: 30 * time.Second, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead}
+		LogFormat: "text", LogLevel: "info", ShutdownGrace: 30 * time.Second, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead, AccessLogFormat: DefaultAccessLogFormat}
 	if cfg.Daemon != wantDaemon {
 		t.Errorf("daemon defaults = %+v, want %+v", cfg.Daemon, wantDaemon)
 	}
@@ -150,7 +150,7 @@ func TestExampleConfig(t *testing.T) {
 		"unhealthy_threshold", "healthy_threshold", "initial_state", "check_via_vip",
 		"listen", "token_file", "token_env", "drain_timeout",
 		"algorithm", "health_check_path", "health_check_port",
-		"shutdown_grace", "threads", "head_timeout", "idle_timeout", "client_timeout", "max_request_line", "max_request_head",
+		"shutdown_grace", "threads", "head_timeout", "idle_timeout", "client_timeout", "max_request_line", "max_request_head", "access_log", "access_log_format",
 		"conntrack_size", "max_backends", "tcp_syn_timeout", "tcp_established_timeout", "tcp_closing_timeout", "udp_timeout", "nat_port_range",
 		"hosts", "path_prefix", "add_vip", "lb_endpoints", "connect_timeout", "response_header_timeout",
 		"request_timeout", "retry_idempotent", "max_in_flight",

@@ -293,7 +293,7 @@ func TestLegacyForm(t *testing.T) {
 	check := DefaultHealthCheck() // the file's values are the defaults
 	want := &Config{
 		Daemon: Daemon{XDPMode: XDPAuto, BPFFSDir: DefaultBPFFSDir, MaglevTableSize: DefaultMaglevTableSize,
-			LogFormat: "text", LogLevel: "info", ShutdownGrace: DefaultShutdownGrace, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead},
+			LogFormat: "text", LogLevel: "info", ShutdownGrace: DefaultShutdownGrace, HeadTimeout: h1.DefaultHeadTimeout, IdleTimeout: h1.DefaultIdleTimeout, ClientTimeout: h1.DefaultClientTimeout, MaxRequestLine: h1.DefaultMaxRequestLine, MaxRequestHead: h1.DefaultMaxRequestHead, AccessLogFormat: DefaultAccessLogFormat},
 		HealthCheck: check,
 		Admin:       DefaultAdmin(),
 		Datapath:    DefaultDatapath(),

@@ -95,6 +95,7 @@ func decodeDaemon(t *table) Daemon {
 	t.duration("client_timeout", MinDuration, MaxClientTimeout, &d.ClientTimeout)
 	t.uint32("max_request_line", MinRequestLine, MaxRequestHeadCap, &d.MaxRequestLine)
 	t.uint32("max_request_head", MinRequestLine, MaxRequestHeadCap, &d.MaxRequestHead)
+	decodeAccessLog(t, &d)
 	t.finish()
 	return d
 }

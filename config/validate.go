@@ -82,6 +82,7 @@ func (v *validator) daemon(d *Daemon) {
 	if d.MaxRequestHead > MaxRequestHeadCap {
 		v.errorf("daemon.max_request_head", line, "must be at most %d, got %d", MaxRequestHeadCap, d.MaxRequestHead)
 	}
+	v.accessLog(d, line)
 }
 
 func (v *validator) maglevTableSize(m uint32, line int) {
