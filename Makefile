@@ -93,10 +93,11 @@ bench-control:
 		./control/ ./loader/ ./health/
 
 ## bench-l7: wrk against xlb, HAProxy and nginx on the same three local backends
+## (BENCHL7_FLAGS="-access-log file" measures xlb with its access log to a file)
 bench-l7: build
 	@missing=""; for p in wrk haproxy nginx; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
-	$(GO) run ./scripts/benchl7 -xlb $(BIN)/xlb
+	$(GO) run ./scripts/benchl7 -xlb $(BIN)/xlb $(BENCHL7_FLAGS)
 
 ## bench-l4: iperf3 through an L4 VIP per forwarding mode vs the direct path, in namespaces (root)
 bench-l4: build

@@ -94,6 +94,7 @@ func (r *rateRing) rate(now int64) float64 {
 //	xlb_l7_request_duration_seconds{service}             histogram
 //	xlb_l7_in_flight{service,backend}                    gauge
 //	xlb_l7_upstream_errors_total{service,backend,kind}   counter
+//	xlb_l7_access_log_dropped_total                      counter
 //
 // backend is the backend's address:port (as in xlb_backend_up), "" for
 // requests that no backend took (503 no_backend/overloaded). code is the
@@ -112,6 +113,9 @@ type promMetrics struct {
 	// refused counts the requests the HTTP/1 server refused itself, by
 	// status (400, 408, 414, 417, 431, 501, 505): a bounded set.
 	refused *prometheus.CounterVec
+	// accessDropped counts the access log entries dropped because its
+	// writer fell behind (0 without an access log).
+	accessDropped *prometheus.Desc
 }
 
 // rejected is h1.Server's OnReject.
@@ -135,6 +139,9 @@ func newPromMetrics() *promMetrics {
 			Help:    "Time from a request's arrival to the end of its response, by service.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"service"}),
+		accessDropped: prometheus.NewDesc("xlb_l7_access_log_dropped_total",
+			"Access log entries dropped because the writer fell behind (a slow disk or pipe); 0 without an access log.",
+			nil, nil),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "xlb", Subsystem: "l7", Name: "refused_requests_total",
 			Help: "Requests refused by the HTTP/1 server before routing (malformed, too large, too slow), by status code.",
@@ -149,6 +156,7 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 	ch <- s.prom.errors
 	s.prom.duration.Describe(ch)
 	s.prom.refused.Describe(ch)
+	ch <- s.prom.accessDropped
 }
 
 // Collect implements prometheus.Collector.
@@ -179,6 +187,11 @@ func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.duration.Collect(ch)
 	m.refused.Collect(ch)
+	var dropped uint64
+	if al := s.opts.AccessLog; al != nil {
+		dropped = al.Dropped()
+	}
+	ch <- prometheus.MustNewConstMetric(m.accessDropped, prometheus.CounterValue, float64(dropped))
 }
 
 var _ prometheus.Collector = (*Server)(nil)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -61,6 +62,13 @@ type exchange struct {
 	latency time.Duration  // set for tunnels: the time to the 101
 	scratch *connScratch   // the fast path's, if the exchange is its
 	header  http.Header    // the outgoing header's map, to give back to scratch
+	// For the access log: the request, its real client and id, and the
+	// response body bytes sent.
+	req    *http.Request
+	client netip.Addr
+	reqID  string
+	bytes  int64
+	sent   errKind // the gateway error answered (kind counts it only once)
 }
 
 // bodyReader wraps the client's request body for the transport: Close does
@@ -136,18 +144,18 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var lent http.Header
 	if sc != nil {
 		ex = &sc.ex
-		*ex = exchange{start: start, code: http.StatusOK, scratch: sc}
+		*ex = exchange{start: start, code: http.StatusOK, scratch: sc, req: r}
 		p = sc.peer
 		if lent, sc.header = sc.header, nil; lent != nil {
 			clear(lent)
 		}
 	} else {
-		ex = &exchange{start: start, code: http.StatusOK}
+		ex = &exchange{start: start, code: http.StatusOK, req: r}
 		p = parsePeer(r.RemoteAddr)
 	}
 	defer s.finish(ex)
 	if r.Method == http.MethodConnect {
-		ex.code = connectNotAllowed.status
+		ex.code, ex.bytes = connectNotAllowed.status, int64(len(connectNotAllowed.body))
 		s.hdr.responseHeader(h, nil, time.Since(start), nil)
 		connectNotAllowed.write(w, h)
 		return
@@ -161,6 +169,7 @@ func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case len(reqID) > 1:
 		reqID = reqID[:1:1]
 	}
+	ex.client, ex.reqID = o.client, reqID[0]
 	outHeader, upType := s.hdr.requestHeader(r, o, reqID, start, lent)
 
 	clientCtx := r.Context()
@@ -315,7 +324,7 @@ func (s *service) retryable(r *http.Request, ex *exchange) bool {
 // to the error counters (false when it was counted already).
 func (s *service) gatewayError(w http.ResponseWriter, h http.Header, ex *exchange, kind errKind, reqID []string, count bool) {
 	g := gatewayResponses[kind]
-	ex.code, ex.failed = g.status, true
+	ex.code, ex.failed, ex.bytes, ex.sent = g.status, true, int64(len(g.body)), kind
 	if count {
 		ex.kind = kind
 	}
@@ -329,7 +338,7 @@ func (s *service) gatewayError(w http.ResponseWriter, h http.Header, ex *exchang
 // clientError answers a request the client got wrong with g (400 or 408):
 // counted, never against the backend, and the connection closes after it.
 func (s *service) clientError(w http.ResponseWriter, h http.Header, ex *exchange, g *gatewayResponse, reqID []string) {
-	ex.code, ex.result = g.status, ResultClientError
+	ex.code, ex.result, ex.bytes = g.status, ResultClientError, int64(len(g.body))
 	s.hdr.responseHeader(h, reqID, time.Since(ex.start), nil)
 	closeClientConn(w, h)
 	g.write(w, h)
@@ -369,7 +378,9 @@ func (s *service) copyBody(w http.ResponseWriter, res *http.Response, ex *exchan
 	for {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			nw, werr := w.Write(buf[:n])
+			ex.bytes += int64(nw)
+			if werr != nil {
 				res.Body.Close()
 				ex.result = ResultCanceled
 				return
@@ -423,9 +434,29 @@ func (s *service) finish(ex *exchange) {
 		ex.up.Done(s.pool, ex.result, lat)
 	}
 	s.stats.record(ex.us, ex.code, ex.kind, ex.failed || ex.kind != errNone, lat, end)
+	if al := s.srv.opts.AccessLog; al != nil {
+		s.logAccess(al, ex, end)
+	}
 	if ex.scratch != nil && ex.header != nil {
 		ex.scratch.header = ex.header
 	}
+}
+
+// logAccess hands the finished exchange to the access log.
+func (s *service) logAccess(al *AccessLog, ex *exchange, end time.Time) {
+	r := ex.req
+	e := AccessEntry{
+		Time: ex.start, Service: s.name, Client: ex.client, Method: r.Method, Host: r.Host,
+		Path: r.URL.Path, Proto: r.Proto, Status: ex.code, Bytes: ex.bytes,
+		Duration: end.Sub(ex.start), ID: ex.reqID,
+	}
+	if ex.us != nil {
+		e.Backend = ex.us.label
+	}
+	if k := cmp.Or(ex.sent, ex.kind); k != errNone {
+		e.Error = k.String()
+	}
+	al.Log(&e)
 }
 
 // tunnel serves a 101 Switching Protocols answer (WebSocket): it checks the

@@ -94,6 +94,10 @@ type Options struct {
 	ClientTimeout  time.Duration
 	MaxRequestLine int
 	MaxRequestHead int
+	// AccessLog, if set, gets an entry for every request a service
+	// handled (the /lb endpoints and requests no service takes are not
+	// logged). The caller closes it after Shutdown.
+	AccessLog *AccessLog
 }
 
 // ErrServerClosed is returned by Update after Shutdown.

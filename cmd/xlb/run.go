@@ -119,10 +119,18 @@ func runCmd(args []string, out io.Writer) error {
 	vips.sync(cfg)
 
 	d := &cfg.Daemon
+	accessLog, err := openAccessLog(ctx, d, log)
+	if err != nil {
+		return err
+	}
+	if accessLog != nil {
+		defer accessLog.Close() // after the L7 tier's shutdown below
+	}
 	proxy := l7.NewServer(l7.Options{
 		Logger: log, Registerer: reg,
 		HeadTimeout: d.HeadTimeout, IdleTimeout: d.IdleTimeout, ClientTimeout: d.ClientTimeout,
 		MaxRequestLine: int(d.MaxRequestLine), MaxRequestHead: int(d.MaxRequestHead),
+		AccessLog: accessLog,
 		OnEject: func(service string, u *l7.Upstream, until time.Time, reason string) {
 			log.Warn("backend ejected by passive health", "service", service, "backend", u.ID,
 				"until", until.Format(time.RFC3339), "reason", reason)

@@ -49,11 +49,13 @@ func main() {
 	dur := flag.Duration("duration", 5*time.Second, "wrk duration per run")
 	conns := flag.Int("conns", 50, "connections for the throughput cases")
 	xlbBin := flag.String("xlb", "bin/xlb", "xlb binary")
+	accessLog := flag.String("access-log", "", `xlb's [daemon] access_log: "" (off), "file" (a file in the bench's temporary directory), "stdout" or "stderr" (its log file)`)
+	accessFormat := flag.String("access-log-format", "json", "xlb's [daemon] access_log_format: json or common")
 	flag.Parse()
 	// Interrupted, it still stops what it started (run's deferred calls).
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *rounds, *dur, *conns, *xlbBin); err != nil {
+	if err := run(ctx, *rounds, *dur, *conns, *xlbBin, *accessLog, *accessFormat); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-l7:", err)
 		os.Exit(1)
 	}
@@ -62,7 +64,7 @@ func main() {
 // benchPorts are the ports the bench listens on: backends, then proxies.
 var benchPorts = []int{3101, 3102, 3103, 3201, 3202, 3203, 8101, 8111, 8102, 8112, 8103, 8113}
 
-func run(ctx context.Context, rounds int, dur time.Duration, conns int, xlbBin string) error {
+func run(ctx context.Context, rounds int, dur time.Duration, conns int, xlbBin, accessLog, accessFormat string) error {
 	for _, tool := range []string{"wrk", "haproxy", "nginx"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not installed (apt-get install wrk haproxy nginx)", tool)
@@ -86,7 +88,7 @@ func run(ctx context.Context, rounds int, dur time.Duration, conns int, xlbBin s
 		return g.Start(filepath.Base(name)+".log", name, args...)
 	}
 
-	if err := writeConfigs(dir); err != nil {
+	if err := writeConfigs(dir, accessLog, accessFormat); err != nil {
 		return err
 	}
 	if _, err := start("nginx", "-p", dir, "-c", filepath.Join(dir, "backends.conf")); err != nil {
@@ -153,7 +155,8 @@ func run(ctx context.Context, rounds int, dur time.Duration, conns int, xlbBin s
 	}
 
 	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(os.Stdout, "bench-l7: %d rounds of %s per target, medians; wrk -t1; ratios against haproxy\n\n", rounds, dur)
+	fmt.Fprintf(os.Stdout, "bench-l7: %d rounds of %s per target, medians; wrk -t1; ratios against haproxy; xlb access log: %s\n\n",
+		rounds, dur, cmpOr(strings.TrimSpace(xlbAccessLog(dir, accessLog, accessFormat)), "off"))
 	for _, c := range cases {
 		fmt.Fprintf(w, "%s\treq/s\tx haproxy\tp50 us\tp99 us\tCPU us/req\tadded p50 us\t\n", c.name)
 		direct := results[c.name]["direct"]
@@ -328,7 +331,7 @@ func waitPorts(ports ...int) error {
 	return nil
 }
 
-func writeConfigs(dir string) error {
+func writeConfigs(dir, accessLog, accessFormat string) error {
 	body100 := strings.Repeat("x", 100)
 	big := make([]byte, 64<<10)
 	for i := range big {
@@ -389,7 +392,7 @@ backend big
 		"xlb.toml": `[daemon]
 log_level = "warn"
 threads = 1 # as HAProxy's nbthread 1 and nginx's worker_processes 1 above
-
+` + xlbAccessLog(dir, accessLog, accessFormat) + `
 [admin]
 listen = ""
 
@@ -434,4 +437,23 @@ mode = "l7"
 		}
 	}
 	return nil
+}
+
+// xlbAccessLog is the [daemon] access log keys of xlb's config for the
+// -access-log flag ("" when off).
+func xlbAccessLog(dir, accessLog, format string) string {
+	switch accessLog {
+	case "":
+		return ""
+	case "file":
+		accessLog = filepath.Join(dir, "access.log")
+	}
+	return fmt.Sprintf("access_log = %q\naccess_log_format = %q\n", accessLog, format)
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return strings.ReplaceAll(s, "\n", ", ")
 }
