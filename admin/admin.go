@@ -1,7 +1,8 @@
 // Package admin is xlb's control surface over HTTP: health, metrics, the
 // backend list and the authenticated admin endpoints that change backends.
 //
-// Read endpoints (/lb/health, /lb/backends, /metrics) are open. Everything
+// Read endpoints (/lb/health, /lb/backends, /metrics, the status page at
+// /lb/status) are open. Everything
 // under /lb/admin/ needs "Authorization: Bearer <token>": 401 without it, 403
 // with a wrong one. With no token configured the admin endpoints are
 // disabled (403), not open. The token is compared in constant time and never
@@ -62,7 +63,10 @@ type Options struct {
 	// Reload re-reads and applies the config file (POST /lb/admin/reload).
 	Reload func() error
 	// LB serves /lb/metrics (the L7 tier's JSON metrics).
-	LB     http.Handler
+	LB http.Handler
+	// Status serves the read-only status page, GET /lb/status and
+	// /lb/status/... (package statuspage); GET / redirects to it.
+	Status http.Handler
 	Logger *slog.Logger
 }
 
@@ -84,6 +88,11 @@ func New(ctl Controller, o Options) *Server {
 		s.mux.Handle("GET /lb/metrics", o.LB)
 	}
 	s.mux.HandleFunc("GET /lb/backends", s.backends)
+	if o.Status != nil {
+		s.mux.Handle("GET /lb/status", o.Status)
+		s.mux.Handle("GET /lb/status/", o.Status)
+		s.mux.Handle("GET /{$}", http.RedirectHandler("/lb/status", http.StatusFound))
+	}
 	s.mux.HandleFunc("POST /lb/admin/backends", s.auth(s.addBackend))
 	s.mux.HandleFunc("PUT /lb/admin/backends/{id}/drain", s.auth(s.setState(control.AdminDraining)))
 	s.mux.HandleFunc("PUT /lb/admin/backends/{id}/ready", s.auth(s.setState(control.AdminReady)))

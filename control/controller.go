@@ -85,6 +85,7 @@ type Controller struct {
 	routes  CheckRoutes // nil without an XDP datapath
 	log     *slog.Logger
 	metrics *Metrics
+	events  *Events
 
 	// healthMu orders syncHealth's calls: routes in, checks set, routes out.
 	healthMu sync.Mutex
@@ -121,6 +122,9 @@ type Options struct {
 	RouteChanges <-chan struct{}
 	Logger       *slog.Logger
 	Metrics      *Metrics
+	// Events records what happens (health transitions, admin changes,
+	// reloads) for the status page; nil: the controller keeps its own.
+	Events *Events
 }
 
 // New builds a controller for cfg; Run applies it.
@@ -130,7 +134,10 @@ func New(cfg *config.Config, o Options) *Controller {
 	}
 	c := &Controller{
 		rec: o.Reconciler, maps: o.Maps, l7: o.L7, hm: o.Health, routes: o.CheckRoutes, log: o.Logger, metrics: o.Metrics,
-		kick: make(chan struct{}, 1), routeChanges: o.RouteChanges,
+		kick: make(chan struct{}, 1), routeChanges: o.RouteChanges, events: o.Events,
+	}
+	if c.events == nil {
+		c.events = NewEvents(0)
 	}
 	if o.Maps != nil {
 		c.openFlows = o.Maps.OpenFlows
@@ -284,8 +291,15 @@ func (c *Controller) Start(ctx context.Context) error {
 	if err := c.setNATPorts(c.cfg); err != nil {
 		return err
 	}
-	return c.reconcile(ctx)
+	if err := c.reconcile(ctx); err != nil {
+		return err
+	}
+	c.events.Add(EventStart, "", "", "started with %d services", len(c.cfg.Services))
+	return nil
 }
+
+// Events is the controller's record of what happened, for the status page.
+func (c *Controller) Events() *Events { return c.events }
 
 // flowTimeouts are the datapath's idle timeouts of [datapath].
 func flowTimeouts(d config.Datapath) loader.FlowTimeouts {
@@ -355,6 +369,9 @@ func (c *Controller) Run(ctx context.Context) error {
 				default:
 					more = false
 				}
+			}
+			for _, tr := range batch {
+				c.events.healthEvent(tr)
 			}
 			start := time.Now()
 			if err := c.reconcile(ctx); err != nil {
@@ -666,6 +683,7 @@ func (c *Controller) Reload(cfg *config.Config) error {
 	c.syncHealth()
 	c.requestReconcile()
 	c.log.Info("config reloaded", "services", len(cfg.Services))
+	c.events.Add(EventReload, "", "", "config reloaded: %d services", len(cfg.Services))
 	return nil
 }
 
@@ -758,6 +776,7 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 	info := c.info(s, nb)
 	c.mu.Unlock()
 	c.log.Info("backend added through the admin API", "service", s.cfg.Name, "backend", nb.id)
+	c.events.Add(EventAdmin, s.cfg.Name, nb.id, "added through the admin API")
 	c.syncHealth()
 	c.requestReconcile()
 	return info, nil
@@ -807,6 +826,7 @@ func (c *Controller) SetAdminState(id string, st AdminState) (BackendInfo, error
 	c.mu.Unlock()
 	if from != st {
 		c.log.Info("backend admin state changed", "backend", id, "from", string(from), "to", string(st))
+		c.events.Add(EventAdmin, s.cfg.Name, id, "admin %s → %s", from, st)
 	}
 	c.requestReconcile()
 	return info, nil
@@ -826,6 +846,7 @@ func (c *Controller) Remove(id string) (BackendInfo, error) {
 	info := c.info(s, b)
 	c.mu.Unlock()
 	c.log.Info("backend removal started: draining", "backend", id, "drain_timeout", c.cfg.Admin.DrainTimeout.String())
+	c.events.Add(EventAdmin, s.cfg.Name, id, "removal started: draining (at most %s)", c.cfg.Admin.DrainTimeout)
 	c.requestReconcile()
 	return info, nil
 }
@@ -867,6 +888,7 @@ func (c *Controller) finishRemovals() bool {
 				reason = fmt.Sprintf("drain timeout with %d open flows", n)
 			}
 			c.log.Info("backend removed", "backend", b.id, "reason", reason)
+			c.events.Add(EventAdmin, s.cfg.Name, b.id, "removed: %s", reason)
 			removed = true
 		}
 		s.backends = kept

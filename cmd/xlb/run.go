@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/xlb-dev/xlb/health"
 	"github.com/xlb-dev/xlb/l7"
 	"github.com/xlb-dev/xlb/loader"
+	"github.com/xlb-dev/xlb/statuspage"
 )
 
 const runUsage = `usage: xlb run -c FILE [--keep-datapath]
@@ -126,6 +128,7 @@ func runCmd(args []string, out io.Writer) error {
 	if accessLog != nil {
 		defer accessLog.Close() // after the L7 tier's shutdown below
 	}
+	events := control.NewEvents(0) // the status page's
 	proxy := l7.NewServer(l7.Options{
 		Logger: log, Registerer: reg,
 		HeadTimeout: d.HeadTimeout, IdleTimeout: d.IdleTimeout, ClientTimeout: d.ClientTimeout,
@@ -134,6 +137,7 @@ func runCmd(args []string, out io.Writer) error {
 		OnEject: func(service string, u *l7.Upstream, until time.Time, reason string) {
 			log.Warn("backend ejected by passive health", "service", service, "backend", u.ID,
 				"until", until.Format(time.RFC3339), "reason", reason)
+			events.Add(control.EventEject, service, u.ID, "ejected by passive health until %s: %s", until.Format(time.TimeOnly), reason)
 		},
 	})
 	defer func() {
@@ -148,13 +152,18 @@ func runCmd(args []string, out io.Writer) error {
 	defer hm.Close()
 	ctl := control.New(cfg, control.Options{
 		Reconciler: rec, Maps: maps, L7: proxy, Health: hm, CheckRoutes: routes, RouteChanges: routeChanges,
-		Logger: log, Metrics: control.NewMetrics(reg),
+		Logger: log, Metrics: control.NewMetrics(reg), Events: events,
 	})
 
 	var reloadMu sync.Mutex
-	reload := func() error {
+	reload := func() (err error) {
 		reloadMu.Lock()
 		defer reloadMu.Unlock()
+		defer func() {
+			if err != nil {
+				events.Add(control.EventReload, "", "", "reload refused, the running config stays: %v", err)
+			}
+		}()
 		next, err := config.Load(*path)
 		if err != nil {
 			return err
@@ -185,7 +194,9 @@ func runCmd(args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("admin listener %s: %w", cfg.Admin.Listen, err)
 		}
-		srv := admin.New(ctl, admin.Options{Token: token, Gatherer: reg, Reload: reload, Logger: log, LB: proxy.LBHandler()})
+		page := statuspage.New(ctl, reg, statuspage.Options{Version: versionString(debug.ReadBuildInfo())})
+		wg.Go(func() { page.Run(serveCtx) })
+		srv := admin.New(ctl, admin.Options{Token: token, Gatherer: reg, Reload: reload, Logger: log, LB: proxy.LBHandler(), Status: page})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
