@@ -17,6 +17,9 @@ import (
 // 0); a flag fs does not know or a value it refuses is a usage error (exit
 // 2), so a bad number stops the command before anything is sent.
 func parseArgs(fs *flag.FlagSet, args []string, usage string, out io.Writer) ([]string, error) {
+	if seenFlags != nil {
+		seenFlags(fs)
+	}
 	fs.SetOutput(io.Discard) // errors go to the caller, help to out
 	fs.Usage = func() {}
 	var pos []string
@@ -40,6 +43,10 @@ func parseArgs(fs *flag.FlagSet, args []string, usage string, out io.Writer) ([]
 		args = rest[1:]
 	}
 }
+
+// seenFlags, when set, gets every FlagSet parseArgs parses with: `xlb
+// completion` learns a command's flags by running COMMAND --help.
+var seenFlags func(*flag.FlagSet)
 
 // printUsage prints a command's usage text and its flags.
 func printUsage(out io.Writer, fs *flag.FlagSet, usage string) {

@@ -25,6 +25,7 @@ Usage:
   xlb sidecar --listen ADDR --backend URL [--timeout 30s] [--header K=V ...]
                                       a one-backend L7 proxy (no root, no config file)
   xlb version                         print the version (also xlb --version)
+  xlb completion bash|zsh             print a shell completion script
 
 xlb COMMAND --help (or -h, or xlb help COMMAND) shows a command's flags; flags
 may come before or after a command's arguments.
@@ -56,23 +57,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
+	cmd, args := args[0], args[1:]
 	var err error
-	switch cmd, args := args[0], args[1:]; cmd {
-	case "run":
-		err = runCmd(args, stdout)
-	case "status":
-		err = statusCmd(args, stdout)
-	case "sidecar":
-		err = sidecarCmd(args, stdout)
-	case "decap":
-		err = decapCmd(args, stdout)
-	case "backend":
-		err = backendCmd(args, stdout)
-	case "validate":
-		err = validateCmd(args, stdout)
-	case "version", "--version", "-version":
-		err = versionCmd(args, stdout)
-	case "help", "-h", "--help", "-help":
+	switch c := findCommand(cmd); {
+	case c != nil:
+		err = c.run(args, stdout)
+	case cmd == "help" || cmd == "-h" || cmd == "--help" || cmd == "-help":
 		if len(args) > 0 && args[0] != "help" {
 			// xlb help COMMAND [SUBCOMMAND]: that command's --help.
 			return run(append(slices.Clone(args), "--help"), stdout, stderr)
@@ -83,6 +73,42 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = usageError("unknown command %q (see xlb --help)", cmd)
 	}
 	return exitCode(err, stderr)
+}
+
+// command is one of xlb's commands: the table that run dispatches on and
+// that `xlb completion` reads, so completions cannot drift from the CLI.
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, out io.Writer) error
+	// subs are the subcommands' usages (xlb backend add|drain|...); nil
+	// for a command without subcommands. run(SUB --help) shows each.
+	subs    map[string]string
+	aliases []string
+}
+
+// commands is every command; a func, not a var, since completion reads it.
+func commands() []command {
+	return []command{
+		{name: "run", summary: "run the daemon", run: runCmd},
+		{name: "status", summary: "show services, backends and counters", run: statusCmd},
+		{name: "validate", summary: "check a config file", run: validateCmd},
+		{name: "backend", summary: "change backends through the admin API", run: backendCmd, subs: backendUsages},
+		{name: "decap", summary: "strip the tunnel header on an ipip backend", run: decapCmd},
+		{name: "sidecar", summary: "a one-backend L7 proxy", run: sidecarCmd},
+		{name: "version", summary: "print the version", run: versionCmd, aliases: []string{"--version", "-version"}},
+		{name: "completion", summary: "print a bash or zsh completion script", run: completionCmd},
+	}
+}
+
+// findCommand is the command named (or aliased) name, or nil.
+func findCommand(name string) *command {
+	for _, c := range commands() {
+		if c.name == name || slices.Contains(c.aliases, name) {
+			return &c
+		}
+	}
+	return nil
 }
 
 // exitCode prints err and maps it to the exit code: 0 for help that was
