@@ -12,6 +12,15 @@ FUZZTIME ?= 20s
 
 APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3 chromium zsh
 
+# make install: where things go (DESTDIR is prepended to every path).
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DOCDIR     ?= $(PREFIX)/share/doc/xlb
+
+.PHONY: install
 .PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 bench-l4 demo fmt vet clean check-generate
 
 all: build
@@ -37,6 +46,25 @@ check-generate: generate
 build:
 	$(GO) build -o $(BIN)/xlb ./cmd/xlb
 	$(GO) build -o $(BIN)/xlbtest ./scripts/xlbtest
+
+## install: bin/xlb, the systemd unit (deploy/xlb.service, paths made PREFIX's), the
+## example config as SYSCONFDIR/xlb/xlb.toml unless one is there, bash and zsh
+## completions, README, example and Grafana dashboard under DOCDIR
+install: build
+	install -D -m 0755 $(BIN)/xlb $(DESTDIR)$(BINDIR)/xlb
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's#/usr/local/bin/xlb#$(BINDIR)/xlb#g' -e 's#/etc/xlb/#$(SYSCONFDIR)/xlb/#g' \
+		-e 's#/usr/local/share/doc/xlb#$(DOCDIR)#g' deploy/xlb.service > $(DESTDIR)$(UNITDIR)/xlb.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/xlb.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/xlb/xlb.toml ]; then \
+		echo "install: $(DESTDIR)$(SYSCONFDIR)/xlb/xlb.toml exists, left as it is"; \
+	else install -D -m 0640 examples/xlb.toml $(DESTDIR)$(SYSCONFDIR)/xlb/xlb.toml; fi
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+	$(BIN)/xlb completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/xlb
+	$(BIN)/xlb completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_xlb
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -D -m 0644 examples/xlb.toml $(DESTDIR)$(DOCDIR)/xlb.toml.example
+	install -D -m 0644 deploy/grafana/xlb.json $(DESTDIR)$(DOCDIR)/grafana/xlb.json
 
 vet:
 	$(GO) vet $(PKGS)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,10 +39,42 @@ type opsEnv struct {
 	accessLog string
 	adminURL  string // http://127.0.0.1:PORT on the host, forwarded into the LB's namespace
 	servers   map[string]*exec.Cmd
+	cfg       string
+	opts      opsOptions
 }
 
-func newOpsEnv(t *testing.T, prefix string) *opsEnv {
+type opsOptions struct {
+	wrap  []string // runs xlb: setpriv ... (TestDeployCapabilities)
+	extra []string // more arguments of xlb run
+}
+
+type opsOption func(*opsOptions)
+
+func withWrapper(wrap ...string) opsOption { return func(o *opsOptions) { o.wrap = wrap } }
+func withRunArgs(args ...string) opsOption { return func(o *opsOptions) { o.extra = args } }
+
+// startXLB starts xlb with the env's wrapper and arguments and waits until
+// it runs with every backend up.
+func (e *opsEnv) startXLB(t *testing.T) *exec.Cmd {
 	t.Helper()
+	if e.opts.wrap == nil {
+		return e.tp.StartXLB(t, e.cfg, e.pinDir, "generic", e.opts.extra...)
+	}
+	args := append(slices.Clone(e.opts.wrap), Binary(t, "xlb"), "run", "-c", e.cfg)
+	cmd := e.tp.StartNet(t, "lb", append(args, e.opts.extra...)...)
+	e.tp.WaitStderr(t, cmd, `msg="xlb running"`, 20*time.Second)
+	e.tp.waitBackendsUp(t, e.pinDir, 10*time.Second)
+	return cmd
+}
+
+// newOpsEnv starts it all; xlb runs as `WRAP... xlb run -c CONFIG
+// EXTRA...` with wrap and extra from opts (none: as the other tests run it).
+func newOpsEnv(t *testing.T, prefix string, opts ...opsOption) *opsEnv {
+	t.Helper()
+	var o opsOptions
+	for _, f := range opts {
+		f(&o)
+	}
 	tp := NewTopology(t, prefix+randomPrefix()[len(prefix):], WithBackends(2), WithClients(8))
 	e := &opsEnv{tp: tp, pinDir: tp.PinDir(t), servers: map[string]*exec.Cmd{}}
 	t.Cleanup(func() {
@@ -81,7 +114,8 @@ func newOpsEnv(t *testing.T, prefix string) *opsEnv {
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e.xlb = tp.StartXLB(t, cfg, e.pinDir, "generic")
+	e.cfg, e.opts = cfg, o
+	e.xlb = e.startXLB(t)
 	e.adminURL = "http://" + forwardToNetns(t, tp.Namespace("lb"), adminAddr)
 	return e
 }
