@@ -8,6 +8,11 @@ package bpf
 // under BPF_PROG_TEST_RUN becomes a new flow (see bench_next_flow in xlb.c).
 //go:generate go tool bpf2go -go-package bpf -tags linux -target bpfel -cflags "-O2 -g -Wall -Werror -DXLB_BENCH_NEW_FLOWS -I/usr/include/x86_64-linux-gnu" XlbBench xlb.c -- -I.
 
+// XlbTc is the same steering program built as a TC ingress (tcx) program
+// over skbs, for xdp_mode = "tc": the same maps, with the context's
+// differences in ctx.h.
+//go:generate go tool bpf2go -go-package bpf -tags linux -target bpfel -cflags "-O2 -g -Wall -Werror -DXLB_TC -I/usr/include/x86_64-linux-gnu" XlbTc xlb.c -- -I.
+
 // XlbDecap is the backends' tunnel decapsulation (decap.c), which `xlb decap`
 // attaches at TC ingress.
 //go:generate go tool bpf2go -go-package bpf -tags linux -target bpfel -type vip_key -type outcome -type vip_limits -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" XlbDecap decap.c -- -I.

@@ -16,8 +16,12 @@
  * needed, packet too big, unreachable, time exceeded) are translated back
  * to the client, headers and quoted packet alike, as from the VIP.
  *
- * Checksums are updated incrementally (csum.h): the program assumes full
- * checksums, as NICs deliver them (see LAB.md on veth's partial ones).
+ * Checksums are updated incrementally (csum.h): XDP assumes full checksums,
+ * as NICs deliver them (see LAB.md on veth's partial ones); TC updates the
+ * transport checksum with the kernel's helper, which also keeps partial
+ * (offloaded) and complete ones right (ctx_l4_csum). Every other update
+ * keeps the sum of the bytes it changes (the IPv4 header, ICMP errors), so
+ * an skb's sum of the whole packet stays right as well.
  *
  * Included by xlb.c after struct packet, the conntrack and tx_ports maps and
  * flow_hash, which it uses.
@@ -84,10 +88,10 @@ static __always_inline void reply_key(struct flow_key *k, const struct backend *
 }
 
 /* Inserts the binding k for the client flow p, if k is free; 0 when done. */
-static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *k,
+static __always_inline long nat_bind(xlb_ctx *ctx, const struct flow_key *k,
 				     const struct packet *p, __u32 be_id, __u32 svc_id, __u32 now)
 {
-	void *data = (void *)(long)ctx->data;
+	void *data = ctx_data(ctx);
 	struct ethhdr *eth = data;
 	struct nat_binding fresh = {
 		.client = p->flow,
@@ -95,10 +99,10 @@ static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *
 		.service_id = svc_id,
 		.flags = p->flow_flags,
 		.seen = now,
-		.client_ifindex = ctx->ingress_ifindex,
+		.client_ifindex = ctx_ifindex(ctx),
 	};
 
-	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+	if ((void *)(eth + 1) > ctx_end(ctx))
 		return -1;
 	__builtin_memcpy(fresh.client_mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(fresh.local_mac, eth->h_dest, ETH_ALEN);
@@ -110,7 +114,7 @@ static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *
  * its binding stands (put back if the sweep removed it), else a new one.
  * Returns TX_OK with *port set, or TX_NO_PORT.
  */
-static __always_inline int nat_port(struct xdp_md *ctx, const struct packet *p,
+static __always_inline int nat_port(xlb_ctx *ctx, const struct packet *p,
 				    const struct backend *be, __u32 be_id, __u32 svc_id, __u16 *port)
 {
 	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
@@ -174,17 +178,17 @@ static __always_inline __u64 csum_add_change16(__u64 acc, __u16 old, __u16 new)
 /*
  * Rewrites the addresses and ports of the TCP or UDP packet p to src:sport
  * -> dst:dport (ports in host order), updating the IPv4 header and transport
- * checksums.
+ * checksums (the latter last: in TC its helper moves the packet).
  */
-static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *p, const __u8 *src,
+static __always_inline int nat_rewrite(xlb_ctx *ctx, const struct packet *p, const __u8 *src,
 				       const __u8 *dst, __u16 sport, __u16 dport)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	__u32 l3 = p->l3 & 0x1f;  /* 14 or 18 */
 	__u32 l4 = p->l4 & 0x3ff; /* past IPv4 options or IPv6 extensions */
 	__be16 ports[2] = {bpf_htons(sport), bpf_htons(dport)};
-	__u64 acc;
+	__u64 acc, addrs;
 
 	if (p->flow.family == XLB_FAMILY_V4) {
 		struct iphdr *ip = data + l3;
@@ -206,6 +210,7 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *
 		__builtin_memcpy(&ip6->saddr, src, 16);
 		__builtin_memcpy(&ip6->daddr, dst, 16);
 	}
+	addrs = acc; /* the pseudo-header's part */
 
 	if (p->flow.proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = data + l4;
@@ -213,9 +218,10 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *
 		if ((void *)(tcp + 1) > end)
 			return TX_FAILED;
 		acc = csum_add_change(acc, &tcp->source, ports, 4);
-		csum_apply(&tcp->check, acc);
 		tcp->source = ports[0];
 		tcp->dest = ports[1];
+		if (ctx_l4_csum(ctx, &tcp->check, acc, addrs, IPPROTO_TCP, p->flow.family))
+			return TX_FAILED;
 		return TX_OK;
 	}
 	struct udphdr *udp = data + l4;
@@ -223,18 +229,19 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *
 	if ((void *)(udp + 1) > end)
 		return TX_FAILED;
 	acc = csum_add_change(acc, &udp->source, ports, 4);
-	csum_apply_udp(&udp->check, acc);
 	udp->source = ports[0];
 	udp->dest = ports[1];
+	if (ctx_l4_csum(ctx, &udp->check, acc, addrs, IPPROTO_UDP, p->flow.family))
+		return TX_FAILED;
 	return TX_OK;
 }
 
 /* Points the frame's Ethernet header at nh. */
-static __always_inline int set_eth(struct xdp_md *ctx, const struct next_hop *nh)
+static __always_inline int set_eth(xlb_ctx *ctx, const struct next_hop *nh)
 {
-	struct ethhdr *eth = (void *)(long)ctx->data;
+	struct ethhdr *eth = ctx_data(ctx);
 
-	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+	if ((void *)(eth + 1) > ctx_end(ctx))
 		return TX_FAILED;
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
@@ -245,12 +252,12 @@ static __always_inline int set_eth(struct xdp_md *ctx, const struct next_hop *nh
  * The FIB lookup of a packet of ip_len bytes from src to dst (16-byte
  * addresses, IPv4 in the first 4).
  */
-static __always_inline void fib_params(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u8 family,
+static __always_inline void fib_params(xlb_ctx *ctx, struct bpf_fib_lookup *fib, __u8 family,
 				       __u8 proto, __u32 ip_len, const __u8 *src, const __u8 *dst)
 {
 	fib->l4_protocol = proto;
 	fib->tot_len = ip_len > 0xffff ? 0xffff : ip_len;
-	fib->ifindex = ctx->ingress_ifindex;
+	fib->ifindex = ctx_ifindex(ctx);
 	if (family == XLB_FAMILY_V4) {
 		fib->family = XLB_AF_INET;
 		__builtin_memcpy(&fib->ipv4_src, src, 4);
@@ -266,7 +273,7 @@ static __always_inline void fib_params(struct xdp_md *ctx, struct bpf_fib_lookup
  * The answer to a packet too big for its next hop: an ICMP error back to
  * its source (from its destination), or a drop where none may be sent.
  */
-static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, __u32 mtu)
+static __always_inline int too_big(xlb_ctx *ctx, const struct packet *p, __u32 mtu)
 {
 	if (p->flow.family == XLB_FAMILY_V6)
 		return icmp6_too_big(ctx, p->l3 & 0x1f, mtu);
@@ -280,7 +287,7 @@ static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, _
  * TX_OK leaves a frame to send on *egress with its Ethernet addresses set;
  * see enum tx_result.
  */
-static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *p,
+static __always_inline int nat_forward(xlb_ctx *ctx, const struct packet *p,
 				       const struct backend *be, __u32 be_id, __u32 svc_id, __u32 *egress)
 {
 	struct bpf_fib_lookup fib = {};
@@ -310,7 +317,7 @@ static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *
  * The route back to a NAT flow's client c (a copy of b's): from the FIB, or
  * where the client's first packet came from.
  */
-static __always_inline int client_hop(struct xdp_md *ctx, const struct flow_key *c,
+static __always_inline int client_hop(xlb_ctx *ctx, const struct flow_key *c,
 				      const struct nat_binding *b, __u8 proto, __u32 ip_len,
 				      struct next_hop *nh)
 {
@@ -323,30 +330,30 @@ static __always_inline int client_hop(struct xdp_md *ctx, const struct flow_key 
 	return next_hop(ctx, &fib, &fallback, nh);
 }
 
-static __always_inline int reply_verdict(struct xdp_md *ctx, __u32 egress, __u64 len)
+static __always_inline int reply_verdict(xlb_ctx *ctx, __u32 egress, __u64 len)
 {
-	if (egress == ctx->ingress_ifindex)
-		return verdict(XLB_R_NAT_REPLY_TX, len, XDP_TX);
-	int action = bpf_redirect_map(&tx_ports, egress, XDP_DROP);
-	if (action != XDP_REDIRECT)
-		return verdict(XLB_R_DROP_NO_TX_PORT, len, XDP_DROP);
+	if (egress == ctx_ifindex(ctx))
+		return verdict(XLB_R_NAT_REPLY_TX, len, ctx_tx(ctx));
+	int action = ctx_redirect(ctx, egress);
+	if (action != XLB_REDIRECT)
+		return verdict(XLB_R_DROP_NO_TX_PORT, len, XLB_DROP);
 	return verdict(XLB_R_NAT_REPLY_REDIRECT, len, action);
 }
 
 /* The verdict of a packet nat_forward or nat_reply did not leave to send. */
-static __always_inline int tx_verdict(int rc, __u64 len)
+static __always_inline int tx_verdict(xlb_ctx *ctx, int rc, __u64 len)
 {
 	switch (rc) {
 	case TX_ICMP:
-		return verdict(XLB_R_ICMP_TOO_BIG, len, XDP_TX);
+		return verdict(XLB_R_ICMP_TOO_BIG, len, ctx_tx(ctx));
 	case TX_TOO_BIG:
-		return verdict(XLB_R_DROP_TOO_BIG, len, XDP_DROP);
+		return verdict(XLB_R_DROP_TOO_BIG, len, XLB_DROP);
 	case TX_NO_ROUTE:
-		return verdict(XLB_R_DROP_NO_ROUTE, len, XDP_DROP);
+		return verdict(XLB_R_DROP_NO_ROUTE, len, XLB_DROP);
 	case TX_NO_PORT:
-		return verdict(XLB_R_DROP_NAT_PORTS, len, XDP_DROP);
+		return verdict(XLB_R_DROP_NAT_PORTS, len, XLB_DROP);
 	}
-	return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
+	return verdict(XLB_R_DROP_ENCAP, len, XLB_DROP);
 }
 
 /* Is port one NAT flows are given? */
@@ -362,7 +369,7 @@ static __always_inline int nat_port_in_range(__u16 port)
  * A backend's answer to a NAT flow, translated to VIP -> client and sent on;
  * -1 when p (TCP or UDP, not a fragment) is not one.
  */
-static __always_inline int nat_reply(struct xdp_md *ctx, const struct packet *p)
+static __always_inline int nat_reply(xlb_ctx *ctx, const struct packet *p)
 {
 	if (!nat_port_in_range(p->flow.dport))
 		return -1;
@@ -390,7 +397,7 @@ static __always_inline int nat_reply(struct xdp_md *ctx, const struct packet *p)
 	if (rc == TX_OK)
 		rc = set_eth(ctx, &nh);
 	if (rc != TX_OK)
-		return tx_verdict(rc, p->len);
+		return tx_verdict(ctx, rc, p->len);
 	return reply_verdict(ctx, nh.ifindex, p->len);
 }
 
@@ -462,11 +469,11 @@ static __always_inline int quote_key(void *data, void *end, const struct packet 
  * quoted addresses and ports, and the checksums over each (the quoted
  * transport checksum only when quoted).
  */
-static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet *p,
+static __always_inline int icmp_rewrite(xlb_ctx *ctx, const struct packet *p,
 					const struct icmp_quote *q, const struct flow_key *c)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	__u32 l3 = p->l3 & 0x1f;
 	__u16 *check = data + (q->check & 0x3ff);
 	__be16 ports[2] = {bpf_htons(c->sport), bpf_htons(c->dport)};
@@ -543,10 +550,10 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet 
  * An ICMP error about a NAT flow (p: ICMP or ICMPv6 to a possible LB
  * source), translated back to the client; -1 when it is not one.
  */
-static __always_inline int nat_icmp(struct xdp_md *ctx, const struct packet *p)
+static __always_inline int nat_icmp(xlb_ctx *ctx, const struct packet *p)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	struct icmp_quote q = {};
 	struct flow_key k = {};
 
@@ -565,7 +572,7 @@ static __always_inline int nat_icmp(struct xdp_md *ctx, const struct packet *p)
 	if (rc == TX_OK)
 		rc = set_eth(ctx, &nh);
 	if (rc != TX_OK)
-		return tx_verdict(rc, p->len);
+		return tx_verdict(ctx, rc, p->len);
 	return reply_verdict(ctx, nh.ifindex, p->len);
 }
 
