@@ -7,13 +7,17 @@ import (
 	"time"
 )
 
-// XDPMode selects how the XDP program is attached to the interface.
+// XDPMode selects how the steering program is attached to the interface:
+// as XDP in one of its modes, or as a TC program.
 type XDPMode string
 
 const (
 	XDPAuto    XDPMode = "auto"    // native if the driver supports it, else generic
 	XDPNative  XDPMode = "native"  // driver mode; fail if the driver cannot do it
 	XDPGeneric XDPMode = "generic" // skb mode; works everywhere, slower
+	// XDPTC is the same program built for TC ingress (tcx), for interfaces
+	// where XDP does not fit (bonds, tunnels, some virtual NICs).
+	XDPTC XDPMode = "tc"
 )
 
 // Protocol is the transport protocol of a service.
@@ -146,7 +150,7 @@ const (
 
 // Allowed values of the enumerated keys, in the order error messages list them.
 var (
-	xdpModes    = []XDPMode{XDPAuto, XDPNative, XDPGeneric}
+	xdpModes    = []XDPMode{XDPAuto, XDPNative, XDPGeneric, XDPTC}
 	protocols   = []Protocol{ProtoTCP, ProtoUDP}
 	modes       = []Mode{ModeL4, ModeL7}
 	hashModes   = []HashMode{HashIP, HashFlow}

@@ -42,7 +42,7 @@ var (
 	rFragment    = reason(bpf.XlbReasonXLB_R_DROP_FRAGMENT)
 	rRedirect    = reason(bpf.XlbReasonXLB_R_REDIRECT)
 	rNoTxPort    = reason(bpf.XlbReasonXLB_R_DROP_NO_TX_PORT)
-	verdictNames = map[uint32]string{xdpDrop: "DROP", xdpPass: "PASS", xdpTX: "TX", xdpRedirect: "REDIRECT"}
+	verdictNames = map[uint32]string{xdpDrop: "DROP", xdpPass: "PASS", xdpTX: "TX", xdpRedirect: "REDIRECT", tcRedirect: "TC_ACT_REDIRECT"}
 )
 
 // expectCounted runs data and checks the verdict and that exactly one packet
@@ -52,7 +52,7 @@ func (f *fixture) expectCounted(t *testing.T, data []byte, wantVerdict uint32, w
 	t.Helper()
 	before := f.reasons()
 	ret, out := f.runSized(data)
-	if ret != wantVerdict {
+	if !f.is(ret, wantVerdict) {
 		t.Fatalf("verdict %s, want %s", verdictNames[ret], verdictNames[wantVerdict])
 	}
 	after := f.reasons()

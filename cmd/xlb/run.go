@@ -75,7 +75,7 @@ func runCmd(args []string, out io.Writer) error {
 	default:
 		dp, err = loader.Open(loader.Options{
 			Interface:  cfg.Daemon.Interface,
-			Mode:       loader.XDPMode(cfg.Daemon.XDPMode),
+			Mode:       cfg.Daemon.XDPMode,
 			PinDir:     cfg.Daemon.BPFFSDir,
 			KeepOnExit: *keep,
 			Logger:     log,
@@ -223,13 +223,18 @@ func closeDatapath(dp *loader.Datapath, keep bool, dir string, log *slog.Logger)
 	if err := dp.Close(keep); err != nil {
 		log.Error("closing datapath", "err", err)
 	}
+	// What is attached: the XDP program, or its TC build in mode tc.
+	what := "XDP"
+	if dp.Mode == loader.XDPTC {
+		what = "TC program"
+	}
 	switch {
 	case !committed:
-		log.Warn("start failed: the datapath is left as this start found it (an adopted XDP link stays attached, pins and maps unchanged)", "dir", dir)
+		log.Warn("start failed: the datapath is left as this start found it (an adopted "+what+" link stays attached, pins and maps unchanged)", "dir", dir)
 	case keep:
-		log.Info("datapath kept: XDP stays attached, maps stay pinned", "dir", dir)
+		log.Info("datapath kept: "+what+" stays attached, maps stay pinned", "dir", dir)
 	default:
-		log.Info("XDP detached and pins removed")
+		log.Info(what + " detached and pins removed")
 	}
 }
 
