@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
 	"github.com/xlb-dev/xlb/bpf"
@@ -53,12 +52,12 @@ func natDesired() Desired {
 	}}
 }
 
-func newNATFixture(t *testing.T, ports NATPorts) *natFixture {
+func newNATFixture(t *testing.T, b build, ports NATPorts) *natFixture {
 	t.Helper()
 	n := newIPIPNet(t)
 	n.sysctl("net/ipv4/conf/xo0/forwarding", "1")
 	n.sysctl("net/ipv6/conf/xo0/forwarding", "1")
-	dp, err := Open(Options{Logger: quietLogger()})
+	dp, err := Open(Options{Logger: quietLogger(), Mode: b.mode})
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
 	}
@@ -67,7 +66,7 @@ func newNATFixture(t *testing.T, ports NATPorts) *natFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &natFixture{fixture: &fixture{t: t, dp: dp, rec: rec, in: n.do}, n: n}
+	f := &natFixture{fixture: &fixture{t: t, tc: b == tcBuild, dp: dp, rec: rec, in: n.do}, n: n}
 	if err := dp.SetNATPorts(ports); err != nil {
 		t.Fatal(err)
 	}
@@ -84,20 +83,20 @@ type xdpMD struct {
 	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
 }
 
+// skbMD is struct __sk_buff up to ifindex, BPF_PROG_TEST_RUN's context of
+// a TC program (the rest zero): ifindex is the receiving interface.
+type skbMD struct {
+	Len, PktType, Mark, QueueMapping, Protocol, VlanPresent, VlanTCI, VlanProto, Priority, IngressIfindex, Ifindex uint32
+}
+
 // runOn runs data as if received on xo0.
 func (f *natFixture) runOn(t *testing.T, data []byte) (uint32, []byte) {
 	t.Helper()
-	opts := &ebpf.RunOptions{
-		Data: data, DataOut: make([]byte, len(data)+256), Repeat: 1,
-		Context: xdpMD{DataEnd: uint32(len(data)), IngressIfindex: uint32(f.n.out)},
+	var ctx any = xdpMD{DataEnd: uint32(len(data)), IngressIfindex: uint32(f.n.out)}
+	if f.tc {
+		ctx = skbMD{Ifindex: uint32(f.n.out)}
 	}
-	var ret uint32
-	var err error
-	f.do(func() { ret, err = f.dp.Program.Run(opts) })
-	if err != nil {
-		t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
-	}
-	return ret, opts.DataOut
+	return f.runCtx(data, ctx)
 }
 
 // expectOn is expectCounted for a packet received on xo0.
@@ -105,7 +104,7 @@ func (f *natFixture) expectOn(t *testing.T, data []byte, wantVerdict uint32, wan
 	t.Helper()
 	before := f.reasons()
 	ret, out := f.runOn(t, data)
-	if ret != wantVerdict {
+	if !f.is(ret, wantVerdict) {
 		t.Fatalf("verdict %s, want %s", verdictNames[ret], verdictNames[wantVerdict])
 	}
 	after := f.reasons()
@@ -150,8 +149,10 @@ func natPorts() NATPorts { return NATPorts{First: 20000, Count: 100} }
 // A TCP flow both ways, IPv4 and IPv6: the client's packets leave from the
 // host's address and an allocated port to the backend's port 8080, the
 // backend's answers leave from the VIP to the client, checksums valid.
-func TestNATBothWays(t *testing.T) {
-	f := newNATFixture(t, natPorts())
+func TestNATBothWays(t *testing.T) { forBuilds(t, testNATBothWays) }
+
+func testNATBothWays(t *testing.T, b build) {
+	f := newNATFixture(t, b, natPorts())
 	// The clients' networks lie behind the router too.
 	for dst, gw := range map[string]netip.Addr{"198.18.0.0/24": gw4, "2001:db8:18::/64": gw6} {
 		_, ipn, _ := net.ParseCIDR(dst)
@@ -195,8 +196,10 @@ func TestNATBothWays(t *testing.T) {
 // UDP checksums: a real one is updated, IPv4's "none" (0) stays none. The
 // clients have no route here: answers go back where the client's packets
 // came from (its MAC, from the receiving interface's).
-func TestNATUDPChecksums(t *testing.T) {
-	f := newNATFixture(t, natPorts())
+func TestNATUDPChecksums(t *testing.T) { forBuilds(t, testNATUDPChecksums) }
+
+func testNATUDPChecksums(t *testing.T, b build) {
+	f := newNATFixture(t, b, natPorts())
 	for _, tc := range []struct {
 		name        string
 		client, vip netip.Addr
@@ -229,8 +232,10 @@ func TestNATUDPChecksums(t *testing.T) {
 
 // Every port of the range goes to one flow; the next flow is dropped and
 // counted, and no flow's port changes.
-func TestNATPortExhaustion(t *testing.T) {
-	f := newNATFixture(t, NATPorts{First: 30000, Count: 4})
+func TestNATPortExhaustion(t *testing.T) { forBuilds(t, testNATPortExhaustion) }
+
+func testNATPortExhaustion(t *testing.T, b build) {
+	f := newNATFixture(t, b, NATPorts{First: 30000, Count: 4})
 	seen := map[uint16]uint16{}
 	for sport := uint16(1); ; sport++ {
 		syn := pkt{src: client4, dst: vip4, proto: protoTCP, sport: sport, dport: 80, tcpFlags: tcpSYN, checksum: true}
