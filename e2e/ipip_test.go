@@ -171,14 +171,37 @@ func writeIPIPConfig(t *testing.T, pinDir, own4, own6 string) string {
 // the client's half crossed the LB (the backend answers directly).
 func (tp *Topology) checkTransfer(t *testing.T, pinDir, vip string) {
 	t.Helper()
-	data := make([]byte, ipipTransfer)
-	rand.Read(data)
 	rx0, _ := tp.linkBytes(t, "lb")
+	tp.echoTransfer(t, netip.AddrPortFrom(netip.MustParseAddr(vip), ipipEchoPort), ipipTransfer)
+	rx1, _ := tp.linkBytes(t, "lb")
+	// The client's bytes cross the LB once (plus headers); its echo must not.
+	if d := rx1 - rx0; d < ipipTransfer || d > ipipTransfer*3/2 {
+		t.Errorf("the LB received %d bytes during a %d-byte echo: want the client's half only", d, ipipTransfer)
+	}
+}
+
+// checkPathMTU checks the client learnt a path MTU to vip lowered by the
+// outer header, from the LB's ICMP answers.
+func (tp *Topology) checkPathMTU(t *testing.T, vip string) {
+	t.Helper()
+	want := map[bool]string{true: "mtu 1480", false: "mtu 1460"}[netip.MustParseAddr(vip).Is4()]
+	out, err := tp.Exec("cl", "ip", "route", "get", vip)
+	if err != nil || !strings.Contains(string(out), want) {
+		t.Errorf("client's route to %s: %v\n%s\nwant %q (learnt from the LB's ICMP)", vip, err, out, want)
+	}
+}
+
+// echoTransfer sends size random bytes from the client to the echo service
+// at addr and checks that the same bytes come back.
+func (tp *Topology) echoTransfer(t *testing.T, addr netip.AddrPort, size int) {
+	t.Helper()
+	data := make([]byte, size)
+	rand.Read(data)
 	ctx, cancel := context.WithTimeout(context.Background(), ipipTransferTimeout)
 	defer cancel()
-	c, err := dialInNetns(ctx, tp.Namespace("cl"), "tcp", netip.AddrPortFrom(netip.MustParseAddr(vip), ipipEchoPort).String())
+	c, err := dialInNetns(ctx, tp.Namespace("cl"), "tcp", addr.String())
 	if err != nil {
-		t.Fatalf("connect to the echo service: %v", err)
+		t.Fatalf("connect to the echo service %s: %v", addr, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(ipipTransferTimeout))
@@ -200,23 +223,7 @@ func (tp *Topology) checkTransfer(t *testing.T, pinDir, vip string) {
 		t.Fatalf("echo differs: %d bytes back, sha256 %x, sent %d bytes, sha256 %x",
 			len(got), sha256.Sum256(got), len(data), sha256.Sum256(data))
 	}
-	t.Logf("%d bytes each way in %v", len(data), time.Since(start))
-	rx1, _ := tp.linkBytes(t, "lb")
-	// The client's bytes cross the LB once (plus headers); its echo must not.
-	if d := rx1 - rx0; d < ipipTransfer || d > ipipTransfer*3/2 {
-		t.Errorf("the LB received %d bytes during a %d-byte echo: want the client's half only", d, ipipTransfer)
-	}
-}
-
-// checkPathMTU checks the client learnt a path MTU to vip lowered by the
-// outer header, from the LB's ICMP answers.
-func (tp *Topology) checkPathMTU(t *testing.T, vip string) {
-	t.Helper()
-	want := map[bool]string{true: "mtu 1480", false: "mtu 1460"}[netip.MustParseAddr(vip).Is4()]
-	out, err := tp.Exec("cl", "ip", "route", "get", vip)
-	if err != nil || !strings.Contains(string(out), want) {
-		t.Errorf("client's route to %s: %v\n%s\nwant %q (learnt from the LB's ICMP)", vip, err, out, want)
-	}
+	t.Logf("%s: %d bytes each way in %v", addr, len(data), time.Since(start))
 }
 
 // serveEcho sends back every byte of every connection, until l closes.

@@ -154,12 +154,16 @@ func (tp *Topology) StartXLB(t *testing.T, config, pinDir, mode string, extra ..
 	tp.WaitStderr(t, cmd, `msg="xlb running"`, 20*time.Second)
 	_, stderr := tp.Output(cmd)
 	// A fresh start attaches (and says how); a restart adopts the pinned link.
-	if line := logLine(stderr, "XDP attached"); line != "" {
+	attached, adopted := "XDP attached", "adopted pinned XDP link"
+	if mode == "tc" {
+		attached, adopted = "TC attached", "adopted pinned TC link"
+	}
+	if line := logLine(stderr, attached); line != "" {
 		if !strings.Contains(line, " mode="+mode) {
-			t.Errorf("XDP attached in another mode than %s: %s", mode, line)
+			t.Errorf("%s in another mode than %s: %s", attached, mode, line)
 		}
-	} else if logLine(stderr, "adopted pinned XDP link") == "" {
-		t.Errorf("xlb logged neither attaching nor adopting XDP:\n%s", stderr)
+	} else if logLine(stderr, adopted) == "" {
+		t.Errorf("xlb logged neither %q nor %q:\n%s", attached, adopted, stderr)
 	}
 	tp.waitBackendsUp(t, pinDir, 10*time.Second)
 	return cmd
@@ -296,11 +300,14 @@ func (tp *Topology) requireCleanStop(t *testing.T, xlb *exec.Cmd, pinDir string)
 	if strings.Contains(stderr, "level=ERROR") {
 		t.Errorf("xlb logged errors:\n%s", stderr)
 	}
-	if logLine(stderr, "XDP detached and pins removed") == "" {
+	if logLine(stderr, "XDP detached and pins removed") == "" && logLine(stderr, "TC program detached and pins removed") == "" {
 		t.Errorf("xlb did not log its teardown:\n%s", stderr)
 	}
 	if link := tp.LinkXDP(t, "lb", "eth0"); strings.Contains(link, "xdp") {
 		t.Errorf("XDP still attached to the LB's eth0 after xlb stopped:\n%s", link)
+	}
+	if tcx := tp.tcxIngress(t, "lb"); strings.Contains(tcx, "xlb_tc") {
+		t.Errorf("xlb_tc still at the LB's tcx ingress after xlb stopped: %s", tcx)
 	}
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
 		entries, _ := os.ReadDir(pinDir)
