@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"bytes"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -228,4 +230,88 @@ func TestModeSwitchAcrossRestart(t *testing.T) {
 	if got := attachment(t, ifindex); got != "none" {
 		t.Fatalf("after a clean close: %s attached", got)
 	}
+}
+
+// randomPacket is a random packet to vip (or, reply, from a NAT backend to
+// its LB source) on one of ports: TCP or UDP, any flags, options and
+// extension headers, payloads up to 1600 bytes, fragments, and cut or
+// misstated lengths (an IP header stays whole: BPF_PROG_TEST_RUN makes no
+// skb without one).
+func randomPacket(rng *rand.Rand, v6 bool, ports []uint16) []byte {
+	p := pkt{proto: protoTCP, sport: uint16(rng.IntN(4)), dport: ports[rng.IntN(len(ports))], payload: rng.IntN(1600),
+		df: rng.IntN(2) == 0, tos: uint8(rng.Uint32()), checksum: rng.IntN(2) == 0, moreFragments: rng.IntN(8) == 0}
+	if rng.IntN(3) == 0 {
+		p.proto = protoUDP
+	}
+	p.tcpFlags = []uint8{tcpSYN, tcpACK, tcpFIN | tcpACK, tcpRST}[rng.IntN(4)]
+	p.src, p.dst, p.ipOptions = client4, vip4, rng.IntN(3)
+	if v6 {
+		p.src, p.dst, p.ipOptions = client6, vip6, 0
+		if rng.IntN(5) == 0 {
+			p.proto6Ext = []uint8{0}
+		}
+	}
+	b := p.build()
+	l3 := p.l3Offset() + 20
+	if v6 {
+		l3 += 20
+	}
+	switch rng.IntN(6) {
+	case 0:
+		return b[:l3+rng.IntN(len(b)-l3+1)]
+	case 1:
+		return p.setIPLength(b, rng.IntN(len(b)))
+	}
+	return b
+}
+
+// The XDP and TC builds leave the same frames with the same verdicts (TC's
+// mapped) on thousands of random packets, through dsr, ipip (too big ones
+// answered with ICMP) and nat both ways.
+func TestTCMatchesXDP(t *testing.T) {
+	requireRoot(t)
+	same := func(t *testing.T, x, c *fixture, data []byte, xctx, cctx any) {
+		t.Helper()
+		rx, ox := x.runCtx(bytes.Clone(data), xctx)
+		rc, oc := c.runCtx(bytes.Clone(data), cctx)
+		if !c.is(rc, rx) || !bytes.Equal(ox, oc) {
+			t.Fatalf("%x:\nxdp %s %x\n tc %s %x", data, verdictNames[rx], ox, verdictNames[rc], oc)
+		}
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	t.Run("dsr", func(t *testing.T) {
+		x, c := newFixtureFor(t, xdpBuild, standardDesired()), newFixtureFor(t, tcBuild, standardDesired())
+		for i := range 5000 {
+			same(t, x, c, randomPacket(rng, i%2 == 0, []uint16{80, 53, 443, 81}), nil, nil)
+		}
+	})
+	t.Run("ipip", func(t *testing.T) {
+		n := newIPIPNet(t)
+		x := openFixtureFor(t, xdpBuild, nil, routedResolver{out: n.out}, n.do)
+		c := openFixtureFor(t, tcBuild, nil, routedResolver{out: n.out}, n.do)
+		x.apply(ipipDesired())
+		c.apply(ipipDesired())
+		for i := range 5000 {
+			if i%1000 == 0 {
+				n.forwarding(i%2000 == 0) // the FIB's next hop, or the resolved one
+			}
+			same(t, x, c, randomPacket(rng, i%2 == 0, []uint16{80, 81, 82}), nil, nil)
+		}
+	})
+	t.Run("nat", func(t *testing.T) {
+		x, c := newNATFixture(t, xdpBuild, natPorts()), newNATFixture(t, tcBuild, natPorts())
+		for i := range 5000 {
+			data := randomPacket(rng, i%2 == 0, []uint16{80, 53})
+			if i%3 == 0 { // a backend's answer to one of the allocated ports
+				p := pkt{srcMAC: kernelGwMAC, dstMAC: outMAC, src: routedBe4, dst: outSrc4, proto: protoTCP, sport: 8080,
+					dport: 20000 + uint16(rng.IntN(100)), tcpFlags: tcpACK, payload: rng.IntN(1500), checksum: true}
+				if i%2 == 0 {
+					p.src, p.dst = routedBe6, outSrc6
+				}
+				data = p.build()
+			}
+			same(t, x.fixture, c.fixture, data, xdpMD{DataEnd: uint32(len(data)), IngressIfindex: uint32(x.n.out)},
+				skbMD{Ifindex: uint32(c.n.out)})
+		}
+	})
 }
