@@ -1,5 +1,6 @@
 // Package bpf holds xlb's BPF programs: the XDP datapath (xlb.c, with tunnel
-// encapsulation in ipip.h), the backends' TC decapsulation (decap.c), the
+// encapsulation in ipip.h; also built as a TC ingress program, XlbTc, with
+// the context's differences in ctx.h), the backends' TC decapsulation (decap.c), the
 // types they share with Go (xlb.h, decap.h), the parsing and checksum headers
 // both include (parse.h, csum.h), and the bpf2go output that embeds the
 // compiled objects.
