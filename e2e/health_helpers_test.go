@@ -158,18 +158,26 @@ func newHCEnv(t *testing.T, prefix string, withToken bool, families func(*Topolo
 	dir := t.TempDir()
 	tokenFile := ""
 	if withToken {
-		b := make([]byte, 16)
-		rand.Read(b)
-		e.token = hex.EncodeToString(b)
-		tokenFile = filepath.Join(dir, "admin.token")
-		if err := os.WriteFile(tokenFile, []byte(e.token+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		e.token, tokenFile = writeToken(t, dir)
 	}
 	e.config = writeHCConfig(t, dir, e.pinDir, tokenFile, e.families)
 	e.xlb = tp.StartXLB(t, e.config, e.pinDir, "generic")
 	e.waitHealth(t, "", http.StatusOK, "healthy", 5*time.Second)
 	return e
+}
+
+// writeToken writes a random admin token into dir and returns it and the
+// file's path.
+func writeToken(t *testing.T, dir string) (token, file string) {
+	t.Helper()
+	b := make([]byte, 16)
+	rand.Read(b)
+	token = hex.EncodeToString(b)
+	file = filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return token, file
 }
 
 // writeHCConfig writes the config of an hcEnv into dir.
@@ -765,7 +773,12 @@ func backendRows(t *testing.T, out string) map[string]backendRow {
 // scrape is GET /metrics, parsed as the Prometheus text format.
 func (e *hcEnv) scrape(t *testing.T) metrics {
 	t.Helper()
-	code, hdr, body := e.admin.callHeader(t, http.MethodGet, "/metrics", "", "")
+	return e.admin.scrape(t)
+}
+
+func (c *adminClient) scrape(t *testing.T) metrics {
+	t.Helper()
+	code, hdr, body := c.callHeader(t, http.MethodGet, "/metrics", "", "")
 	if code != http.StatusOK {
 		t.Fatalf("GET /metrics: %d %s", code, body)
 	}
