@@ -712,11 +712,7 @@ func (tp *Topology) running(cmd *exec.Cmd) bool {
 // statusText is `xlb status` (text) in the LB's namespace.
 func (e *hcEnv) statusText(t *testing.T) string {
 	t.Helper()
-	code, out, stderr := e.cli(t, "status", "--bpffs", e.pinDir)
-	if code != 0 {
-		t.Fatalf("xlb status: exit %d: %s", code, stderr)
-	}
-	return out
+	return e.tp.statusText(t, e.pinDir)
 }
 
 // backendRow is one row of the backend table `xlb status` and `xlb backend list`

@@ -1,0 +1,406 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/xlb-dev/xlb/config"
+)
+
+// Ports of the NAT tests: each service port is translated to another port
+// on the backend.
+const (
+	natEchoPort    = 9000 // TCP echo service
+	natEchoBackend = 9100 // where the backend echoes
+	natUDPPort     = 5300 // UDP echo service
+	natUDPBackend  = 5400
+	natDeadPort    = 5301 // UDP service to a backend port nobody listens on
+	natDeadBackend = 5401
+	// natCheckPort is where the backends answer the HTTP health checks, so
+	// that the echo servers see only translated connections.
+	natCheckPort = 8080
+	// natTransfer is how many bytes cross each way per family.
+	natTransfer = 10 << 20
+	// natSource4 is the IPv4 UDP service's nat_source: a second address of
+	// the LB. The other services leave from the LB's address toward the
+	// backend (LBAddr4, LBAddr6).
+	natSource4 = "198.18.0.4"
+)
+
+// TestNAT is full NAT end to end: client -> xlb (generic XDP, forwarding =
+// "nat") -> a router -> an unmodified backend on another subnet (no VIP, no
+// sysctls, its default route via the router), IPv4 and IPv6, every backend
+// port other than the service port. 10 MiB cross each way through the VIP
+// byte for byte, the backend sees the LB's address and a port of the NAT
+// range, the client sees only the VIP; UDP datagrams are translated both
+// ways (from the LB's address, or from a nat_source); and the backend's ICMP
+// port unreachable, sent to the LB, reaches the client as its own: its
+// connected UDP socket gets ECONNREFUSED. IPv4 takes the next hops from the
+// kernel's FIB (forwarding on), IPv6 those xlb resolved (forwarding off).
+func TestNAT(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	tp := NewTopology(t, "xnt"+randomPrefix()[3:], WithBackends(1), WithClients(2), WithRouted(1), WithPlainRouted())
+	pinDir := tp.PinDir(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			tp.logNATDiagnostics(t, pinDir)
+		}
+	})
+	if out, err := tp.Exec("r1", "ip", "addr", "show", "dev", "lo"); err != nil || strings.Contains(string(out), VIP4) || strings.Contains(string(out), VIP6) {
+		t.Fatalf("the backend's lo (%v):\n%s\nwant no VIP on it", err, out)
+	}
+	echo := tp.startNATBackend(t)
+	tp.mustExec(t, "lb", "sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1")
+	tp.mustExec(t, "lb", "ip", "addr", "add", natSource4+"/24", "dev", "eth0")
+
+	own4, own6 := tp.RoutedAddr4(1), tp.RoutedAddr6(1)
+	udp := listenPacketInNetns(t, tp.Namespace("r1"), fmt.Sprintf("[::]:%d", natUDPBackend))
+	go serveUDPEcho(udp)
+
+	xlb := tp.StartXLB(t, writeNATConfig(t, pinDir, "", natServices(own4, own6)), pinDir, "generic")
+
+	for _, f := range []struct {
+		name, vip, client, lb, udpSource string
+	}{
+		{"ipv4", VIP4, ClientAddr4, LBAddr4, natSource4},
+		{"ipv6", VIP6, ClientAddr6, LBAddr6, LBAddr6},
+	} {
+		t.Run(f.name, func(t *testing.T) {
+			vip := netip.MustParseAddr(f.vip)
+			t.Run("tcp transfer", func(t *testing.T) {
+				rx0, tx0 := tp.linkBytes(t, "lb")
+				n0 := echo.count()
+				local, remote := tp.echoTransfer(t, "cl", netip.AddrPortFrom(vip, natEchoPort).String(), natTransfer)
+				rx1, tx1 := tp.linkBytes(t, "lb")
+				if remote != netip.AddrPortFrom(vip, natEchoPort) || local.Addr().String() != f.client {
+					t.Errorf("the client's connection: %v -> %v, want from %s to the VIP %s:%d", local, remote, f.client, f.vip, natEchoPort)
+				}
+				seen := echo.since(n0)
+				if len(seen) != 1 {
+					t.Fatalf("the backend accepted %d connections during the transfer (%v), want 1", len(seen), seen)
+				}
+				requireNATPeer(t, "the backend's echo connection", seen[0].remote, f.lb)
+				if want := netip.AddrPortFrom(netip.MustParseAddr(map[bool]string{true: own4, false: own6}[vip.Is4()]), natEchoBackend); seen[0].local != want {
+					t.Errorf("the backend's echo connection reached %v, want %v", seen[0].local, want)
+				}
+				// Both halves cross the LB: the client's bytes and the echo.
+				if d := rx1 - rx0; d < 2*natTransfer || d > 3*natTransfer {
+					t.Errorf("the LB received %d bytes during a %d-byte echo: want both halves", d, natTransfer)
+				}
+				if d := tx1 - tx0; d < 2*natTransfer || d > 3*natTransfer {
+					t.Errorf("the LB sent %d bytes during a %d-byte echo: want both halves", d, natTransfer)
+				}
+			})
+			t.Run("udp", func(t *testing.T) {
+				c := dialUDP(t, tp.Namespace("cl"), netip.AddrPortFrom(vip, natUDPPort))
+				payload := "ping " + f.name
+				reply, err := udpExchange(c, payload)
+				if err != nil {
+					t.Fatalf("no answer through the VIP: %v", err)
+				}
+				// The connected socket takes datagrams from VIP:port only.
+				peer, got, ok := strings.Cut(reply, "|")
+				if !ok || got != payload {
+					t.Fatalf("answer %q, want the echo of %q", reply, payload)
+				}
+				ap, err := netip.ParseAddrPort(peer)
+				if err != nil {
+					t.Fatalf("answer %q: %v", reply, err)
+				}
+				requireNATPeer(t, "the UDP echo's client", netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), f.udpSource)
+			})
+			t.Run("icmp unreachable", func(t *testing.T) {
+				c := dialUDP(t, tp.Namespace("cl"), netip.AddrPortFrom(vip, natDeadPort))
+				_, err := udpExchange(c, "anyone there?")
+				if !errors.Is(err, syscall.ECONNREFUSED) {
+					t.Errorf("datagram to a backend port nobody listens on: %v, want ECONNREFUSED (the backend's port unreachable, translated)", err)
+				}
+				counter := map[bool]string{true: "IcmpOutDestUnreachs", false: "Icmp6OutDestUnreachs"}[vip.Is4()]
+				if n := tp.nstat(t, "r1", counter); n == 0 {
+					t.Errorf("the backend sent no ICMP destination unreachable (%s 0)", counter)
+				}
+			})
+		})
+	}
+
+	t.Run("status", func(t *testing.T) {
+		snap := tp.Status(t, pinDir)
+		for _, s := range snap.Services {
+			if s.Forwarding != "nat" {
+				t.Errorf("service %s: forwarding %q in xlb status, want nat", s.Name, s.Forwarding)
+			}
+			wantPort := map[uint16]uint16{natEchoPort: natEchoBackend, natUDPPort: natUDPBackend, natDeadPort: natDeadBackend}[s.Port]
+			for _, b := range s.Backends {
+				wantSrc := map[bool]string{true: LBAddr4, false: LBAddr6}[b.Address.Is4()]
+				if s.Name == "udp4" {
+					wantSrc = natSource4
+				}
+				if b.Port != wantPort || b.Source.String() != wantSrc {
+					t.Errorf("service %s backend %s: port %d source %s, want port %d source %s", s.Name, b.Address, b.Port, b.Source, wantPort, wantSrc)
+				}
+			}
+		}
+		verdicts := verdictPackets(snap)
+		if verdicts["tx/nat_reply"] < 2*natTransfer/1500 {
+			t.Errorf("tx/nat_reply counted %d packets, fewer than the echoes took", verdicts["tx/nat_reply"])
+		}
+		for _, r := range []string{"nat_ports_exhausted", "no_route", "no_tx_port", "too_big", "encap_failed", "no_backend"} {
+			if n := verdicts["drop/"+r]; n != 0 {
+				t.Errorf("drop/%s counted %d packets", r, n)
+			}
+		}
+		text := tp.statusText(t, pinDir)
+		if !strings.Contains(text, "nat ports in use") || !strings.Contains(text, fmt.Sprintf("%s:%d from %s", own4, natEchoBackend, LBAddr4)) {
+			t.Errorf("xlb status does not show the NAT ports and translations:\n%s", text)
+		}
+	})
+	tp.requireCleanStop(t, xlb, pinDir)
+}
+
+// startNATBackend readies the routed backend r1 and the client for nat
+// services (natPrepare) and starts r1's servers: HTTP checks answered on
+// natCheckPort, an echo server on natEchoBackend.
+func (tp *Topology) startNATBackend(t *testing.T) *natEcho {
+	t.Helper()
+	tp.natPrepare(t, "r1")
+	tp.StartReady(t, "r1", "ready ", 5*time.Second, Binary(t, "xlbtest"), "serve", "--name", "r1", "--listen",
+		hostPort(tp.RoutedAddr4(1), natCheckPort)+","+hostPort(tp.RoutedAddr6(1), natCheckPort))
+	return newNATEcho(t, tp.Namespace("r1"), natEchoBackend)
+}
+
+// natPrepare turns transmit checksum offload off on the client and on
+// backends of nat services: the datapath rewrites addresses and ports and
+// updates full checksums, not the partial ones veth passes (LAB.md).
+func (tp *Topology) natPrepare(t *testing.T, backends ...string) {
+	t.Helper()
+	for _, h := range append([]string{"cl"}, backends...) {
+		tp.mustExec(t, h, "ethtool", "-K", "eth0", "tx", "off")
+	}
+}
+
+// natService is one [[service]] of a NAT test config, forwarding = "nat"
+// to one backend.
+type natService struct {
+	name, vip, proto, backend, source string
+	port, bport                       int
+}
+
+// natServices: per family a TCP echo service, a UDP echo service and a UDP
+// service to a port nobody listens on, each translated to another port of
+// the routed backend.
+func natServices(own4, own6 string) []natService {
+	return []natService{
+		{"echo4", VIP4, "tcp", own4, "", natEchoPort, natEchoBackend},
+		{"echo6", VIP6, "tcp", own6, "", natEchoPort, natEchoBackend},
+		{"udp4", VIP4, "udp", own4, natSource4, natUDPPort, natUDPBackend},
+		{"udp6", VIP6, "udp", own6, "", natUDPPort, natUDPBackend},
+		{"dead4", VIP4, "udp", own4, "", natDeadPort, natDeadBackend},
+		{"dead6", VIP6, "udp", own6, "", natDeadPort, natDeadBackend},
+	}
+}
+
+// writeNATConfig writes a config of services, with HTTP checks on
+// natCheckPort and extra (TOML tables) added.
+func writeNATConfig(t *testing.T, pinDir, extra string, services []natService) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n", pinDir)
+	fmt.Fprintf(&b, "\n[health_check]\npath = \"/health\"\nport = %d\ninterval = \"1s\"\ntimeout = \"500ms\"\n", natCheckPort)
+	b.WriteString(extra)
+	for _, s := range services {
+		fmt.Fprintf(&b, "\n[[service]]\nname = %q\nvip = %q\nport = %d\nprotocol = %q\nforwarding = \"nat\"\n", s.name, s.vip, s.port, s.proto)
+		if s.source != "" {
+			fmt.Fprintf(&b, "nat_source = %q\n", s.source)
+		}
+		fmt.Fprintf(&b, "  [[service.backend]]\n  address = %q\n  port = %d\n", s.backend, s.bport)
+	}
+	path := filepath.Join(t.TempDir(), "xlb.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// requireNATPeer checks that what a backend sees as its client is the LB
+// (source) and a port of the default NAT range.
+func requireNATPeer(t *testing.T, what string, peer netip.AddrPort, source string) {
+	t.Helper()
+	r := config.DefaultNATPorts
+	if peer.Addr().String() != source || peer.Port() < r.First || peer.Port() > r.Last {
+		t.Errorf("%s is %v, want %s with a port in %s (the NAT range)", what, peer, source, r)
+	}
+}
+
+// hostPort is addr:port, IPv6 in brackets.
+func hostPort(addr string, port int) string {
+	return netip.AddrPortFrom(netip.MustParseAddr(addr), uint16(port)).String()
+}
+
+// natEcho is an echo server (serveEcho) in a backend's namespace that
+// remembers every connection's addresses, as the backend saw them.
+type natEcho struct {
+	mu    sync.Mutex
+	conns []echoConn
+}
+
+type echoConn struct{ remote, local netip.AddrPort }
+
+func newNATEcho(t *testing.T, ns string, port int) *natEcho {
+	t.Helper()
+	e := &natEcho{}
+	l := listenInNetns(t, ns, fmt.Sprintf("[::]:%d", port))
+	go serveEcho(l, func(c net.Conn) {
+		unmap := func(a net.Addr) netip.AddrPort {
+			ap := a.(*net.TCPAddr).AddrPort()
+			return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.conns = append(e.conns, echoConn{unmap(c.RemoteAddr()), unmap(c.LocalAddr())})
+	})
+	return e
+}
+
+// count is how many connections the server accepted so far.
+func (e *natEcho) count() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.conns)
+}
+
+// since is the connections accepted after the first n.
+func (e *natEcho) since(n int) []echoConn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]echoConn(nil), e.conns[n:]...)
+}
+
+// listenPacketInNetns opens a UDP socket on addr in network namespace ns
+// (closed when t ends).
+func listenPacketInNetns(t *testing.T, ns, addr string) net.PacketConn {
+	t.Helper()
+	var pc net.PacketConn
+	err := inNetns(ns, func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on udp %s in %s: %v", addr, ns, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
+}
+
+// serveUDPEcho answers every datagram with "PEER|DATAGRAM", PEER being the
+// sender's address and port as the server sees them, until pc closes.
+func serveUDPEcho(pc net.PacketConn) {
+	buf := make([]byte, 2048)
+	for {
+		n, peer, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo(append([]byte(peer.String()+"|"), buf[:n]...), peer)
+	}
+}
+
+// dialUDP is a connected UDP socket from namespace ns to target (closed when
+// t ends).
+func dialUDP(t *testing.T, ns string, target netip.AddrPort) net.Conn {
+	t.Helper()
+	c, err := dialInNetns(context.Background(), ns, "udp", target.String())
+	if err != nil {
+		t.Fatalf("udp socket to %v: %v", target, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// udpExchange sends payload on c and returns the first answer; it sends up
+// to three times, a second apart, while nothing comes back. An error the
+// socket reports (ECONNREFUSED from an ICMP error) ends it at once.
+func udpExchange(c net.Conn, payload string) (string, error) {
+	buf := make([]byte, 2048)
+	var err error
+	for range 3 {
+		if _, err = c.Write([]byte(payload)); err != nil {
+			return "", err
+		}
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		var n int
+		n, err = c.Read(buf)
+		if err == nil {
+			return string(buf[:n]), nil
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return "", err
+		}
+	}
+	return "", err
+}
+
+// nstat is the value of one of the kernel's SNMP counters in host's
+// namespace.
+func (tp *Topology) nstat(t *testing.T, host, counter string) uint64 {
+	t.Helper()
+	out, err := tp.Exec(host, "nstat", "-az", counter)
+	if err != nil {
+		t.Fatalf("nstat %s in %s: %v", counter, host, err)
+	}
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == counter {
+			n, err := strconv.ParseUint(f[1], 10, 64)
+			if err != nil {
+				t.Fatalf("nstat: %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("nstat printed no %s:\n%s", counter, out)
+	return 0
+}
+
+// statusText is `xlb status --bpffs pinDir` (text) in the LB's namespace.
+func (tp *Topology) statusText(t *testing.T, pinDir string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), ExecTimeout)
+	defer cancel()
+	out, err := output(exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+tp.Namespace("lb"),
+		Binary(t, "xlb"), "status", "--bpffs", pinDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// logNATDiagnostics logs the interfaces, counters and pins that explain a
+// failed NAT test.
+func (tp *Topology) logNATDiagnostics(t *testing.T, pinDir string) {
+	tp.logIPIPDiagnostics(t)
+	for _, c := range [][]string{
+		{"r1", "nstat", "-az", "IcmpOutDestUnreachs", "Icmp6OutDestUnreachs", "UdpInDatagrams", "UdpNoPorts", "Udp6NoPorts"},
+		{"cl", "nstat", "-az", "Icmp6InDestUnreachs", "UdpInErrors", "TcpInCsumErrors"},
+	} {
+		out, err := tp.Exec(c[0], c[1:]...)
+		t.Logf("%s$ %s (%v)\n%s", c[0], strings.Join(c[1:], " "), err, out)
+	}
+	if _, err := os.Stat(pinDir); err == nil {
+		if snap, err := tp.statusSnapshot(t, pinDir); err == nil {
+			t.Logf("xlb status: %+v", *snap)
+		}
+	}
+}
