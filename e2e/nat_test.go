@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/xlb-dev/xlb/config"
+	"github.com/xlb-dev/xlb/loader"
 )
 
 // Ports of the NAT tests: each service port is translated to another port
@@ -168,6 +170,276 @@ func TestNAT(t *testing.T) {
 		}
 	})
 	tp.requireCleanStop(t, xlb, pinDir)
+}
+
+// Settings of TestNATPortExhaustion.
+const (
+	// natTinyPorts is its nat_port_range: 4 ports per backend and source.
+	natTinyFirst, natTinyLast = 20000, 20003
+	// natClosing is its tcp_closing_timeout: closed flows free their ports
+	// this long after their last packet, at the next sweep.
+	natClosing = time.Second
+	// natSweep is how often the daemon sweeps expired flows (control.flowSweep).
+	natSweep = 10 * time.Second
+)
+
+// TestNATPortExhaustion gives NAT four source ports (nat_port_range
+// "20000-20003"): per family, four connections to the one backend work, a
+// fifth gets no port (its SYNs are dropped and counted as
+// drop/nat_ports_exhausted in xlb status and /metrics) while the four go on
+// working, xlb status and xlb_nat_ports_in_use say 4 ports are in use; once
+// the four have closed, the closing timeout and a sweep free their ports and
+// four new connections get them again.
+func TestNATPortExhaustion(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	tp := NewTopology(t, "xnx"+randomPrefix()[3:], WithBackends(1), WithClients(2), WithRouted(1), WithPlainRouted())
+	pinDir := tp.PinDir(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			tp.logNATDiagnostics(t, pinDir)
+		}
+	})
+	echo := tp.startNATBackend(t)
+	extra := fmt.Sprintf("\n[datapath]\nnat_port_range = \"%d-%d\"\ntcp_closing_timeout = %q\n"+
+		"\n[admin]\nlisten = %q\ntoken_env = %q\n", natTinyFirst, natTinyLast, natClosing.String(), adminAddr, noTokenEnv)
+	services := natServices(tp.RoutedAddr4(1), tp.RoutedAddr6(1))[:2] // echo4, echo6
+	xlb := tp.StartXLB(t, writeNATConfig(t, pinDir, extra, services), pinDir, "generic")
+	admin := newAdminClient(tp.Namespace("lb"))
+	const perFamily = natTinyLast - natTinyFirst + 1
+	exhausted := map[string]string{"verdict": "drop", "reason": "nat_ports_exhausted"}
+
+	type family struct {
+		service, lb string
+		target      netip.AddrPort
+		conns       []net.Conn
+	}
+	families := []*family{
+		{service: "echo4", lb: LBAddr4, target: netip.AddrPortFrom(netip.MustParseAddr(VIP4), natEchoPort)},
+		{service: "echo6", lb: LBAddr6, target: netip.AddrPortFrom(netip.MustParseAddr(VIP6), natEchoPort)},
+	}
+	// open makes perFamily connections per family and checks that the
+	// backend saw them come from the LB's ports in the tiny range.
+	open := func(t *testing.T) {
+		t.Helper()
+		n0 := echo.count()
+		for _, f := range families {
+			f.conns = nil
+			for i := range perFamily {
+				c, err := dialInNetnsTimeout(tp.Namespace("cl"), f.target, 3*time.Second)
+				if err != nil {
+					t.Fatalf("%s: connection %d of %d: %v", f.service, i+1, perFamily, err)
+				}
+				t.Cleanup(func() { c.Close() })
+				f.conns = append(f.conns, c)
+			}
+		}
+		// Dialing returns before the server has accepted.
+		waitFor(t, "the backend accepting every connection", 3*time.Second, 10*time.Millisecond, func() bool {
+			return echo.count() >= n0+len(families)*perFamily
+		})
+		ports := map[string]map[uint16]bool{}
+		for _, c := range echo.since(n0) {
+			a := c.remote.Addr().String()
+			if ports[a] == nil {
+				ports[a] = map[uint16]bool{}
+			}
+			ports[a][c.remote.Port()] = true
+			if c.remote.Port() < natTinyFirst || c.remote.Port() > natTinyLast {
+				t.Errorf("the backend got a connection from %v: want a port in %d-%d", c.remote, natTinyFirst, natTinyLast)
+			}
+		}
+		for _, f := range families {
+			if len(ports[f.lb]) != perFamily {
+				t.Errorf("%s: the backend saw ports %v from %s, want %d distinct ones", f.service, ports[f.lb], f.lb, perFamily)
+			}
+		}
+	}
+	// talk checks that every open connection still echoes.
+	talk := func(t *testing.T, what string) {
+		t.Helper()
+		for _, f := range families {
+			for i, c := range f.conns {
+				msg := fmt.Sprintf("%s %s %d\n", what, f.service, i)
+				c.SetDeadline(time.Now().Add(3 * time.Second))
+				buf := make([]byte, len(msg))
+				_, err := c.Write([]byte(msg))
+				if err == nil {
+					_, err = io.ReadFull(c, buf)
+				}
+				if err != nil || string(buf) != msg {
+					t.Errorf("%s: connection %d, %s: echo %q, %v", f.service, i+1, what, buf, err)
+				}
+			}
+		}
+	}
+	portsInUse := func(snap *loader.Snapshot, name string) int {
+		if s := service(snap, name); s != nil {
+			return s.NATPorts
+		}
+		return -1
+	}
+
+	t.Run("the fifth connection gets no port", func(t *testing.T) {
+		open(t)
+		talk(t, "first")
+		snap0 := tp.Status(t, pinDir)
+		m0 := admin.scrape(t)
+		for _, f := range families {
+			start := time.Now()
+			c, err := dialInNetnsTimeout(tp.Namespace("cl"), f.target, 2*time.Second)
+			if err == nil {
+				c.Close()
+				t.Errorf("%s: connection %d succeeded with %d NAT ports", f.service, perFamily+1, perFamily)
+			} else {
+				t.Logf("%s: connection %d: %v after %v", f.service, perFamily+1, err, time.Since(start).Round(time.Millisecond))
+			}
+		}
+		snap1 := tp.Status(t, pinDir)
+		m1 := admin.scrape(t)
+		// One SYN per family at least (the client sends it again within 2 s).
+		if d := verdictPackets(snap1)["drop/nat_ports_exhausted"] - verdictPackets(snap0)["drop/nat_ports_exhausted"]; d < 2 {
+			t.Errorf("xlb status: drop/nat_ports_exhausted grew by %d, want a SYN per family at least", d)
+		}
+		if d := delta(m0, m1, "xlb_xdp_verdicts_total", exhausted); d < 2 {
+			t.Errorf("/metrics: xlb_xdp_verdicts_total%v grew by %v, want 2 at least", exhausted, d)
+		}
+		for _, f := range families {
+			if n := portsInUse(snap1, f.service); n != perFamily {
+				t.Errorf("xlb status: service %s has %d NAT ports in use, want %d", f.service, n, perFamily)
+			}
+		}
+		if text := tp.statusText(t, pinDir); !strings.Contains(text, fmt.Sprintf("nat ports in use %d", perFamily)) {
+			t.Errorf("xlb status does not say %d NAT ports are in use:\n%s", perFamily, text)
+		}
+		talk(t, "after the fifth")
+		// The gauge follows the sweeps.
+		waitFor(t, fmt.Sprintf("xlb_nat_ports_in_use %d for both services", perFamily), natSweep+5*time.Second, 250*time.Millisecond, func() bool {
+			m := admin.scrape(t)
+			for _, f := range families {
+				if v, _ := m.value("xlb_nat_ports_in_use", map[string]string{"service": f.service}); v != perFamily {
+					return false
+				}
+			}
+			return true
+		})
+		talk(t, "after a sweep")
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	t.Run("ports are freed and reused", func(t *testing.T) {
+		m0 := admin.scrape(t)
+		closed := time.Now()
+		for _, f := range families {
+			for _, c := range f.conns {
+				c.Close() // the client closes first: no TIME_WAIT on the backend's side
+			}
+		}
+		at := waitFor(t, "no NAT port in use", natClosing+natSweep+8*time.Second, 250*time.Millisecond, func() bool {
+			snap := tp.Status(t, pinDir)
+			return portsInUse(snap, "echo4") == 0 && portsInUse(snap, "echo6") == 0
+		})
+		t.Logf("closed -> every NAT port free: %v (closing timeout %v, sweep every %v)", at.Sub(closed).Round(time.Millisecond), natClosing, natSweep)
+		m1 := admin.scrape(t)
+		if d := delta(m0, m1, "xlb_nat_ports_freed_total", nil); d < 2*perFamily {
+			t.Errorf("xlb_nat_ports_freed_total grew by %v, want %d", d, 2*perFamily)
+		}
+		for _, f := range families {
+			if v, ok := m1.value("xlb_nat_ports_in_use", map[string]string{"service": f.service}); v != 0 {
+				t.Errorf("xlb_nat_ports_in_use{service=%q} = %v (present %v) after the sweep, want 0", f.service, v, ok)
+			}
+		}
+		open(t)
+		talk(t, "reused")
+		for _, f := range families {
+			for _, c := range f.conns {
+				c.Close()
+			}
+		}
+	})
+	tp.requireCleanStop(t, xlb, pinDir)
+}
+
+// dialInNetnsTimeout is a TCP connection from namespace ns to target, bounded
+// by timeout.
+func dialInNetnsTimeout(ns string, target netip.AddrPort, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return dialInNetns(ctx, ns, "tcp", target.String())
+}
+
+// TestNATPortRangeOverlap: with a nat service, xlb refuses to start when
+// [datapath] nat_port_range shares a port with its network namespace's
+// ip_local_port_range (a host connection and a NAT flow could share a
+// 4-tuple): exit 1 naming datapath.nat_port_range and both ranges, nothing
+// left attached or pinned. A range next to the ephemeral ports starts.
+func TestNATPortRangeOverlap(t *testing.T) {
+	t.Parallel()
+	requireRoot(t)
+	ns := vethNS(t, "xno")
+	const ephemeral = "20000-29999"
+	if out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_local_port_range=20000 29999").CombinedOutput(); err != nil {
+		t.Fatalf("set ip_local_port_range: %v: %s", err, out)
+	}
+	pinDir := filepath.Join(pinRoot, "xlb-e2e-"+ns)
+	t.Cleanup(func() { os.RemoveAll(pinDir) })
+	xdpOnEth0 := func() string {
+		out, err := exec.Command("ip", "-n", ns, "-d", "link", "show", "eth0").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip link: %v: %s", err, out)
+		}
+		return xdpFlag(string(out))
+	}
+	for _, tt := range []struct {
+		ports   string
+		refused bool
+	}{
+		{"29000-30999", true}, // over the last ephemeral port
+		{"10000-20000", true}, // up to the first one
+		{"1024-65535", true},  // all of them
+		{"30000-39999", false},
+	} {
+		t.Run(tt.ports, func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "xlb.toml")
+			text := fmt.Sprintf("[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n"+
+				"\n[datapath]\nnat_port_range = %q\n\n[admin]\nlisten = \"\"\n"+
+				"\n[[service]]\nname = \"web\"\nvip = %q\nport = 80\nforwarding = \"nat\"\n"+
+				"  [[service.backend]]\n  address = \"198.18.1.11\"\n  port = 8080\n", pinDir, tt.ports, VIP4)
+			if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			run := []string{"nsenter", "--net=/run/netns/" + ns, Binary(t, "xlb"), "run", "-c", cfg}
+			if !tt.refused {
+				xlb := startBackground(t, run...)
+				waitFor(t, "xlb running", 20*time.Second, 20*time.Millisecond, func() bool { return strings.Contains(xlb.stderr.String(), "xlb running") })
+				if xlb.stop(); xlb.err != nil {
+					t.Errorf("xlb after SIGTERM: %v\n%s", xlb.err, xlb.stderr.String())
+				}
+				return
+			}
+			code, _, stderr := runCode(t, run...)
+			if code != 1 {
+				t.Errorf("exit code %d, want 1\n%s", code, stderr)
+			}
+			if i := strings.Index(stderr, "datapath.nat_port_range"); i >= 0 {
+				line := stderr[strings.LastIndexByte(stderr[:i], '\n')+1:]
+				t.Logf("%s", strings.TrimSpace(line[:strings.IndexByte(line+"\n", '\n')]))
+			}
+			for _, w := range []string{"datapath.nat_port_range", tt.ports, ephemeral, "net.ipv4.ip_local_port_range"} {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, stderr)
+				}
+			}
+			if f := xdpOnEth0(); f != "" {
+				t.Errorf("XDP (%s) left on eth0 by the refused start", f)
+			}
+			if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the refused start left %s (%v)", pinDir, err)
+			}
+		})
+	}
 }
 
 // startNATBackend readies the routed backend r1 and the client for nat
