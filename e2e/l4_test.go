@@ -357,12 +357,12 @@ func (tp *Topology) checkRestart(t *testing.T, config, pinDir, mode string, fami
 		want := predictBackends(t, f.backends, []netip.Addr{netip.MustParseAddr(src)})[src]
 		holds = append(holds, &heldConn{service: f.services[0], url: f.url(l4Ports[0], "/hold"), src: src, want: want})
 	}
-	xlb2 := tp.restartUnderHolds(t, xlb1, config, pinDir, mode, holds)
+	xlb2 := tp.restartUnderHolds(t, xlb1, config, pinDir, mode, holdSecs, holds)
 	tp.requireCleanStop(t, xlb2, pinDir)
 }
 
-// heldConn is a stream (xlbtest hold, holdSecs long) held open from the
-// client through a service's VIP.
+// heldConn is a stream (xlbtest hold) held open from the client through a
+// service's VIP.
 type heldConn struct {
 	service string // the service whose packets it is
 	url     string // the hold's --target
@@ -394,14 +394,14 @@ func (tp *Topology) startHolds(t *testing.T, secs int, holds []*heldConn) {
 	}
 }
 
-// restartUnderHolds opens the holds while xlb1 (started with
+// restartUnderHolds opens the holds (secs long) while xlb1 (started with
 // --keep-datapath) runs, stops it, checks that the streams flow on with no
 // daemon, starts a new xlb that adopts the pinned datapath, and checks that
 // every stream ends complete, from its backend. It returns the new xlb.
-func (tp *Topology) restartUnderHolds(t *testing.T, xlb1 *exec.Cmd, config, pinDir, mode string, holds []*heldConn) *exec.Cmd {
+func (tp *Topology) restartUnderHolds(t *testing.T, xlb1 *exec.Cmd, config, pinDir, mode string, secs int, holds []*heldConn) *exec.Cmd {
 	t.Helper()
 	start := time.Now()
-	tp.startHolds(t, holdSecs, holds)
+	tp.startHolds(t, secs, holds)
 	time.Sleep(time.Until(start.Add(2 * time.Second)))
 
 	if err := tp.Stop(xlb1); err != nil {
@@ -463,9 +463,9 @@ func (tp *Topology) restartUnderHolds(t *testing.T, xlb1 *exec.Cmd, config, pinD
 	tp.requireXDPMode(t, mode)
 
 	for _, h := range holds {
-		err := tp.Wait(h.cmd, holdSecs*time.Second+10*time.Second)
+		err := tp.Wait(h.cmd, time.Until(start.Add(time.Duration(secs)*time.Second+10*time.Second)))
 		out, stderr := tp.Output(h.cmd)
-		wantDone := fmt.Sprintf(" done %d backend=%s\n", holdSecs*5, h.want)
+		wantDone := fmt.Sprintf(" done %d backend=%s\n", secs*5, h.want)
 		if err != nil || !strings.Contains(out, wantDone) {
 			t.Errorf("hold from %s across the restart: %v, want exit 0 and %q\nstdout:\n%s\nstderr:\n%s",
 				h.src, err, wantDone, out, stderr)
