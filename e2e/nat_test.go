@@ -46,7 +46,8 @@ const (
 // sysctls, its default route via the router), IPv4 and IPv6, every backend
 // port other than the service port. 10 MiB cross each way through the VIP
 // byte for byte, the backend sees the LB's address and a port of the NAT
-// range, the client sees only the VIP; UDP datagrams are translated both
+// range, the client sees only the VIP; the same from a client behind the
+// router (the answers' next hop is the router); UDP datagrams are translated both
 // ways (from the LB's address, or from a nat_source); and the backend's ICMP
 // port unreachable, sent to the LB, reaches the client as its own: its
 // connected UDP socket gets ECONNREFUSED. IPv4 takes the next hops from the
@@ -54,7 +55,8 @@ const (
 func TestNAT(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
-	tp := NewTopology(t, "xnt"+randomPrefix()[3:], WithBackends(1), WithClients(2), WithRouted(1), WithPlainRouted())
+	// r2, a plain host beside the backend, is a client behind the router.
+	tp := NewTopology(t, "xnt"+randomPrefix()[3:], WithBackends(1), WithClients(2), WithRouted(2), WithPlainRouted())
 	pinDir := tp.PinDir(t)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -67,6 +69,9 @@ func TestNAT(t *testing.T) {
 	echo := tp.startNATBackend(t)
 	tp.mustExec(t, "lb", "sysctl", "-qw", "net.ipv4.conf.eth0.forwarding=1")
 	tp.mustExec(t, "lb", "ip", "addr", "add", natSource4+"/24", "dev", "eth0")
+	tp.mustExec(t, "r2", "ethtool", "-K", "eth0", "tx", "off")
+	tp.mustExec(t, "rt", "ip", "route", "add", VIP4+"/32", "via", LBAddr4)
+	tp.mustExec(t, "rt", "ip", "-6", "route", "add", VIP6+"/128", "via", LBAddr6)
 
 	own4, own6 := tp.RoutedAddr4(1), tp.RoutedAddr6(1)
 	udp := listenPacketInNetns(t, tp.Namespace("r1"), fmt.Sprintf("[::]:%d", natUDPBackend))
@@ -75,10 +80,10 @@ func TestNAT(t *testing.T) {
 	xlb := tp.StartXLB(t, writeNATConfig(t, pinDir, "", natServices(own4, own6)), pinDir, "generic")
 
 	for _, f := range []struct {
-		name, vip, client, lb, udpSource string
+		name, vip, client, routed, lb, udpSource string
 	}{
-		{"ipv4", VIP4, ClientAddr4, LBAddr4, natSource4},
-		{"ipv6", VIP6, ClientAddr6, LBAddr6, LBAddr6},
+		{"ipv4", VIP4, ClientAddr4, tp.RoutedAddr4(2), LBAddr4, natSource4},
+		{"ipv6", VIP6, ClientAddr6, tp.RoutedAddr6(2), LBAddr6, LBAddr6},
 	} {
 		t.Run(f.name, func(t *testing.T) {
 			vip := netip.MustParseAddr(f.vip)
@@ -104,6 +109,19 @@ func TestNAT(t *testing.T) {
 				}
 				if d := tx1 - tx0; d < 2*natTransfer || d > 3*natTransfer {
 					t.Errorf("the LB sent %d bytes during a %d-byte echo: want both halves", d, natTransfer)
+				}
+			})
+			t.Run("tcp from behind the router", func(t *testing.T) {
+				// The answers go back through the router, not to a neighbour.
+				n0 := echo.count()
+				local, remote := tp.echoTransfer(t, "r2", netip.AddrPortFrom(vip, natEchoPort).String(), natTransfer/10)
+				if remote != netip.AddrPortFrom(vip, natEchoPort) || local.Addr().String() != f.routed {
+					t.Errorf("r2's connection: %v -> %v, want from %s to the VIP %s:%d", local, remote, f.routed, f.vip, natEchoPort)
+				}
+				if seen := echo.since(n0); len(seen) != 1 {
+					t.Errorf("the backend accepted %d connections during the transfer (%v), want 1", len(seen), seen)
+				} else {
+					requireNATPeer(t, "the backend's echo connection", seen[0].remote, f.lb)
 				}
 			})
 			t.Run("udp", func(t *testing.T) {
