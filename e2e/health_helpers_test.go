@@ -180,14 +180,20 @@ func writeToken(t *testing.T, dir string) (token, file string) {
 	return token, file
 }
 
+// writeHCHead writes the [daemon] table of a config for the LB's eth0
+// (generic XDP) and a [health_check] table with the health tests' settings.
+func writeHCHead(b *strings.Builder, pinDir string) {
+	fmt.Fprintf(b, "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n", pinDir)
+	fmt.Fprintf(b, "\n[health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = %q\ntimeout = %q\n"+
+		"unhealthy_threshold = %d\nhealthy_threshold = %d\n",
+		hcInterval.String(), hcTimeout.String(), hcUnhealthy, hcHealthy)
+}
+
 // writeHCConfig writes the config of an hcEnv into dir.
 func writeHCConfig(t *testing.T, dir, pinDir, tokenFile string, families []hcFamily) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n", pinDir)
-	fmt.Fprintf(&b, "\n[health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = %q\ntimeout = %q\n"+
-		"unhealthy_threshold = %d\nhealthy_threshold = %d\n",
-		hcInterval.String(), hcTimeout.String(), hcUnhealthy, hcHealthy)
+	writeHCHead(&b, pinDir)
 	fmt.Fprintf(&b, "\n[admin]\nlisten = %q\ndrain_timeout = %q\n", adminAddr, hcDrainTimeout.String())
 	if tokenFile != "" {
 		fmt.Fprintf(&b, "token_file = %q\n", tokenFile)

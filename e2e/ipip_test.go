@@ -251,17 +251,24 @@ func serveEcho(l net.Listener, accepted func(net.Conn)) {
 // t ends): its socket stays in ns, whichever thread accepts.
 func listenInNetns(t *testing.T, ns, addr string) net.Listener {
 	t.Helper()
-	var l net.Listener
+	return openInNetns(t, ns, addr, func() (net.Listener, error) { return net.Listen("tcp", addr) })
+}
+
+// openInNetns returns what open makes in network namespace ns (a socket
+// stays there), closed when t ends; what names it in a failure.
+func openInNetns[T io.Closer](t *testing.T, ns, what string, open func() (T, error)) T {
+	t.Helper()
+	var v T
 	err := inNetns(ns, func() error {
 		var err error
-		l, err = net.Listen("tcp", addr)
+		v, err = open()
 		return err
 	})
 	if err != nil {
-		t.Fatalf("listen on %s in %s: %v", addr, ns, err)
+		t.Fatalf("listen on %s in %s: %v", what, ns, err)
 	}
-	t.Cleanup(func() { l.Close() })
-	return l
+	t.Cleanup(func() { v.Close() })
+	return v
 }
 
 func (tp *Topology) mustExec(t *testing.T, host string, args ...string) {

@@ -247,10 +247,7 @@ func TestModesOpenConnection(t *testing.T) {
 func writeModesConfig(t *testing.T, dir, pinDir, tokenFile string, modes []modeCase) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n", pinDir)
-	fmt.Fprintf(&b, "\n[health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = %q\ntimeout = %q\n"+
-		"unhealthy_threshold = %d\nhealthy_threshold = %d\n",
-		hcInterval.String(), hcTimeout.String(), hcUnhealthy, hcHealthy)
+	writeHCHead(&b, pinDir)
 	fmt.Fprintf(&b, "\n[admin]\nlisten = %q\ntoken_file = %q\n", adminAddr, tokenFile)
 	for _, m := range modes {
 		fmt.Fprintf(&b, "\n[[service]]\nname = %q\nvip = %q\nport = %d\nforwarding = %q\n  [service.health_check]\n  port = %d\n",

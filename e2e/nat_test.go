@@ -56,13 +56,7 @@ func TestNAT(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
 	// r2, a plain host beside the backend, is a client behind the router.
-	tp := NewTopology(t, "xnt"+randomPrefix()[3:], WithBackends(1), WithClients(2), WithRouted(2), WithPlainRouted())
-	pinDir := tp.PinDir(t)
-	t.Cleanup(func() {
-		if t.Failed() {
-			tp.logNATDiagnostics(t, pinDir)
-		}
-	})
+	tp, pinDir := newNATTopology(t, "xnt", 2)
 	if out, err := tp.Exec("r1", "ip", "addr", "show", "dev", "lo"); err != nil || strings.Contains(string(out), VIP4) || strings.Contains(string(out), VIP6) {
 		t.Fatalf("the backend's lo (%v):\n%s\nwant no VIP on it", err, out)
 	}
@@ -211,13 +205,7 @@ const (
 func TestNATPortExhaustion(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
-	tp := NewTopology(t, "xnx"+randomPrefix()[3:], WithBackends(1), WithClients(2), WithRouted(1), WithPlainRouted())
-	pinDir := tp.PinDir(t)
-	t.Cleanup(func() {
-		if t.Failed() {
-			tp.logNATDiagnostics(t, pinDir)
-		}
-	})
+	tp, pinDir := newNATTopology(t, "xnx", 1)
 	echo := tp.startNATBackend(t)
 	extra := fmt.Sprintf("\n[datapath]\nnat_port_range = \"%d-%d\"\ntcp_closing_timeout = %q\n"+
 		"\n[admin]\nlisten = %q\ntoken_env = %q\n", natTinyFirst, natTinyLast, natClosing.String(), adminAddr, noTokenEnv)
@@ -460,6 +448,22 @@ func TestNATPortRangeOverlap(t *testing.T) {
 	}
 }
 
+// newNATTopology builds a topology named prefix and random letters with
+// routed plain hosts r1..rN behind the router (r1 the backend), a client
+// address per family and the LB's pin directory; a failure logs the NAT
+// diagnostics.
+func newNATTopology(t *testing.T, prefix string, routed int) (*Topology, string) {
+	t.Helper()
+	tp := NewTopology(t, prefix+randomPrefix()[len(prefix):], WithBackends(1), WithClients(2), WithRouted(routed), WithPlainRouted())
+	pinDir := tp.PinDir(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			tp.logNATDiagnostics(t, pinDir)
+		}
+	})
+	return tp, pinDir
+}
+
 // startNATBackend readies the routed backend r1 and the client for nat
 // services (natPrepare) and starts r1's servers: HTTP checks answered on
 // natCheckPort, an echo server on natEchoBackend.
@@ -582,17 +586,7 @@ func (e *natEcho) since(n int) []echoConn {
 // (closed when t ends).
 func listenPacketInNetns(t *testing.T, ns, addr string) net.PacketConn {
 	t.Helper()
-	var pc net.PacketConn
-	err := inNetns(ns, func() error {
-		var err error
-		pc, err = net.ListenPacket("udp", addr)
-		return err
-	})
-	if err != nil {
-		t.Fatalf("listen on udp %s in %s: %v", addr, ns, err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	return pc
+	return openInNetns(t, ns, "udp "+addr, func() (net.PacketConn, error) { return net.ListenPacket("udp", addr) })
 }
 
 // serveUDPEcho answers every datagram with "PEER|DATAGRAM", PEER being the
