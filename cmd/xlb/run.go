@@ -51,6 +51,10 @@ func runCmd(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Checks of the host that need nothing loaded come before anything is.
+	if err := control.CheckNATPorts(cfg); err != nil {
+		return fmt.Errorf("apply config: %w", err)
+	}
 	log := newLogger(cfg.Daemon)
 	slog.SetDefault(log)
 	tuneRuntime(cfg.Daemon.Threads)
