@@ -1,14 +1,11 @@
 package loader
 
 import (
-	"bytes"
 	"encoding/binary"
-	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"github.com/vishvananda/netlink"
 
 	"github.com/xlb-dev/xlb/bpf"
 )
@@ -53,7 +50,7 @@ func natDesired() Desired {
 	}}
 }
 
-func newNATFixture(t *testing.T, ports NATPorts) *natFixture {
+func newNATFixture(t testing.TB, ports NATPorts) *natFixture {
 	t.Helper()
 	n := newIPIPNet(t)
 	n.sysctl("net/ipv4/conf/xo0/forwarding", "1")
@@ -121,30 +118,6 @@ func (f *natFixture) expectOn(t *testing.T, data []byte, wantVerdict uint32, wan
 	return out
 }
 
-// checkTranslated checks frame (p translated) field by field against an
-// independent computation: addresses and ports as wanted, everything else
-// as p had it, and every checksum valid.
-func checkTranslated(t *testing.T, p pkt, frame []byte, dmac, smac net.HardwareAddr, src, dst netip.Addr, sport, dport uint16) {
-	t.Helper()
-	want := p
-	want.src, want.dst, want.sport, want.dport = src, dst, sport, dport
-	want.srcMAC, want.dstMAC = smac, dmac
-	wb := want.build()
-	frame = frame[:len(wb)]
-	if !bytes.Equal(frame, wb) {
-		t.Fatalf("frame\n got %x\nwant %x", frame, wb)
-	}
-	l3, l4 := p.l3Offset(), p.l4Offset()
-	if src.Is4() && ipChecksum(frame[l3:l4]) != 0 {
-		t.Fatalf("IPv4 header checksum does not verify")
-	}
-	if p.checksum && !(p.proto == protoUDP && p.noUDPChecksum) {
-		if c := transportChecksum(src, dst, p.proto, frame[l4:]); c != 0 {
-			t.Fatalf("transport checksum does not verify (residue %#04x)", c)
-		}
-	}
-}
-
 func natPorts() NATPorts { return NATPorts{First: 20000, Count: 100} }
 
 // A TCP flow both ways, IPv4 and IPv6: the client's packets leave from the
@@ -153,12 +126,7 @@ func natPorts() NATPorts { return NATPorts{First: 20000, Count: 100} }
 func TestNATBothWays(t *testing.T) {
 	f := newNATFixture(t, natPorts())
 	// The clients' networks lie behind the router too.
-	for dst, gw := range map[string]netip.Addr{"198.18.0.0/24": gw4, "2001:db8:18::/64": gw6} {
-		_, ipn, _ := net.ParseCIDR(dst)
-		if err := f.n.h.RouteAdd(&netlink.Route{LinkIndex: f.n.out, Dst: ipn, Gw: gw.AsSlice()}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	f.clientRoutes(t, 0)
 	for _, tc := range []struct {
 		name        string
 		client, vip netip.Addr
