@@ -213,6 +213,73 @@ func (f *natFixture) portsInUse(t testing.TB) map[uint32]int {
 	return n
 }
 
+// A client's packet too big for the route to the backend is answered from
+// the VIP (as the client sent it): ICMP "fragmentation needed" / ICMPv6
+// "packet too big" with the route's MTU. A backend's answer too big for the
+// route to the client is answered from the LB's source to the backend. An
+// IPv4 packet without DF is dropped; one byte less goes through.
+func TestNATTooBig(t *testing.T) {
+	f := newNATFixture(t, natPorts())
+	const clientMTU = 1400
+	f.clientRoutes(t, clientMTU)
+	tcp := func(client, vip netip.Addr, sport uint16, df bool, ipLen int) pkt {
+		hdr := 40
+		if client.Is6() {
+			hdr = 60
+		}
+		return pkt{src: client, dst: vip, proto: protoTCP, sport: sport, dport: 80, tcpFlags: tcpACK, df: df, payload: ipLen - hdr, checksum: true}
+	}
+	quote := func(in []byte, v6 bool) []byte {
+		if v6 {
+			return in[14 : 14+256]
+		}
+		return in[14 : 14+128]
+	}
+	for _, fam := range []struct {
+		name        string
+		client, vip netip.Addr
+		typ, code   uint8
+	}{{"ipv4", client4, vip4, 3, 4}, {"ipv6", client6, vip6, 2, 0}} {
+		v6 := fam.vip.Is6()
+		be, src, _ := natTarget(v6, protoTCP)
+		t.Run(fam.name+"/to the backend", func(t *testing.T) {
+			in := tcp(fam.client, fam.vip, 100, true, outMTU+1).build()
+			out := f.expectOn(t, in, xdpTX, rICMPTooBig)
+			want := icmpError(clientMAC, lbMAC, fam.vip, fam.client, fam.typ, fam.code, outMTU, quote(in, v6))
+			if !bytes.Equal(out[:len(want)], want) {
+				t.Fatalf("ICMP answer\n got %x\nwant %x", out[:len(want)], want)
+			}
+			checkICMPChecksums(t, out[:len(want)])
+			f.sendOn(t, tcp(fam.client, fam.vip, 101, true, outMTU))
+			if !v6 {
+				f.expectOn(t, tcp(fam.client, fam.vip, 102, false, outMTU+1).build(), xdpDrop, rTooBig)
+			}
+		})
+		t.Run(fam.name+"/to the client", func(t *testing.T) {
+			p := tcp(fam.client, fam.vip, 200, true, 100)
+			port := f.sendOn(t, p)
+			a := answer(p, port, clientMTU+1-(p.l4Offset()-14)-20)
+			a.df = true
+			in := a.build()
+			out := f.expectOn(t, in, xdpTX, rICMPTooBig)
+			want := icmpError(kernelGwMAC, outMAC, src, be, fam.typ, fam.code, clientMTU, quote(in, v6))
+			if !bytes.Equal(out[:len(want)], want) {
+				t.Fatalf("ICMP answer\n got %x\nwant %x", out[:len(want)], want)
+			}
+			checkICMPChecksums(t, out[:len(want)])
+
+			a.payload--
+			out = f.expectOn(t, a.build(), xdpTX, rNATReply)
+			checkTranslated(t, a, out, kernelGwMAC, outMAC, fam.vip, fam.client, 80, 200)
+			if !v6 {
+				a.payload++
+				a.df = false
+				f.expectOn(t, a.build(), xdpDrop, rTooBig)
+			}
+		})
+	}
+}
+
 // A backend the FIB calls unreachable is a counted drop, and takes no port.
 func TestNATNoRoute(t *testing.T) {
 	f := newNATFixture(t, natPorts())
