@@ -372,3 +372,68 @@ func TestNATICMPErrors(t *testing.T) {
 		})
 	}
 }
+
+// An IPv4 ICMP packet that is a fragment is no error xlb can translate: a
+// later fragment has no ICMP header, and the first one's message goes on
+// past it. Both pass to the kernel as they came, however much they look
+// like an error about a NAT flow (IPv6 fragments are told apart the same
+// way).
+func TestNATICMPFragments(t *testing.T) {
+	f := newNATFixture(t, natPorts())
+	for _, client := range []netip.Addr{client4, client6} {
+		vip := vip4
+		if client.Is6() {
+			vip = vip6
+		}
+		be, src, bport := natTarget(client.Is6(), protoUDP)
+		p := pkt{src: client, dst: vip, proto: protoUDP, sport: 9100, dport: 53, payload: 20, checksum: true}
+		port := f.sendOn(t, p)
+		sent := p
+		sent.src, sent.dst, sent.sport, sent.dport = src, be, port, bport
+		in := icmpError(outMAC, kernelGwMAC, be, src, 3, 3, 0, sent.build()[14:])
+		if client.Is6() {
+			in = icmpError(outMAC, kernelGwMAC, be, src, 1, 4, 0, sent.build()[14:])
+		}
+		for _, frag := range []struct {
+			name string
+			off  uint16 // in 8-byte units
+			more bool
+		}{{"first", 0, true}, {"later", 8, true}, {"last", 8, false}} {
+			t.Run(fmt.Sprintf("%s %s", map[bool]string{false: "ipv4", true: "ipv6"}[client.Is6()], frag.name), func(t *testing.T) {
+				fr := fragmentOf(in, frag.off, frag.more)
+				out := f.expectOn(t, fr, xdpPass, rOtherProto)
+				if !bytes.Equal(out[:len(fr)], fr) {
+					t.Fatalf("passed fragment modified:\n got %x\nwant %x", out[:len(fr)], fr)
+				}
+			})
+		}
+	}
+}
+
+// fragmentOf is the unfragmented frame in (untagged) made a fragment at
+// offset off (8-byte units) with more fragments to come or not: for IPv4
+// the header's fields (checksum recomputed), for IPv6 a fragment header
+// inserted; the payload as it was.
+func fragmentOf(in []byte, off uint16, more bool) []byte {
+	fo := off << 3
+	if in[14]>>4 == 4 {
+		out := bytes.Clone(in)
+		v := off
+		if more {
+			v |= 0x2000
+		}
+		binary.BigEndian.PutUint16(out[14+6:], v)
+		binary.BigEndian.PutUint16(out[14+10:], 0)
+		binary.BigEndian.PutUint16(out[14+10:], ipChecksum(out[14:34]))
+		return out
+	}
+	if more {
+		fo |= 1
+	}
+	fh := []byte{in[14+6], 0, byte(fo >> 8), byte(fo), 0, 0, 0xab, 0xcd}
+	out := append(bytes.Clone(in[:54]), fh...)
+	out = append(out, in[54:]...)
+	out[14+6] = 44
+	binary.BigEndian.PutUint16(out[14+4:], binary.BigEndian.Uint16(in[14+4:])+8)
+	return out
+}
