@@ -1,7 +1,9 @@
 package loader
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"testing"
 
@@ -228,5 +230,183 @@ func TestNATPortExhaustion(t *testing.T) {
 		if got := binary.BigEndian.Uint16(out[ack.l4Offset():]); got != port {
 			t.Fatalf("flow %d moved from port %d to %d", sport, port, got)
 		}
+	}
+}
+
+// binding reads the NAT binding of the backend's answers from be:bport to
+// src:port (proto TCP unless given).
+func (f *natFixture) binding(t testing.TB, be, src netip.Addr, bport, port uint16, proto uint8) (bpf.XlbNatBinding, bool) {
+	t.Helper()
+	var b bpf.XlbNatBinding
+	err := f.dp.NatBindings.Lookup(FlowKey(be, src, bport, port, proto), &b)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatal(err)
+	}
+	return b, err == nil
+}
+
+// natFlow reads the client flow p's NAT entry.
+func (f *natFixture) natFlow(t testing.TB, p pkt) (bpf.XlbNatFlow, bool) {
+	t.Helper()
+	var nf bpf.XlbNatFlow
+	err := f.dp.NatFlows.Lookup(flowKeyOf(p), &nf)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatal(err)
+	}
+	return nf, err == nil
+}
+
+// A flow whose backend goes down moves to another with the ring: it gets a
+// binding with the new backend (its port probed anew) and its entry names
+// them (its number is as a rule the old one: probing starts from the flow's
+// hash, and the key differs by backend); the old backend's binding is left
+// to the sweep (ExpireNAT), and the new backend's answers reach the client.
+func TestNATFlowMoves(t *testing.T) {
+	f := newNATFixture(t, natPorts())
+	bes := []netip.Addr{routedBe4, netip.MustParseAddr("198.18.9.12")}
+	d := Desired{RingSize: 251, Services: []ServiceSpec{natService(vip4, 80, protoTCP, netip.Addr{}, 8080, bes...)}}
+	f.apply(d)
+	syn := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 45000, dport: 80, tcpFlags: tcpSYN, checksum: true}
+	out := f.expectOn(t, syn.build(), xdpTX, rTX)
+	_, first := ipAddrs(out, 14)
+	port := binary.BigEndian.Uint16(out[syn.l4Offset():])
+	next := bes[0]
+	if first == next {
+		next = bes[1]
+	}
+
+	for i := range d.Services[0].Backends {
+		if d.Services[0].Backends[i].Address == first {
+			d.Services[0].Backends[i].State = StateDown
+		}
+	}
+	f.apply(d)
+	ack := syn
+	ack.tcpFlags, ack.payload = tcpACK, 10
+	out = f.expectOn(t, ack.build(), xdpTX, rTX)
+	moved := binary.BigEndian.Uint16(out[ack.l4Offset():])
+	checkTranslated(t, ack, out, kernelGwMAC, outMAC, outSrc4, next, moved, 8080)
+
+	nf, ok := f.natFlow(t, ack)
+	if !ok || nf.BackendId != f.backendID(d.Services[0], next) || nf.Port != moved {
+		t.Fatalf("flow entry %+v (found %v), want backend %d port %d", nf, ok, f.backendID(d.Services[0], next), moved)
+	}
+	if b, ok := f.binding(t, next, outSrc4, 8080, moved, protoTCP); !ok || b.Client != flowKeyOf(ack) {
+		t.Fatalf("no binding of the new backend naming the flow: %+v (found %v)", b, ok)
+	}
+	if b, ok := f.binding(t, first, outSrc4, 8080, port, protoTCP); !ok || b.Client != flowKeyOf(ack) {
+		t.Fatalf("the old backend's binding is gone before the sweep: %+v (found %v)", b, ok)
+	}
+	if n := f.portsInUse(t)[f.serviceID(vip4, 80, protoTCP)]; n != 2 {
+		t.Fatalf("%d ports in use, want the old and the new binding", n)
+	}
+	a := pkt{srcMAC: kernelGwMAC, dstMAC: outMAC, src: next, dst: outSrc4, proto: protoTCP, sport: 8080, dport: moved, tcpFlags: tcpACK, payload: 5, checksum: true}
+	out = f.expectOn(t, a.build(), xdpTX, rNATReply)
+	checkTranslated(t, a, out, clientMAC, lbMAC, vip4, client4, 80, 45000)
+}
+
+// A client that opens a closed flow's ports again (a SYN after its FIN)
+// keeps the flow's port: its binding stands (only the sweep frees it). A
+// SYN while the closing flow is not yet quiet stays on its connection
+// table entry; once quiet, the flow starts over (a new entry) and so does
+// its binding, its state cleared.
+func TestNATSynReusesPort(t *testing.T) {
+	f := newNATFixture(t, natPorts())
+	syn := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 46000, dport: 80, tcpFlags: tcpSYN, checksum: true}
+	port := f.sendOn(t, syn)
+	for _, fl := range []uint8{tcpACK, tcpFIN | tcpACK} {
+		p := syn
+		p.tcpFlags = fl
+		if got := f.sendOn(t, p); got != port {
+			t.Fatalf("flow moved from port %d to %d", port, got)
+		}
+	}
+	if b, _ := f.binding(t, routedBe4, outSrc4, 8080, port, protoTCP); b.Flags != flowEstablished|flowClosing {
+		t.Fatalf("binding flags %d after FIN, want established|closing", b.Flags)
+	}
+	if got := f.sendOn(t, syn); got != port {
+		t.Fatalf("SYN right after the FIN left from port %d, want the flow's %d", got, port)
+	}
+	if ct := f.flow(syn); ct.Flags != flowEstablished|flowClosing {
+		t.Fatalf("connection table entry %+v after a SYN right after the FIN, want the closing flow's", ct)
+	}
+
+	ct := f.flow(syn)
+	ct.Seen -= uint32(bpf.XlbLimitsXLB_CLOSING_QUIET_TICKS) + 1
+	if err := f.dp.Conntrack.Put(flowKeyOf(syn), ct); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.sendOn(t, syn); got != port {
+		t.Fatalf("SYN after the closed flow left from port %d, want the flow's %d", got, port)
+	}
+	if ct := f.flow(syn); ct.Flags != 0 || ct.Packets != 1 {
+		t.Fatalf("connection table entry %+v after the SYN, want a new flow's", ct)
+	}
+	if b, _ := f.binding(t, routedBe4, outSrc4, 8080, port, protoTCP); b.Flags != 0 || b.Client != flowKeyOf(syn) {
+		t.Fatalf("binding after the new SYN: %+v, want the flow's with no flags", b)
+	}
+	if n := f.portsInUse(t)[f.serviceID(vip4, 80, protoTCP)]; n != 1 {
+		t.Fatalf("%d ports in use, want 1", n)
+	}
+}
+
+// One client flow (address and port) to two NAT services with the same
+// backend, backend port and source: each has its own port (two ports in
+// the range, two flows), and each answer goes back as its own service.
+func TestNATTwoServicesOneClientFlow(t *testing.T) {
+	f := newNATFixture(t, NATPorts{First: 20000, Count: 2})
+	d := natDesired()
+	d.Services = append(d.Services, natService(vip4, 81, protoTCP, netip.Addr{}, 8080, routedBe4))
+	f.apply(d)
+	ports := map[uint16]uint16{}
+	for _, svcPort := range []uint16{80, 81} {
+		p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 47000, dport: svcPort, tcpFlags: tcpSYN, checksum: true}
+		port := f.sendOn(t, p)
+		for other, o := range ports {
+			if o == port {
+				t.Fatalf("services %d and %d share port %d", other, svcPort, port)
+			}
+		}
+		ports[svcPort] = port
+	}
+	for svcPort, port := range ports {
+		a := pkt{srcMAC: kernelGwMAC, dstMAC: outMAC, src: routedBe4, dst: outSrc4, proto: protoTCP, sport: 8080, dport: port, tcpFlags: tcpSYN | tcpACK, checksum: true}
+		out := f.expectOn(t, a.build(), xdpTX, rNATReply)
+		checkTranslated(t, a, out, clientMAC, lbMAC, vip4, client4, svcPort, 47000)
+	}
+	used := f.portsInUse(t)
+	if used[f.serviceID(vip4, 80, protoTCP)] != 1 || used[f.serviceID(vip4, 81, protoTCP)] != 1 {
+		t.Fatalf("ports in use by service: %v, want one each", used)
+	}
+}
+
+// Packets to a NAT source that no binding names pass to the kernel as they
+// came: a port of the range no flow holds, a port outside it, a flow's port
+// from another source port or protocol.
+func TestNATNoBinding(t *testing.T) {
+	f := newNATFixture(t, natPorts())
+	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 48000, dport: 80, tcpFlags: tcpSYN, checksum: true}
+	port := f.sendOn(t, p)
+	free := natPorts().First + (port-natPorts().First+1)%uint16(natPorts().Count)
+	for _, tc := range []struct {
+		name string
+		a    pkt
+	}{
+		{"free port of the range", pkt{src: routedBe4, dst: outSrc4, proto: protoTCP, sport: 8080, dport: free, tcpFlags: tcpACK}},
+		{"port outside the range", pkt{src: routedBe4, dst: outSrc4, proto: protoTCP, sport: 8080, dport: 40000, tcpFlags: tcpACK}},
+		{"another source port", pkt{src: routedBe4, dst: outSrc4, proto: protoTCP, sport: 8081, dport: port, tcpFlags: tcpACK}},
+		{"another protocol", pkt{src: routedBe4, dst: outSrc4, proto: protoUDP, sport: 8080, dport: port}},
+		{"another backend", pkt{src: netip.MustParseAddr("198.18.9.12"), dst: outSrc4, proto: protoTCP, sport: 8080, dport: port, tcpFlags: tcpACK}},
+		{"ipv6, the ipv4 flow's port", pkt{src: routedBe6, dst: outSrc6, proto: protoTCP, sport: 8080, dport: port, tcpFlags: tcpACK}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := tc.a
+			a.srcMAC, a.dstMAC, a.payload, a.checksum = kernelGwMAC, outMAC, 10, true
+			in := a.build()
+			out := f.expectOn(t, in, xdpPass, rNoService)
+			if !bytes.Equal(out[:len(in)], in) {
+				t.Fatalf("passed packet modified:\n got %x\nwant %x", out[:len(in)], in)
+			}
+		})
 	}
 }
