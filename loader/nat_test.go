@@ -256,37 +256,52 @@ func (f *natFixture) natFlow(t testing.TB, p pkt) (bpf.XlbNatFlow, bool) {
 	return nf, err == nil
 }
 
-// A flow whose backend goes down moves to another with the ring: it gets a
+// natMove is a flow moved from one backend (down) to another.
+type natMove struct {
+	d           Desired // the service, with the first backend down
+	p           pkt     // the flow's packet after the move (an ACK)
+	first, next netip.Addr
+	port, moved uint16 // its port with first, with next
+}
+
+// moveFlow sends a SYN to a NAT service of two backends, takes the one it
+// went to down and sends an ACK, which leaves for the other (checked).
+func (f *natFixture) moveFlow(t *testing.T) natMove {
+	t.Helper()
+	bes := []netip.Addr{routedBe4, netip.MustParseAddr("198.18.9.12")}
+	m := natMove{d: Desired{RingSize: 251, Services: []ServiceSpec{natService(vip4, 80, protoTCP, netip.Addr{}, 8080, bes...)}}}
+	f.apply(m.d)
+	syn := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 45000, dport: 80, tcpFlags: tcpSYN, checksum: true}
+	out := f.expectOn(t, syn.build(), xdpTX, rTX)
+	_, m.first = ipAddrs(out, 14)
+	m.port = binary.BigEndian.Uint16(out[syn.l4Offset():])
+	m.next = bes[0]
+	if m.first == m.next {
+		m.next = bes[1]
+	}
+	for i, b := range m.d.Services[0].Backends {
+		if b.Address == m.first {
+			m.d.Services[0].Backends[i].State = StateDown
+		}
+	}
+	f.apply(m.d)
+	m.p = syn
+	m.p.tcpFlags, m.p.payload = tcpACK, 10
+	out = f.expectOn(t, m.p.build(), xdpTX, rTX)
+	m.moved = binary.BigEndian.Uint16(out[m.p.l4Offset():])
+	checkTranslated(t, m.p, out, kernelGwMAC, outMAC, outSrc4, m.next, m.moved, 8080)
+	return m
+}
+
+// A flow whose backend goes down moves with the ring to another: it gets a
 // binding with the new backend (its port probed anew) and its entry names
 // them (its number is as a rule the old one: probing starts from the flow's
 // hash, and the key differs by backend); the old backend's binding is left
 // to the sweep (ExpireNAT), and the new backend's answers reach the client.
 func TestNATFlowMoves(t *testing.T) {
 	f := newNATFixture(t, natPorts())
-	bes := []netip.Addr{routedBe4, netip.MustParseAddr("198.18.9.12")}
-	d := Desired{RingSize: 251, Services: []ServiceSpec{natService(vip4, 80, protoTCP, netip.Addr{}, 8080, bes...)}}
-	f.apply(d)
-	syn := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 45000, dport: 80, tcpFlags: tcpSYN, checksum: true}
-	out := f.expectOn(t, syn.build(), xdpTX, rTX)
-	_, first := ipAddrs(out, 14)
-	port := binary.BigEndian.Uint16(out[syn.l4Offset():])
-	next := bes[0]
-	if first == next {
-		next = bes[1]
-	}
-
-	for i := range d.Services[0].Backends {
-		if d.Services[0].Backends[i].Address == first {
-			d.Services[0].Backends[i].State = StateDown
-		}
-	}
-	f.apply(d)
-	ack := syn
-	ack.tcpFlags, ack.payload = tcpACK, 10
-	out = f.expectOn(t, ack.build(), xdpTX, rTX)
-	moved := binary.BigEndian.Uint16(out[ack.l4Offset():])
-	checkTranslated(t, ack, out, kernelGwMAC, outMAC, outSrc4, next, moved, 8080)
-
+	m := f.moveFlow(t)
+	ack, d, first, next, port, moved := m.p, m.d, m.first, m.next, m.port, m.moved
 	nf, ok := f.natFlow(t, ack)
 	if !ok || nf.BackendId != f.backendID(d.Services[0], next) || nf.Port != moved {
 		t.Fatalf("flow entry %+v (found %v), want backend %d port %d", nf, ok, f.backendID(d.Services[0], next), moved)
@@ -301,7 +316,7 @@ func TestNATFlowMoves(t *testing.T) {
 		t.Fatalf("%d ports in use, want the old and the new binding", n)
 	}
 	a := pkt{srcMAC: kernelGwMAC, dstMAC: outMAC, src: next, dst: outSrc4, proto: protoTCP, sport: 8080, dport: moved, tcpFlags: tcpACK, payload: 5, checksum: true}
-	out = f.expectOn(t, a.build(), xdpTX, rNATReply)
+	out := f.expectOn(t, a.build(), xdpTX, rNATReply)
 	checkTranslated(t, a, out, clientMAC, lbMAC, vip4, client4, 80, 45000)
 }
 
