@@ -266,7 +266,8 @@ static __always_inline void fib_params(struct xdp_md *ctx, struct bpf_fib_lookup
 
 /*
  * The answer to a packet too big for its next hop: an ICMP error back to
- * its source (from its destination), or a drop where none may be sent.
+ * its source (from its destination) with the hop's MTU as it is (NAT adds
+ * no header), or a drop where none may be sent.
  */
 static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, __u32 mtu)
 {
