@@ -108,10 +108,13 @@ static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *
 /*
  * The source port of the client flow p to backend be: the flow's own while
  * its binding stands (put back if the sweep removed it), else a new one.
+ * new_flow: the connection table placed p as a new flow (a reopened one
+ * starts its state afresh; a SYN on a live flow does not).
  * Returns TX_OK with *port set, or TX_NO_PORT.
  */
 static __always_inline int nat_port(struct xdp_md *ctx, const struct packet *p,
-				    const struct backend *be, __u32 be_id, __u32 svc_id, __u16 *port)
+				    const struct backend *be, __u32 be_id, __u32 svc_id,
+				    __u64 new_flow, __u16 *port)
 {
 	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
 	struct nat_flow *nf = bpf_map_lookup_elem(&nat_flows, &p->flow);
@@ -125,8 +128,8 @@ static __always_inline int nat_port(struct xdp_md *ctx, const struct packet *p,
 		if (b && flow_key_eq(&b->client, &p->flow)) {
 			if (b->seen != now)
 				b->seen = now;
-			if (p->syn)
-				b->flags = 0; /* the client opens its ports again */
+			if (new_flow)
+				b->flags = p->flow_flags; /* the client opens its ports again */
 			else if (p->flow_flags & ~b->flags)
 				b->flags |= p->flow_flags;
 			*port = own;
@@ -284,7 +287,8 @@ static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, _
  * see enum tx_result.
  */
 static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *p,
-				       const struct backend *be, __u32 be_id, __u32 svc_id, __u32 *egress)
+				       const struct backend *be, __u32 be_id, __u32 svc_id,
+				       __u64 new_flow, __u32 *egress)
 {
 	struct bpf_fib_lookup fib = {};
 	struct next_hop fallback = {}, nh = {};
@@ -304,7 +308,7 @@ static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *
 	if (rc != TX_OK)
 		return rc;
 
-	rc = nat_port(ctx, p, be, be_id, svc_id, &port);
+	rc = nat_port(ctx, p, be, be_id, svc_id, new_flow, &port);
 	if (rc != TX_OK)
 		return rc;
 	rc = nat_rewrite(ctx, p, be->src, be->addr, port, be->port);

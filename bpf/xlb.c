@@ -125,7 +125,7 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, __u32
 		/* Later fragments carry no ports to translate. */
 		return verdict(XLB_R_DROP_FRAGMENT, p->len, XDP_DROP);
 	else if (fwd == XLB_FWD_NAT)
-		rc = nat_forward(ctx, p, be, be_id, svc_id, &egress);
+		rc = nat_forward(ctx, p, be, be_id, svc_id, new_flow, &egress);
 	if (rc != TX_OK)
 		return tx_verdict(rc, p->len);
 	if (egress != ctx->ingress_ifindex) {
@@ -254,8 +254,9 @@ static __always_inline int steer_new(struct xdp_md *ctx, struct ethhdr *eth, str
 
 	if (!be || be->state != XLB_BE_UP)
 		return verdict(XLB_R_DROP_NO_BACKEND, p->len, XDP_DROP);
-	/* Non-first fragments carry no ports: the ring alone places them. */
-	if (p->later_fragment)
+	/* Non-first fragments carry no ports: the ring alone places them. NAT
+	 * drops every fragment: no flow to record for it. */
+	if (p->later_fragment || (p->fragment && be->forwarding == XLB_FWD_NAT))
 		return forward(ctx, eth, svc->id, be_id, be, p, 0);
 
 	__u64 ns = bpf_ktime_get_coarse_ns();

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/xlb-dev/xlb/bpf"
 )
 
 // NAT frame by frame: what leaves for each packet the program is given,
@@ -179,7 +181,7 @@ func TestNATUDPZeroChecksum(t *testing.T) {
 
 // A NAT service's fragments carry no ports to translate (the later ones)
 // or cannot be translated alone: all are dropped and counted, and take no
-// port.
+// port and no connection table entry.
 func TestNATFragments(t *testing.T) {
 	f := newNATFixture(t, natPorts())
 	for _, tc := range []struct {
@@ -201,6 +203,14 @@ func TestNATFragments(t *testing.T) {
 	}
 	if n := f.portsInUse(t); len(n) != 0 {
 		t.Fatalf("fragments took ports: %v", n)
+	}
+	// Nor did they leave connection table entries behind.
+	n := 0
+	if err := f.dp.walkFlows(func(bpf.XlbFlowKey, bpf.XlbFlowValue) { n++ }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("fragments left %d connection table entries", n)
 	}
 }
 

@@ -345,6 +345,11 @@ func TestNATSynReusesPort(t *testing.T) {
 	if ct := f.flow(syn); ct.Flags != flowEstablished|flowClosing {
 		t.Fatalf("connection table entry %+v after a SYN right after the FIN, want the closing flow's", ct)
 	}
+	// Nor does its binding start over: a SYN that is no new flow (a forged
+	// one on a live flow, say) leaves the flow's state, and its timeout.
+	if b, _ := f.binding(t, routedBe4, outSrc4, 8080, port, protoTCP); b.Flags != flowEstablished|flowClosing {
+		t.Fatalf("binding flags %d after a SYN right after the FIN, want the closing flow's", b.Flags)
+	}
 
 	ct := f.flow(syn)
 	ct.Seen -= uint32(bpf.XlbLimitsXLB_CLOSING_QUIET_TICKS) + 1
