@@ -44,8 +44,8 @@ import (
 const sockHelperEnv = "XLB_SOCK_HELPER"
 
 // sockReq is what the client helper does: Op "tcp" (connect, getpeername,
-// read the answer), "udp-connect" (the same over UDP) or "udp" (sendto,
-// recvfrom) to Addr.
+// send a line, read the answer), "udp-connect" (the same over UDP) or "udp"
+// (sendto, recvfrom) to Addr.
 type sockReq struct {
 	Op     string
 	Addr   string
@@ -118,8 +118,7 @@ func sockClient(req sockReq, in io.Reader, out io.Writer) {
 	}
 	r.Cookie, _ = unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_COOKIE)
 	sa := toSockaddr(ap, family)
-	switch req.Op {
-	case "tcp", "udp-connect":
+	if req.Op != "udp" {
 		if err := unix.Connect(fd, sa); err != nil {
 			fail(err)
 			return
@@ -130,92 +129,60 @@ func sockClient(req sockReq, in io.Reader, out io.Writer) {
 			return
 		}
 		r.Peer = sockaddrString(p)
-		if req.Op == "udp-connect" {
-			if _, err := unix.Write(fd, []byte("hi\n")); err != nil {
-				fail(err)
-				return
-			}
-		}
-		if req.Op == "udp-connect" {
-			r.Identity, err = readDatagram(fd)
-		} else {
-			r.Identity, err = readLine(fd)
-		}
-		if err != nil {
-			fail(err)
-			return
-		}
-	case "udp":
-		if err := unix.Sendto(fd, []byte("hi\n"), 0, sa); err != nil {
-			fail(err)
-			return
-		}
-		buf := make([]byte, 512)
-		n, from, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil {
-			fail(err)
-			return
-		}
-		r.Identity, r.From = strings.TrimSpace(string(buf[:n])), sockaddrString(from)
-	}
-	r.Elapsed = time.Since(start)
-	enc.Encode(r)
-	if !req.Hold {
-		return
 	}
 	sc := bufio.NewScanner(in)
-	for sc.Scan() {
-		r = sockResult{Cookie: r.Cookie}
-		start = time.Now()
-		var err error
-		switch req.Op {
-		case "tcp":
-			if _, err = unix.Write(fd, []byte("ping\n")); err == nil {
-				r.Identity, err = readLine(fd)
-			}
-		case "udp":
-			if err = unix.Sendto(fd, []byte("ping\n"), 0, sa); err == nil {
-				buf := make([]byte, 512)
-				var n int
-				var from unix.Sockaddr
-				if n, from, err = unix.Recvfrom(fd, buf, 0); err == nil {
-					r.Identity, r.From = strings.TrimSpace(string(buf[:n])), sockaddrString(from)
-				}
-			}
-		}
-		if err != nil {
+	for {
+		if err := exchange(fd, req.Op, sa, &r); err != nil {
 			fail(err)
 			return
 		}
+		r.Elapsed = time.Since(start)
 		enc.Encode(r)
+		if !req.Hold || !sc.Scan() {
+			return
+		}
+		r, start = sockResult{Cookie: r.Cookie}, time.Now()
 	}
 }
 
-func readLine(fd int) (string, error) {
-	var line []byte
-	b := make([]byte, 1)
-	for {
-		n, err := unix.Read(fd, b)
-		if err != nil {
-			return "", err
+// exchange sends a line and reads the answer: write and read on a
+// connected socket, sendto and recvfrom on an unconnected one.
+func exchange(fd int, op string, sa unix.Sockaddr, r *sockResult) error {
+	msg := []byte("hi\n")
+	if op == "udp" {
+		if err := unix.Sendto(fd, msg, 0, sa); err != nil {
+			return err
 		}
-		if n == 0 {
-			return "", io.ErrUnexpectedEOF
-		}
-		if b[0] == '\n' {
-			return string(line), nil
-		}
-		line = append(line, b[0])
+	} else if _, err := unix.Write(fd, msg); err != nil {
+		return err
 	}
-}
-
-func readDatagram(fd int) (string, error) {
 	buf := make([]byte, 512)
-	n, err := unix.Read(fd, buf)
-	if err != nil {
-		return "", err
+	var n int
+	var err error
+	switch op {
+	case "tcp":
+		// A stream: the answer is one line.
+		for n = 0; err == nil && (n == 0 || buf[n-1] != '\n'); {
+			var m int
+			m, err = unix.Read(fd, buf[n:])
+			if m == 0 && err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			n += m
+		}
+	case "udp":
+		var from unix.Sockaddr
+		if n, from, err = unix.Recvfrom(fd, buf, 0); err == nil {
+			r.From = sockaddrString(from)
+		}
+	default:
+		n, err = unix.Read(fd, buf)
 	}
-	return strings.TrimSpace(string(buf[:n])), nil
+	if err != nil {
+		return err
+	}
+	r.Identity = strings.TrimSpace(string(buf[:n]))
+	return nil
 }
 
 func toSockaddr(ap netip.AddrPort, family int) unix.Sockaddr {
@@ -332,27 +299,39 @@ func testCgroup(t *testing.T) (string, *os.File) {
 }
 
 // serve starts the backends' listeners: TCP on every tcp port and UDP on
-// every udp port of each address, answering with the listener's address.
+// every udp port of each address, answering every line with the
+// listener's address.
 func (e *sockEnv) serve(addrs []netip.Addr, tcp, udp []uint16) {
 	e.t.Helper()
 	var closers []io.Closer
+	listen := func(network string, ap netip.AddrPort) {
+		var c io.Closer
+		var err error
+		if network == "tcp" {
+			var ln net.Listener
+			if ln, err = net.Listen(network, ap.String()); err == nil {
+				c = ln
+				go serveTCP(ln)
+			}
+		} else {
+			var pc net.PacketConn
+			if pc, err = net.ListenPacket(network, ap.String()); err == nil {
+				c = pc
+				go serveUDP(pc)
+			}
+		}
+		if err != nil {
+			e.t.Fatalf("listen: %v", err)
+		}
+		closers = append(closers, c)
+	}
 	e.be.do(func() {
 		for _, a := range addrs {
 			for _, p := range tcp {
-				ln, err := net.Listen("tcp", netip.AddrPortFrom(a, p).String())
-				if err != nil {
-					e.t.Fatalf("listen: %v", err)
-				}
-				closers = append(closers, ln)
-				go serveTCP(ln)
+				listen("tcp", netip.AddrPortFrom(a, p))
 			}
 			for _, p := range udp {
-				pc, err := net.ListenPacket("udp", netip.AddrPortFrom(a, p).String())
-				if err != nil {
-					e.t.Fatalf("listen: %v", err)
-				}
-				closers = append(closers, pc)
-				go serveUDP(pc)
+				listen("udp", netip.AddrPortFrom(a, p))
 			}
 		}
 	})
@@ -372,7 +351,6 @@ func serveTCP(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			c.Write(id)
 			sc := bufio.NewScanner(c)
 			for sc.Scan() {
 				c.Write(id)
