@@ -13,3 +13,8 @@ package bpf
 // XlbDecap is the backends' tunnel decapsulation (decap.c), which `xlb decap`
 // attaches at TC ingress.
 //go:generate go tool bpf2go -go-package bpf -tags linux -target bpfel -type vip_key -type outcome -type vip_limits -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" XlbDecap decap.c -- -I.
+
+// XlbSock is the socket hooks (sock.c): cgroup connect, sendmsg, recvmsg and
+// getpeername programs that steer the xlb host's own connections to L4 VIPs.
+// The loader hands them the XDP datapath's maps (maps.h) to share.
+//go:generate go tool bpf2go -go-package bpf -tags linux -target bpfel -type sock_key -type sock_peer -type sock_flow -type sock_limits -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" XlbSock sock.c -- -I.

@@ -50,6 +50,12 @@ type Options struct {
 	ConntrackSize uint32
 	MaxBackends   uint32
 	Logger        *slog.Logger
+	// SteerLocal attaches the socket hooks (bpf/sock.c, see sockSteer):
+	// connections this host makes to L4 VIPs go to their backends. Cgroup
+	// is the cgroup v2 directory they attach to, "" the hierarchy's root
+	// (every process); tests use a child, so the host is never steered.
+	SteerLocal bool
+	Cgroup     string
 
 	// spec loads the collection; nil means bpf.LoadXlb. The XDP benchmark
 	// swaps in its new-flow build.
@@ -83,6 +89,7 @@ type Datapath struct {
 	createdDir  bool     // Open made pinDir
 	lock        *os.File // flock on pinDir, held until Close
 	log         *slog.Logger
+	sock        *sockSteer // the socket hooks (Options.SteerLocal)
 }
 
 // Open loads the datapath, adopting pinned maps and link when present, and
@@ -150,6 +157,10 @@ func Open(opts Options) (*Datapath, error) {
 			d.Close(false)
 			return nil, err
 		}
+	}
+	if d.sock, err = openSock(d, opts); err != nil {
+		d.Close(false)
+		return nil, err
 	}
 	if iface == nil {
 		return d, nil
@@ -252,9 +263,15 @@ func (d *Datapath) commitPins() error {
 			return errors.Join(fmt.Errorf("pin map %s: %w", name, err), s.rollback())
 		}
 	}
-	if err := d.commitLink(&s); err != nil {
+	// The socket hooks' pins and programs before the XDP program: they are
+	// undone with the rest if it fails.
+	if err := d.sock.commit(&s); err != nil {
 		return errors.Join(err, s.rollback())
 	}
+	if err := d.commitLink(&s); err != nil {
+		return errors.Join(err, d.sock.revert(), s.rollback())
+	}
+	d.sock.finish()
 	// Switched: what is left to do cannot undo it.
 	if err := s.finish(); err != nil {
 		d.log.Warn("old pins left beside the new ones", "dir", d.pinDir, "err", err)
@@ -386,6 +403,8 @@ func (d *Datapath) Close(keep bool) error {
 			}
 		}
 	}
+	errs = append(errs, d.sock.close(drop))
+	d.sock = nil
 	if d.lock != nil && (drop || (!d.committed && d.createdDir)) {
 		// Only removes the directory if nothing else lives there, and only
 		// under its lock: without it the directory is another daemon's.

@@ -88,6 +88,9 @@ func runCmd(args []string, out io.Writer) error {
 			// Sizes only: the controller writes the flow timeouts.
 			ConntrackSize: cfg.Datapath.ConntrackSize,
 			MaxBackends:   cfg.Datapath.MaxBackends,
+			// The host's own connections to L4 VIPs, through the
+			// cgroup v2 root.
+			SteerLocal: !cfg.Daemon.DisableSteerLocal,
 		})
 		if errors.Is(err, loader.ErrPinsDieWithProcess) {
 			return fmt.Errorf("--keep-datapath: %w (`ip netns exec` gives xlb such a namespace: start it with `nsenter --net=/run/netns/NAME` instead, "+
