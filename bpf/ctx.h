@@ -42,6 +42,13 @@ typedef struct __sk_buff xlb_ctx;
  */
 #define XLB_TC_HEADERS 128
 
+/*
+ * ctx_tx's action, which the entry point turns into the redirect (see
+ * ctx_verdict): a helper call amid steering would spill registers, and the
+ * whole is near the 512 bytes of stack a BPF function has.
+ */
+#define XLB_TC_TX 0x100
+
 #else
 
 typedef struct xdp_md xlb_ctx;
@@ -120,6 +127,19 @@ static __always_inline __u32 ctx_ifindex(xlb_ctx *ctx)
 	return ctx->ifindex;
 #else
 	return ctx->ingress_ifindex;
+#endif
+}
+
+/*
+ * Did the frame come with a VLAN tag the kernel took out of it (TC: the
+ * skb's)? A tag in an XDP frame is in its bytes (struct packet's l3).
+ */
+static __always_inline int ctx_tagged(xlb_ctx *ctx)
+{
+#ifdef XLB_TC
+	return ctx->vlan_present;
+#else
+	return 0;
 #endif
 }
 
@@ -205,10 +225,20 @@ static __always_inline int ctx_cut(xlb_ctx *ctx, __u32 len)
 static __always_inline int ctx_tx(xlb_ctx *ctx)
 {
 #ifdef XLB_TC
-	return bpf_redirect(ctx->ifindex, 0);
+	return XLB_TC_TX;
 #else
 	return XDP_TX;
 #endif
+}
+
+/* What the program returns for the action steering chose (see ctx_tx). */
+static __always_inline int ctx_verdict(xlb_ctx *ctx, int action)
+{
+#ifdef XLB_TC
+	if (action == XLB_TC_TX)
+		return bpf_redirect(ctx->ifindex, 0);
+#endif
+	return action;
 }
 
 /*

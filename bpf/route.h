@@ -57,7 +57,47 @@ enum tx_result {
 	TX_NO_ROUTE,  /* the FIB says the destination is unreachable: drop */
 	TX_FAILED,    /* no headroom (never with the 256 bytes XDP reserves); TC: the skb refused */
 	TX_NO_PORT,   /* nat: no source port free, or a NAT table full: drop */
+	TX_ICMP_LIMITED, /* an ICMP error was due, but the budget is spent: drop */
+	TX_TRUNCATED, /* nat: the transport header is out of reach: drop */
+	TX_VLAN,      /* nat: a VLAN-tagged client packet: drop */
 };
+
+/*
+ * This CPU's budget of ICMP errors: a token bucket, so that packets sent to
+ * provoke errors (from forged sources: reflection) get a bounded answer.
+ */
+struct icmp_budget {
+	__u64 last_ns;
+	__u64 tokens;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct icmp_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* every map is: tools open them all */
+} icmp_budget SEC(".maps");
+
+/* Takes one ICMP error from this CPU's budget; 0 when it is spent. */
+static __always_inline int icmp_allowed(void)
+{
+	__u32 zero = 0;
+	struct icmp_budget *b = bpf_map_lookup_elem(&icmp_budget, &zero);
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!b)
+		return 0;
+	__u64 tokens = b->tokens + ((now - b->last_ns) >> XLB_ICMP_REFILL_SHIFT);
+	if (tokens > XLB_ICMP_BURST)
+		tokens = XLB_ICMP_BURST;
+	if (tokens > b->tokens) /* whole tokens only: keep the remainder */
+		b->last_ns = now;
+	if (!tokens)
+		return 0;
+	b->tokens = tokens - 1;
+	return 1;
+}
 
 struct next_hop {
 	__u32 ifindex;
@@ -142,6 +182,9 @@ static __always_inline void *icmp_reply(xlb_ctx *ctx, __u32 l2, __u32 quote, __u
 	struct ethhdr *eth = data;
 	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
 
+	*rc = TX_ICMP_LIMITED;
+	if (!icmp_allowed())
+		return NULL;
 	/* Quoted bytes must be in the linear part (always, but for tiny MTUs). */
 	*rc = TX_TOO_BIG;
 	if (data + l2 + quote > end || (void *)(eth + 1) > end)
@@ -167,8 +210,9 @@ static __always_inline void *icmp_reply(xlb_ctx *ctx, __u32 l2, __u32 quote, __u
 
 /*
  * Turns the IPv4 packet at l2 into an ICMP "fragmentation needed" (type 3
- * code 4, next-hop MTU mtu - 20) from its destination (the VIP) to its
- * source, to go back where it came from.
+ * code 4, next-hop MTU mtu: the largest packet its source may send, less
+ * any header the caller adds on the way) from its destination (the VIP) to
+ * its source, to go back where it came from.
  */
 static __always_inline int icmp4_too_big(xlb_ctx *ctx, __u32 l2, __u32 mtu)
 {
@@ -199,7 +243,7 @@ static __always_inline int icmp4_too_big(xlb_ctx *ctx, __u32 l2, __u32 mtu)
 	icmp->code = ICMP_FRAG_NEEDED;
 	icmp->checksum = 0;
 	icmp->unused = 0;
-	icmp->mtu = bpf_htons(mtu - sizeof(struct iphdr));
+	icmp->mtu = bpf_htons(mtu);
 	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)icmp, sizeof(*icmp) + ICMP4_QUOTE, 0);
 	icmp->checksum = csum_fold((__u32)sum);
 	return TX_ICMP;
@@ -207,7 +251,7 @@ static __always_inline int icmp4_too_big(xlb_ctx *ctx, __u32 l2, __u32 mtu)
 
 /*
  * Turns the IPv6 packet at l2 into an ICMPv6 "packet too big" (type 2, MTU
- * mtu - 40) from its destination (the VIP) to its source.
+ * mtu, as for icmp4_too_big) from its destination (the VIP) to its source.
  */
 static __always_inline int icmp6_too_big(xlb_ctx *ctx, __u32 l2, __u32 mtu)
 {
@@ -235,7 +279,7 @@ static __always_inline int icmp6_too_big(xlb_ctx *ctx, __u32 l2, __u32 mtu)
 	icmp6->icmp6_type = ICMPV6_PKT_TOOBIG;
 	icmp6->icmp6_code = 0;
 	icmp6->icmp6_cksum = 0;
-	icmp6->icmp6_mtu = bpf_htonl(mtu - sizeof(struct ipv6hdr));
+	icmp6->icmp6_mtu = bpf_htonl(mtu);
 	/* The pseudo-header: both addresses, the length, the next header. */
 	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)&ip6->saddr, 32, 0);
 	sum = bpf_csum_diff(NULL, 0, (__be32 *)icmp6, plen, (__u32)sum);

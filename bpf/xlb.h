@@ -25,8 +25,22 @@ enum limits {
 	/* source ports a new NAT flow tries before it is dropped as
 	 * exhaustion (see nat.h) */
 	XLB_NAT_PROBES = 24,
+	/* ICMP errors a CPU may send at once; one more each 2^20 ns (~1 ms) */
+	XLB_ICMP_BURST = 64,
+	/* NAT rewrites transport headers starting within this many bytes of
+	 * the frame (IPv6 extension headers may push one further) */
+	XLB_MAX_L4_OFFSET = 512,
+	XLB_MAX_L2_LEN = 18, /* Ethernet and one VLAN tag */
+	XLB_ICMP_REFILL_SHIFT = 20,
 	/* flow_value.seen and flow_timeouts count ticks of 2^30 ns (1.07 s) */
 	XLB_FLOW_TICK_SHIFT = 30,
+	/*
+	 * Ticks a closing TCP flow (FIN or RST seen) must be silent before a
+	 * SYN on its ports is a new connection, and before a drain stops
+	 * waiting for it: a FIN may be a half-close with data still flowing,
+	 * and an RST may be forged, so neither ends a flow that goes on.
+	 */
+	XLB_CLOSING_QUIET_TICKS = 2,
 	XLB_MAX_TX_PORTS = 64,
 	XLB_NAME_LEN = 48,
 	/* vip_filter: 2^16 bits, one per hash of a VIP address */
@@ -100,7 +114,12 @@ enum reason {
 	XLB_R_NAT_REPLY_REDIRECT = 16,
 	/* nat: no free source port among those probed, or a NAT table full */
 	XLB_R_DROP_NAT_PORTS = 17,
-	XLB_R_MAX = 18,
+	/* ipip, nat: too big, and this CPU's ICMP error budget is spent
+	 * (XLB_ICMP_BURST, refilled at about 1000/s: as Linux limits its own) */
+	XLB_R_DROP_ICMP_RATE = 18,
+	/* nat: a VLAN-tagged client packet (NAT sends untagged only) */
+	XLB_R_DROP_NAT_VLAN = 19,
+	XLB_R_MAX = 20,
 };
 
 /* How an L4 service's packets reach its backends (struct backend). */
@@ -221,13 +240,17 @@ struct counters {
 };
 
 /*
- * nat: the source ports NAT flows are given, [first, first + count). The one
- * entry of the nat_ports map; count 0 turns new NAT flows away.
+ * nat: the source ports new NAT flows are given, [first, first + count),
+ * and those answers are looked for on, [reply_first, reply_first +
+ * reply_count): the range, widened to cover an earlier one while flows
+ * hold its ports (the daemon narrows it once none do). The one entry of
+ * the nat_ports map; count 0 turns new NAT flows away.
  */
 struct nat_port_range {
 	__u16 first;
-	__u16 pad;
+	__u16 reply_first;
 	__u32 count;
+	__u32 reply_count;
 };
 
 /*

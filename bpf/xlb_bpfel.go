@@ -106,6 +106,12 @@ const (
 	XlbHashModeXLB_HASH_FLOW XlbHashMode = 1
 )
 
+type XlbIcmpBudget struct {
+	_      structs.HostLayout
+	LastNs uint64
+	Tokens uint64
+}
+
 type XlbIdleTimeouts struct {
 	_              structs.HostLayout
 	TcpSyn         uint32
@@ -118,18 +124,23 @@ type XlbIdleTimeouts struct {
 type XlbLimits uint32
 
 const (
-	XlbLimitsXLB_MAX_SERVICES     XlbLimits = 1024
-	XlbLimitsXLB_MAX_BACKENDS     XlbLimits = 16384
-	XlbLimitsXLB_MAX_SVC_KEYS     XlbLimits = 4096
-	XlbLimitsXLB_CONNTRACK_SIZE   XlbLimits = 262144
-	XlbLimitsXLB_REASON_SLOTS     XlbLimits = 32
-	XlbLimitsXLB_NAT_PROBES       XlbLimits = 24
-	XlbLimitsXLB_FLOW_TICK_SHIFT  XlbLimits = 30
-	XlbLimitsXLB_MAX_TX_PORTS     XlbLimits = 64
-	XlbLimitsXLB_NAME_LEN         XlbLimits = 48
-	XlbLimitsXLB_VIP_FILTER_WORDS XlbLimits = 1024
-	XlbLimitsXLB_HASH_SEED        XlbLimits = 2020368945
-	XlbLimitsXLB_NO_ID            XlbLimits = 4294967295
+	XlbLimitsXLB_MAX_SERVICES        XlbLimits = 1024
+	XlbLimitsXLB_MAX_BACKENDS        XlbLimits = 16384
+	XlbLimitsXLB_MAX_SVC_KEYS        XlbLimits = 4096
+	XlbLimitsXLB_CONNTRACK_SIZE      XlbLimits = 262144
+	XlbLimitsXLB_REASON_SLOTS        XlbLimits = 32
+	XlbLimitsXLB_NAT_PROBES          XlbLimits = 24
+	XlbLimitsXLB_ICMP_BURST          XlbLimits = 64
+	XlbLimitsXLB_MAX_L4OFFSET        XlbLimits = 512
+	XlbLimitsXLB_MAX_L2LEN           XlbLimits = 18
+	XlbLimitsXLB_ICMP_REFILL_SHIFT   XlbLimits = 20
+	XlbLimitsXLB_FLOW_TICK_SHIFT     XlbLimits = 30
+	XlbLimitsXLB_CLOSING_QUIET_TICKS XlbLimits = 2
+	XlbLimitsXLB_MAX_TX_PORTS        XlbLimits = 64
+	XlbLimitsXLB_NAME_LEN            XlbLimits = 48
+	XlbLimitsXLB_VIP_FILTER_WORDS    XlbLimits = 1024
+	XlbLimitsXLB_HASH_SEED           XlbLimits = 2020368945
+	XlbLimitsXLB_NO_ID               XlbLimits = 4294967295
 )
 
 type XlbNatBinding struct {
@@ -152,10 +163,11 @@ type XlbNatFlow struct {
 }
 
 type XlbNatPortRange struct {
-	_     structs.HostLayout
-	First uint16
-	Pad   uint16
-	Count uint32
+	_          structs.HostLayout
+	First      uint16
+	ReplyFirst uint16
+	Count      uint32
+	ReplyCount uint32
 }
 
 type XlbReason uint32
@@ -179,7 +191,9 @@ const (
 	XlbReasonXLB_R_NAT_REPLY_TX       XlbReason = 15
 	XlbReasonXLB_R_NAT_REPLY_REDIRECT XlbReason = 16
 	XlbReasonXLB_R_DROP_NAT_PORTS     XlbReason = 17
-	XlbReasonXLB_R_MAX                XlbReason = 18
+	XlbReasonXLB_R_DROP_ICMP_RATE     XlbReason = 18
+	XlbReasonXLB_R_DROP_NAT_VLAN      XlbReason = 19
+	XlbReasonXLB_R_MAX                XlbReason = 20
 )
 
 type XlbSvcInfo struct {
@@ -226,6 +240,7 @@ const (
 	XlbMapBackends         = "backends"
 	XlbMapConntrack        = "conntrack"
 	XlbMapFlowTimeouts     = "flow_timeouts"
+	XlbMapIcmpBudget       = "icmp_budget"
 	XlbMapNatBindings      = "nat_bindings"
 	XlbMapNatFlows         = "nat_flows"
 	XlbMapNatPorts         = "nat_ports"
@@ -303,6 +318,7 @@ type XlbMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.MapSpec `ebpf:"flow_timeouts"`
+	IcmpBudget   *ebpf.MapSpec `ebpf:"icmp_budget"`
 	NatBindings  *ebpf.MapSpec `ebpf:"nat_bindings"`
 	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatPorts     *ebpf.MapSpec `ebpf:"nat_ports"`
@@ -354,6 +370,7 @@ type XlbMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.Map `ebpf:"flow_timeouts"`
+	IcmpBudget   *ebpf.Map `ebpf:"icmp_budget"`
 	NatBindings  *ebpf.Map `ebpf:"nat_bindings"`
 	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
 	NatPorts     *ebpf.Map `ebpf:"nat_ports"`
@@ -372,6 +389,7 @@ func (m *XlbMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.FlowTimeouts,
+		m.IcmpBudget,
 		m.NatBindings,
 		m.NatFlows,
 		m.NatPorts,

@@ -67,6 +67,12 @@ type XlbTcFlowValue struct {
 	CreatedNs uint64
 }
 
+type XlbTcIcmpBudget struct {
+	_      structs.HostLayout
+	LastNs uint64
+	Tokens uint64
+}
+
 type XlbTcIdleTimeouts struct {
 	_              structs.HostLayout
 	TcpSyn         uint32
@@ -96,10 +102,11 @@ type XlbTcNatFlow struct {
 }
 
 type XlbTcNatPortRange struct {
-	_     structs.HostLayout
-	First uint16
-	Pad   uint16
-	Count uint32
+	_          structs.HostLayout
+	First      uint16
+	ReplyFirst uint16
+	Count      uint32
+	ReplyCount uint32
 }
 
 type XlbTcSvcInfo struct {
@@ -138,6 +145,7 @@ const (
 	XlbTcMapBackends         = "backends"
 	XlbTcMapConntrack        = "conntrack"
 	XlbTcMapFlowTimeouts     = "flow_timeouts"
+	XlbTcMapIcmpBudget       = "icmp_budget"
 	XlbTcMapNatBindings      = "nat_bindings"
 	XlbTcMapNatFlows         = "nat_flows"
 	XlbTcMapNatPorts         = "nat_ports"
@@ -213,6 +221,7 @@ type XlbTcMapSpecs struct {
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.MapSpec `ebpf:"flow_timeouts"`
+	IcmpBudget   *ebpf.MapSpec `ebpf:"icmp_budget"`
 	NatBindings  *ebpf.MapSpec `ebpf:"nat_bindings"`
 	NatFlows     *ebpf.MapSpec `ebpf:"nat_flows"`
 	NatPorts     *ebpf.MapSpec `ebpf:"nat_ports"`
@@ -264,6 +273,7 @@ type XlbTcMaps struct {
 	Backends     *ebpf.Map `ebpf:"backends"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.Map `ebpf:"flow_timeouts"`
+	IcmpBudget   *ebpf.Map `ebpf:"icmp_budget"`
 	NatBindings  *ebpf.Map `ebpf:"nat_bindings"`
 	NatFlows     *ebpf.Map `ebpf:"nat_flows"`
 	NatPorts     *ebpf.Map `ebpf:"nat_ports"`
@@ -282,6 +292,7 @@ func (m *XlbTcMaps) Close() error {
 		m.Backends,
 		m.Conntrack,
 		m.FlowTimeouts,
+		m.IcmpBudget,
 		m.NatBindings,
 		m.NatFlows,
 		m.NatPorts,

@@ -199,6 +199,11 @@ type Daemon struct {
 	ClientTimeout  time.Duration
 	MaxRequestLine uint32
 	MaxRequestHead uint32
+	// DisableSteerLocal is steer_local = false: the connections this host
+	// itself makes to L4 VIPs (which never meet the XDP program) are left
+	// alone. By default (steer_local = true, the zero value) cgroup socket
+	// hooks send them to the services' backends (loader.Options.SteerLocal).
+	DisableSteerLocal bool
 }
 
 // HealthCheck is how the backends of a service are checked. In a parsed

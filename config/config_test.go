@@ -134,8 +134,8 @@ func TestExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("examples/xlb.toml: %v", err)
 	}
-	if len(cfg.Services) != 4 {
-		t.Errorf("examples/xlb.toml has %d services, want 4", len(cfg.Services))
+	if len(cfg.Services) != 5 {
+		t.Errorf("examples/xlb.toml has %d services, want 5", len(cfg.Services))
 	}
 	// The example documents every key, so it must set every one of them.
 	src, err := os.ReadFile("../examples/xlb.toml")
@@ -144,14 +144,15 @@ func TestExampleConfig(t *testing.T) {
 	}
 	for _, key := range []string{
 		"interface", "xdp_mode", "bpffs_dir", "maglev_table_size", "log_format", "log_level",
-		"name", "vip", "port", "protocol", "mode", "hash", "forwarding", "ipip_source_prefix",
+		"name", "vip", "port", "protocol", "mode", "hash", "forwarding", "ipip_source_prefix", "nat_source",
 		"address", "weight", "mac",
 		"enabled", "type", "path", "expect_status", "interval", "interval_secs", "timeout", "timeout_secs",
 		"unhealthy_threshold", "healthy_threshold", "initial_state", "check_via_vip",
 		"listen", "token_file", "token_env", "drain_timeout",
 		"algorithm", "health_check_path", "health_check_port",
 		"shutdown_grace", "threads", "head_timeout", "idle_timeout", "client_timeout", "max_request_line", "max_request_head",
-		"conntrack_size", "max_backends", "tcp_syn_timeout", "tcp_established_timeout", "tcp_closing_timeout", "udp_timeout",
+		"steer_local",
+		"conntrack_size", "max_backends", "tcp_syn_timeout", "tcp_established_timeout", "tcp_closing_timeout", "udp_timeout", "nat_port_range",
 		"hosts", "path_prefix", "add_vip", "lb_endpoints", "connect_timeout", "response_header_timeout",
 		"request_timeout", "retry_idempotent", "max_in_flight",
 		"cookie", "ttl", "max_fails", "ejection", "max_ejection",

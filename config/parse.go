@@ -95,6 +95,10 @@ func decodeDaemon(t *table) Daemon {
 	t.duration("client_timeout", MinDuration, MaxClientTimeout, &d.ClientTimeout)
 	t.uint32("max_request_line", MinRequestLine, MaxRequestHeadCap, &d.MaxRequestLine)
 	t.uint32("max_request_head", MinRequestLine, MaxRequestHeadCap, &d.MaxRequestHead)
+	steer := true
+	if t.boolean("steer_local", &steer) {
+		d.DisableSteerLocal = !steer
+	}
 	t.finish()
 	return d
 }

@@ -39,7 +39,7 @@ func TestTC(t *testing.T) {
 	for _, h := range tp.BackendHosts() {
 		for _, port := range []int{tcDSRPort, tcNATPort} {
 			echo := listenInNetns(t, tp.Namespace(h), fmt.Sprintf("[::]:%d", port))
-			go serveEcho(echo)
+			go serveEcho(echo, nil)
 		}
 	}
 	config := writeTCConfig(t, tp, pinDir)
@@ -50,7 +50,7 @@ func TestTC(t *testing.T) {
 		vip := netip.MustParseAddr(f.vip)
 		t.Run(f.name+"/dsr", func(t *testing.T) {
 			rx0, tx0 := tp.linkBytes(t, "lb")
-			tp.echoTransfer(t, netip.AddrPortFrom(vip, tcDSRPort), tcTransfer)
+			tp.echoTransfer(t, "cl", netip.AddrPortFrom(vip, tcDSRPort).String(), tcTransfer)
 			rx1, tx1 := tp.linkBytes(t, "lb")
 			t.Logf("LB eth0: rx %d, tx %d bytes", rx1-rx0, tx1-tx0)
 			// The client's half in and out again; the echo goes straight back.
@@ -60,7 +60,7 @@ func TestTC(t *testing.T) {
 		})
 		t.Run(f.name+"/nat", func(t *testing.T) {
 			rx0, tx0 := tp.linkBytes(t, "lb")
-			tp.echoTransfer(t, netip.AddrPortFrom(vip, tcNATPort), tcTransfer)
+			tp.echoTransfer(t, "cl", netip.AddrPortFrom(vip, tcNATPort).String(), tcTransfer)
 			rx1, tx1 := tp.linkBytes(t, "lb")
 			t.Logf("LB eth0: rx %d, tx %d bytes", rx1-rx0, tx1-tx0)
 			// Both halves cross the LB, in and out.
@@ -110,15 +110,15 @@ func TestTC(t *testing.T) {
 			t.Errorf("pins after xlb --keep-datapath stopped: %v, want tc_link and no xdp_link", pins)
 		}
 		// No daemon: the pinned program and maps forward on.
-		tp.echoTransfer(t, netip.AddrPortFrom(netip.MustParseAddr(VIP4), tcDSRPort), tcTransfer)
-		tp.echoTransfer(t, netip.AddrPortFrom(netip.MustParseAddr(VIP4), tcNATPort), tcTransfer)
+		tp.echoTransfer(t, "cl", netip.AddrPortFrom(netip.MustParseAddr(VIP4), tcDSRPort).String(), tcTransfer)
+		tp.echoTransfer(t, "cl", netip.AddrPortFrom(netip.MustParseAddr(VIP4), tcNATPort).String(), tcTransfer)
 
 		next := tp.StartXLB(t, config, pinDir, "tc")
 		if _, log := tp.Output(next); logLine(log, "adopted pinned TC link") == "" {
 			t.Errorf("restarted xlb did not adopt the pinned TC link:\n%s", log)
 		}
 		tp.requireTC(t)
-		tp.echoTransfer(t, netip.AddrPortFrom(netip.MustParseAddr(VIP6), tcNATPort), tcTransfer)
+		tp.echoTransfer(t, "cl", netip.AddrPortFrom(netip.MustParseAddr(VIP6), tcNATPort).String(), tcTransfer)
 		tp.requireCleanStop(t, next, pinDir)
 	})
 }

@@ -62,7 +62,7 @@ func seenNow(t *testing.T, seen, before uint32) {
 // An entry idle past the timeout of its protocol and TCP state is gone: its
 // next packet is placed by the ring and overwrites it. One within it stays on
 // its backend, however the ring would place it. TCP states follow the
-// client's packets, and a SYN reopens a closed flow.
+// client's packets, and a SYN reopens a closed flow that fell silent.
 func TestXDPFlowExpiry(t *testing.T) { forBuilds(t, testXDPFlowExpiry) }
 
 func testXDPFlowExpiry(t *testing.T, b build) {
@@ -93,7 +93,11 @@ func testXDPFlowExpiry(t *testing.T, b build) {
 		{"established expired", false, tcpACK, E, est + 2, true, E, 0},
 		{"closing live", false, tcpACK, C | E, closing - 2, false, C | E, 0},
 		{"closing expired", false, tcpACK, C | E, closing + 2, true, E, 0},
-		{"syn reopens a closed flow", false, tcpSYN, C, 0, true, 0, 0},
+		{"syn reopens a closed flow", false, tcpSYN, C, 3, true, 0, 0},
+		// A closed flow still sending (a half-close, or a forged RST) keeps
+		// its backend: a SYN re-steers only after the flow fell silent.
+		{"syn on a closing flow still sending stays", false, tcpSYN, C | E, 1, false, C | E, 0},
+		{"syn just after close stays", false, tcpSYN, C, 0, false, C, 0},
 		{"syn on an established flow stays", false, tcpSYN, E, 0, false, E, 0},
 		{"syn retransmitted", false, tcpSYN, 0, 3, false, 0, 0},
 		{"fin closes", false, tcpFIN | tcpACK, E, 0, false, C | E, 0},

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -55,6 +57,12 @@ type Options struct {
 	ConntrackSize uint32
 	MaxBackends   uint32
 	Logger        *slog.Logger
+	// SteerLocal attaches the socket hooks (bpf/sock.c, see sockSteer):
+	// connections this host makes to L4 VIPs go to their backends. Cgroup
+	// is the cgroup v2 directory they attach to, "" the hierarchy's root
+	// (every process); tests use a child, so the host is never steered.
+	SteerLocal bool
+	Cgroup     string
 
 	// spec loads the collection; nil means bpf.LoadXlb, or bpf.LoadXlbTc in
 	// mode tc. The XDP benchmark swaps in its new-flow build.
@@ -89,6 +97,7 @@ type Datapath struct {
 	createdDir  bool     // Open made pinDir
 	lock        *os.File // flock on pinDir, held until Close
 	log         *slog.Logger
+	sock        *sockSteer // the socket hooks (Options.SteerLocal)
 }
 
 // Open loads the datapath, adopting pinned maps and link when present, and
@@ -158,6 +167,10 @@ func Open(opts Options) (*Datapath, error) {
 			return nil, err
 		}
 	}
+	if d.sock, err = openSock(d, opts); err != nil {
+		d.Close(false)
+		return nil, err
+	}
 	if iface == nil {
 		return d, nil
 	}
@@ -195,7 +208,8 @@ func (d *Datapath) load(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions)
 // spec the maps this start creates (none pinned, or pinned by an older,
 // incompatible build): those load unpinned until Commit.
 func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
-	if err := ensureBPFFS(d.pinDir, d.log); err != nil {
+	mounted, err := ensureBPFFS(d.pinDir, d.log)
+	if err != nil {
 		return err
 	}
 	lock, created, err := claimPinDir(d.pinDir)
@@ -203,7 +217,10 @@ func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
 	if err != nil {
 		return err
 	}
-	if err := d.checkOutlives(keep); err != nil {
+	if err := d.checkOutlives(keep, mounted); err != nil {
+		return err
+	}
+	if err := restoreMovedPins(d.pinDir, d.log); err != nil {
 		return err
 	}
 	d.fresh, d.Adopted, err = splitPins(spec, d.pinDir, d.log)
@@ -211,9 +228,9 @@ func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
 }
 
 // checkOutlives refuses keep when the pins would go with this process, and
-// says so when they will anyway.
-func (d *Datapath) checkOutlives(keep bool) error {
-	outlives, ok, err := bpffsOutlivesProcess(d.pinDir)
+// says so when they will anyway; mounted says Open mounted the bpffs.
+func (d *Datapath) checkOutlives(keep, mounted bool) error {
+	outlives, ok, err := bpffsOutlivesProcess(d.pinDir, mounted)
 	switch {
 	case !ok:
 		d.log.Debug("cannot tell whether the bpffs outlives xlb; assuming it does", "dir", d.pinDir, "err", err)
@@ -228,11 +245,21 @@ func (d *Datapath) checkOutlives(keep bool) error {
 }
 
 // Commit makes this start's datapath the pinned one, once the daemon has
-// started: the adopted link gets this program (atomically), or the new link
-// is pinned in place of stale ones (another interface's, or the other
-// mode's: XDP and TC swap here), and the maps this start created are
-// pinned, replacing incompatible pins. From then on Close(false) removes the
-// pins. A failure means the bpffs refused a pin; what was done stays.
+// started: the maps this start created are pinned, replacing incompatible
+// pins, then the program takes over: the adopted link gets it (atomically),
+// or the new link is pinned in place of stale ones (another interface's, or
+// the other mode's: XDP and TC swap here). From then on Close(false) removes
+// the pins.
+//
+// A Commit that fails undoes what it did (each replaced pin was moved aside,
+// and goes back), leaving pins and program as Open found them, so that
+// Close(false) still leaves the datapath as found; it can be called again.
+// Not atomic: the flow timeouts' seen floor, raised first, stays raised
+// (it only keeps flows longer); an undo that fails in turn, or a process
+// killed between the first pin and the end, leaves some maps pinned anew
+// beside the old program (the next start puts back a pin moved aside whose
+// place is empty, see restoreMovedPins); and tools reading a pin while it
+// is replaced may find no pin there.
 func (d *Datapath) Commit() error {
 	if d.committed {
 		return nil
@@ -243,10 +270,7 @@ func (d *Datapath) Commit() error {
 		return err
 	}
 	if d.pinDir != "" {
-		if err := d.commitLink(); err != nil {
-			return err
-		}
-		if err := d.pinFresh(); err != nil {
+		if err := d.commitPins(); err != nil {
 			return err
 		}
 	}
@@ -259,7 +283,44 @@ func (d *Datapath) Commit() error {
 // Committed reports whether Commit succeeded.
 func (d *Datapath) Committed() bool { return d.committed }
 
-func (d *Datapath) commitLink() error {
+// commitPins pins the fresh maps (in name order), then switches the
+// program; a failure rolls back the pins replaced before it.
+func (d *Datapath) commitPins() error {
+	var s pinSwap
+	fields := d.mapFields()
+	for _, name := range slices.Sorted(maps.Keys(fields)) {
+		if !d.fresh[name] {
+			continue
+		}
+		if err := s.replace(*fields[name], filepath.Join(d.pinDir, name)); err != nil {
+			return errors.Join(fmt.Errorf("pin map %s: %w", name, err), s.rollback())
+		}
+	}
+	// The socket hooks' pins and programs before the XDP program: they are
+	// undone with the rest if it fails.
+	if err := d.sock.commit(&s); err != nil {
+		return errors.Join(err, s.rollback())
+	}
+	if err := d.commitLink(&s); err != nil {
+		return errors.Join(err, d.sock.revert(), s.rollback())
+	}
+	d.sock.finish()
+	// Switched: what is left to do cannot undo it.
+	if err := s.finish(); err != nil {
+		d.log.Warn("old pins left beside the new ones", "dir", d.pinDir, "err", err)
+	}
+	for _, l := range d.staleLinks {
+		// Unpinned by finish: it detaches from its interface as the last
+		// fd (ours) goes.
+		l.Close()
+	}
+	d.staleLinks = nil
+	return nil
+}
+
+// commitLink gives the adopted link this program, or pins this start's link
+// in place of a stale one (through s), and unpins the other mode's.
+func (d *Datapath) commitLink(s *pinSwap) error {
 	switch {
 	case d.link == nil:
 		return nil
@@ -267,19 +328,18 @@ func (d *Datapath) commitLink() error {
 		if err := d.link.Update(d.Program); err != nil {
 			return fmt.Errorf("update pinned link: %w", err)
 		}
-		return nil
-	}
-	for len(d.staleLinks) > 0 {
-		// Unpinning detaches it from its interface once the last fd (ours) goes.
-		l := d.staleLinks[0]
-		if err := l.Unpin(); err != nil {
-			return fmt.Errorf("unpin stale link: %w", err)
+	default:
+		if err := s.replace(d.link, filepath.Join(d.pinDir, d.linkPin())); err != nil {
+			return fmt.Errorf("pin link: %w", err)
 		}
-		l.Close()
-		d.staleLinks = d.staleLinks[1:]
 	}
-	if err := replacePin(d.link, filepath.Join(d.pinDir, d.linkPin())); err != nil {
-		return fmt.Errorf("pin link: %w", err)
+	// The other mode's link goes (moved aside: back on a rollback).
+	other := linkPinName
+	if d.linkPin() == linkPinName {
+		other = tcLinkPinName
+	}
+	if err := s.remove(filepath.Join(d.pinDir, other)); err != nil {
+		return fmt.Errorf("unpin the other mode's link: %w", err)
 	}
 	return nil
 }
@@ -290,27 +350,6 @@ func (d *Datapath) linkPin() string {
 		return tcLinkPinName
 	}
 	return linkPinName
-}
-
-func (d *Datapath) pinFresh() error {
-	for name, ptr := range d.mapFields() {
-		if !d.fresh[name] {
-			continue
-		}
-		if err := replacePin(*ptr, filepath.Join(d.pinDir, name)); err != nil {
-			return fmt.Errorf("pin map %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
-// replacePin pins obj at path in place of whatever is pinned there (an
-// unreadable link, or a map of an incompatible layout).
-func replacePin(obj interface{ Pin(string) error }, path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return obj.Pin(path)
 }
 
 // attach adopts a pinned link for iface (its program keeps running until
@@ -464,6 +503,8 @@ func (d *Datapath) Close(keep bool) error {
 			}
 		}
 	}
+	errs = append(errs, d.sock.close(drop))
+	d.sock = nil
 	if d.lock != nil && (drop || (!d.committed && d.createdDir)) {
 		// Only removes the directory if nothing else lives there, and only
 		// under its lock: without it the directory is another daemon's.

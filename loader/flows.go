@@ -4,6 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -159,10 +163,15 @@ func legacyEstablished(v bpf.XlbFlowValue) bool { return v.Seen == 0 && v.Packet
 const abandonedHandshake = 3 * time.Second
 
 // open reports whether an entry is a connection a drain should wait for: not
-// expired, not closed by the client (FIN/RST), and for TCP past its SYN
-// unless that is recent.
+// expired, not closed by the client (FIN/RST) and silent since, and for TCP
+// past its SYN unless that is recent.
 func (r flowRules) open(k bpf.XlbFlowKey, v bpf.XlbFlowValue) bool {
-	if r.expired(k, v) || v.Flags&flowClosing != 0 {
+	if r.expired(k, v) {
+		return false
+	}
+	// A FIN may be a half-close and an RST forged: a closing flow that
+	// goes on sending is still open.
+	if v.Flags&flowClosing != 0 && int32(r.now-v.Seen) >= int32(bpf.XlbLimitsXLB_CLOSING_QUIET_TICKS) {
 		return false
 	}
 	established := v.Flags&flowEstablished != 0 || legacyEstablished(v)
@@ -304,11 +313,50 @@ func currentTick() (uint32, error) {
 	return uint32(ns >> bpf.XlbLimitsXLB_FLOW_TICK_SHIFT), err
 }
 
-// monotonicNow reads the clock bpf_ktime_get_coarse_ns counts on.
+// monotonicNow reads the clock bpf_ktime_get_coarse_ns counts on: the
+// host's monotonic clock, which in a time namespace (a container's) is this
+// process's minus the namespace's offset.
 func monotonicNow() (uint64, error) {
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC_COARSE, &ts); err != nil {
 		return 0, err
 	}
-	return uint64(ts.Nano()), nil
+	off, err := monotonicOffset()
+	if err != nil {
+		return 0, err
+	}
+	return uint64(ts.Nano() - off), nil
+}
+
+// timensOffsets lists this process's time namespace offsets (Linux 5.6+;
+// absent before, where there are none).
+const timensOffsets = "/proc/self/timens_offsets"
+
+var monotonicOffset = sync.OnceValues(func() (int64, error) {
+	b, err := os.ReadFile(timensOffsets)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read time namespace offsets: %w", err)
+	}
+	return parseMonotonicOffset(string(b))
+})
+
+// parseMonotonicOffset reads the monotonic line of timens_offsets
+// ("monotonic <seconds> <nanoseconds>") in nanoseconds.
+func parseMonotonicOffset(s string) (int64, error) {
+	for line := range strings.Lines(s) {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[0] != "monotonic" {
+			continue
+		}
+		sec, err1 := strconv.ParseInt(f[1], 10, 64)
+		nsec, err2 := strconv.ParseInt(f[2], 10, 64)
+		if err1 != nil || err2 != nil {
+			return 0, fmt.Errorf("%s: bad line %q", timensOffsets, strings.TrimSpace(line))
+		}
+		return sec*1e9 + nsec, nil
+	}
+	return 0, nil
 }

@@ -1,7 +1,11 @@
 package loader
 
 import (
+	"context"
+	"fmt"
 	"math"
+	"os"
+	"os/exec"
 	"testing"
 	"time"
 
@@ -28,8 +32,8 @@ func TestToTicks(t *testing.T) {
 }
 
 // The Go reading of an entry agrees with flow_gone in xlb.c, and a drain
-// waits only for entries that are neither gone nor closed nor abandoned
-// handshakes.
+// waits only for entries that are neither gone nor closed (and silent since)
+// nor abandoned handshakes.
 func TestFlowRules(t *testing.T) {
 	const now = 1000 // ticks
 	r := flowRules{
@@ -58,6 +62,8 @@ func TestFlowRules(t *testing.T) {
 		{"established idle past tcp_syn", tcp, bpf.XlbFlowValue{Seen: now - 99, Flags: est, Packets: 9, CreatedNs: nsAgo(time.Hour)}, false, true, 0},
 		{"established idle past its timeout", tcp, bpf.XlbFlowValue{Seen: now - 101, Flags: est, Packets: 9}, true, false, 0},
 		{"closing within its timeout", tcp, bpf.XlbFlowValue{Seen: now - 49, Flags: closing | est}, false, false, 0},
+		{"closing, still sending (a half-close, or a forged RST)", tcp, bpf.XlbFlowValue{Seen: now - 1, Flags: closing | est}, false, true, 0},
+		{"closing, silent since", tcp, bpf.XlbFlowValue{Seen: now - 2, Flags: closing | est}, false, false, 0},
 		{"closing past its timeout", tcp, bpf.XlbFlowValue{Seen: now - 51, Flags: closing | est}, true, false, 0},
 		{"closing, established timeout not yet", tcp, bpf.XlbFlowValue{Seen: now - 60, Flags: closing | est}, true, false, 0},
 		{"older build: established", tcp, bpf.XlbFlowValue{Packets: 12, CreatedNs: nsAgo(time.Hour)}, false, true, now - 5},
@@ -85,5 +91,64 @@ func TestFlowRules(t *testing.T) {
 	off := flowRules{now: now}
 	if off.expired(udp, bpf.XlbFlowValue{Seen: 1}) {
 		t.Error("expired with no timeouts set")
+	}
+}
+
+// In a time namespace the datapath's clock is the host's: the namespace's
+// monotonic offset comes off the process's reading.
+func TestParseMonotonicOffset(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		bad  bool
+	}{
+		{"monotonic           0         0\nboottime            0         0\n", 0, false},
+		{"monotonic        3600       500\nboottime          -10         0\n", 3600*1e9 + 500, false},
+		{"boottime 5 0\nmonotonic -86400 0\n", -86400 * 1e9, false},
+		{"", 0, false},
+		{"monotonic x 0\n", 0, true},
+	} {
+		got, err := parseMonotonicOffset(tc.in)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("parseMonotonicOffset(%q) = %d, %v; want %d (error %v)", tc.in, got, err, tc.want, tc.bad)
+		}
+	}
+}
+
+// The same, for real: a copy of this test binary in a time namespace a day
+// ahead reads the same flow clock as this process.
+func TestFlowClockInTimeNamespace(t *testing.T) {
+	if os.Getenv("XLB_PRINT_FLOW_TICK") != "" {
+		now, err := currentTick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("tick %d\n", now)
+		return
+	}
+	requireRoot(t)
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("no unshare(1)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, unshare, "--time", "--monotonic", "86400", "--",
+		os.Args[0], "-test.run=^TestFlowClockInTimeNamespace$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "XLB_PRINT_FLOW_TICK=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var child uint32
+	if _, err := fmt.Sscanf(string(out), "tick %d", &child); err != nil {
+		t.Fatalf("child said %q: %v", out, err)
+	}
+	parent, err := currentTick()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := int32(parent - child); d < 0 || d > 30 {
+		t.Fatalf("flow clock in the time namespace %d, here %d: %d ticks apart", child, parent, d)
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -58,33 +60,15 @@ func newIPIPNet(t testing.TB) *ipipNet {
 	t.Helper()
 	n := &ipipNet{testNet: newTestNet(t)}
 	h := n.h
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xo0", HardwareAddr: outMAC, MTU: outMTU}, PeerName: "xo1"}
 	must := func(what string, err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
-	must("add veth", h.LinkAdd(veth))
-	for _, name := range []string{"xo0", "xo1"} {
-		l, err := h.LinkByName(name)
-		must(name, err)
-		must(name+" up", h.LinkSetUp(l))
-		if name == "xo0" {
-			n.out = l.Attrs().Index
-		}
-	}
-	for _, a := range []string{"198.18.5.1/24", "2001:db8:5::1/64"} {
-		addr, _ := netlink.ParseAddr(a)
-		addr.Flags = unix.IFA_F_NODAD
-		addr.LinkIndex = n.out
-		must("address "+a, h.AddrAdd(veth, addr))
-	}
+	n.out = n.veth("xo0", "xo1", outMAC, outMTU, "198.18.5.1/24", "2001:db8:5::1/64")
 	for _, nb := range []netip.Addr{gw4, gw6} {
-		must("neighbour "+nb.String(), h.NeighAdd(&netlink.Neigh{
-			LinkIndex: n.out, IP: nb.AsSlice(), HardwareAddr: kernelGwMAC,
-			State: netlink.NUD_PERMANENT, Family: family(nb),
-		}))
+		n.neigh(n.out, nb, kernelGwMAC)
 	}
 	for dst, gw := range map[string]netip.Addr{"198.18.9.0/24": gw4, "2001:db8:9::/64": gw6} {
 		_, ipn, _ := net.ParseCIDR(dst)
@@ -567,5 +551,41 @@ func TestIPIPAdoptPinnedState(t *testing.T) {
 	g.expectCounted(t, pkt{src: client6, dst: vip6, proto: protoTCP, sport: 5, dport: 81, tcpFlags: tcpSYN}.build(), xdpRedirect, rRedirect)
 	if err := g.dp.Commit(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ICMP errors are rate limited per CPU (a burst of XLB_ICMP_BURST, then about
+// one a millisecond): a flood of packets too big for the path gets a bounded
+// answer, and the rest are dropped and counted.
+func TestICMPRateLimit(t *testing.T) {
+	f, _ := newIPIPFixture(t, xdpBuild)
+	const n = 600
+	burst := int(bpf.XlbLimitsXLB_ICMP_BURST)
+	rLimited := reason(bpf.XlbReasonXLB_R_DROP_ICMP_RATE)
+	before := f.reasons()
+	start := time.Now()
+	for i := range n {
+		p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: uint16(20000 + i), dport: 80, tcpFlags: tcpACK, df: true, payload: outMTU}
+		if ret, _ := f.runSized(p.build()); ret != xdpTX && ret != xdpDrop {
+			t.Fatalf("packet %d: verdict %s", i, verdictNames[ret])
+		}
+	}
+	elapsed := time.Since(start)
+	after := f.reasons()
+	sent := int(after[rICMPTooBig].Packets - before[rICMPTooBig].Packets)
+	limited := int(after[rLimited].Packets - before[rLimited].Packets)
+	if sent+limited != n {
+		t.Fatalf("%d answered + %d limited, want %d in all", sent, limited, n)
+	}
+	// Each CPU the test ran on had its burst, and a refill per ~1.05 ms.
+	cpus := runtime.NumCPU()
+	most := cpus*burst + cpus*int(elapsed/(time.Nanosecond<<bpf.XlbLimitsXLB_ICMP_REFILL_SHIFT)+1)
+	if sent < burst || sent > most {
+		t.Fatalf("%d answered, %d limited in %v: want %d..%d answered", sent, limited, elapsed, burst, most)
+	}
+	// Faster than the refill, some must have been limited (a host that
+	// stalled the loop for longer proves nothing either way).
+	if refill := time.Nanosecond << bpf.XlbLimitsXLB_ICMP_REFILL_SHIFT; elapsed < n*refill/2 && limited == 0 {
+		t.Fatalf("%d packets in %v, none limited", n, elapsed)
 	}
 }

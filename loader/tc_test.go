@@ -299,7 +299,7 @@ func TestTCMatchesXDP(t *testing.T) {
 		}
 	})
 	t.Run("nat", func(t *testing.T) {
-		x, c := newNATFixture(t, xdpBuild, natPorts()), newNATFixture(t, tcBuild, natPorts())
+		x, c := newNATFixtureFor(t, xdpBuild, natPorts()), newNATFixtureFor(t, tcBuild, natPorts())
 		for i := range 5000 {
 			data := randomPacket(rng, i%2 == 0, []uint16{80, 53})
 			if i%3 == 0 { // a backend's answer to one of the allocated ports
