@@ -10,7 +10,7 @@ RACEPKGS := ./l7/... ./health/... ./control/... ./admin/...
 # make fuzz: how long each fuzz target runs.
 FUZZTIME ?= 20s
 
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3 bird2
 
 .PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 bench-l4 demo fmt vet clean check-generate
 

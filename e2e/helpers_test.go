@@ -52,6 +52,7 @@ func TestMain(m *testing.M) {
 		sig := <-sigc
 		fmt.Fprintf(os.Stderr, "e2e: %v: tearing down live topologies\n", sig)
 		liveTopologies.downAll()
+		liveClusters.downAll()
 		livePinDirs.removeAll()
 		removeBinDir()
 		os.Exit(1)
