@@ -34,6 +34,10 @@ type Cluster struct {
 	script, dir string
 	owner       *testing.T // the test the cluster (and its xlb nodes) lives for
 
+	// Community is what nodeConfig writes in [bgp] communities, per node
+	// (default "64512:80").
+	Community map[int]string
+
 	mu    sync.Mutex
 	procs []*proc
 	bird  *proc
@@ -78,7 +82,7 @@ func NewCluster(t *testing.T, nodes, backends, hold int) *Cluster {
 	c := &Cluster{
 		Prefix: randomPrefix(), Nodes: nodes, Backends: backends, Clients: 100, Hold: hold,
 		script: filepath.Join(repoRoot(t), "scripts", "cluster.sh"), dir: t.TempDir(),
-		xlb: map[int]*proc{}, owner: t,
+		xlb: map[int]*proc{}, owner: t, Community: map[int]string{},
 	}
 	liveClusters.add(c)
 	t.Cleanup(func() {
@@ -259,7 +263,11 @@ func (c *Cluster) nodeConfig(t *testing.T, i int) string {
 	fmt.Fprintf(&b, "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n\n", c.pinDir(i))
 	fmt.Fprintf(&b, "[admin]\ntoken_file = %q\n\n", c.path("token"))
 	b.WriteString("[health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n\n")
-	fmt.Fprintf(&b, "[bgp]\nlocal_asn = 64512\nrouter_id = %q\nhold_time = \"%ds\"\nshutdown_grace = \"2s\"\ncommunities = [\"64512:80\"]\n\n", NodeAddr(i), c.Hold)
+	community := c.Community[i]
+	if community == "" {
+		community = "64512:80"
+	}
+	fmt.Fprintf(&b, "[bgp]\nlocal_asn = 64512\nrouter_id = %q\nhold_time = \"%ds\"\nshutdown_grace = \"2s\"\ncommunities = [%q]\n\n", NodeAddr(i), c.Hold, community)
 	fmt.Fprintf(&b, "[[bgp.peer]]\naddress = %q\nasn = 64500\n\n", ClusterRouter)
 	fmt.Fprintf(&b, "[[service]]\nname = \"web\"\nvip = %q\nport = 80\n", ClusterVIP)
 	for j := 1; j <= c.Backends; j++ {
@@ -344,6 +352,16 @@ func (c *Cluster) WaitNextHops(t *testing.T, timeout time.Duration, nodes ...int
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// SessionSince is when bird's session with node i came up ("" if down).
+func (c *Cluster) SessionSince(t *testing.T, i int) string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^n` + strconv.Itoa(i) + `\s+BGP\s+\S+\s+up\s+(\S+)\s+Established`).FindStringSubmatch(c.Birdc(t, "show", "protocols"))
+	if m == nil {
+		return ""
+	}
+	return m[1]
 }
 
 // Birdc runs birdc on the router's control socket.

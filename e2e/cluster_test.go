@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -64,6 +65,29 @@ func TestClusterBGP(t *testing.T) {
 		}
 		report("sessions: 3 established, router route with 3 next hops %d ms after the last start", took.Milliseconds())
 		t.Logf("birdc show route:\n%s", routes)
+	})
+
+	// A reload (SIGHUP) with new communities announces them on the live
+	// session: bird's session with the node does not restart.
+	t.Run("reload", func(t *testing.T) {
+		since := c.SessionSince(t, 1)
+		c.Community[1] = "64512:81"
+		c.nodeConfig(t, 1)
+		c.Node(1).cmd.Process.Signal(syscall.SIGHUP)
+		deadline := time.Now().Add(20 * time.Second)
+		for !strings.Contains(c.Birdc(t, "show", "route", "all", ClusterVIP+"/32", "protocol", "n1"), "(64512,81)") {
+			if time.Now().After(deadline) {
+				t.Fatalf("bird did not get node 1's new community:\n%s", c.Birdc(t, "show", "route", "all"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if now := c.SessionSince(t, 1); now != since {
+			t.Errorf("node 1's session restarted on a reload that changed only communities: up since %s, was %s", now, since)
+		}
+		if st := c.CLI(t, 1, "status"); !strings.Contains(st, "node: ready") || !strings.Contains(st, "established") {
+			t.Errorf("xlb status lacks the node and its session:\n%s", st)
+		}
+		report("reload: node 1's new community reached the router on its session up since %s", since)
 	})
 
 	// Flows spread over the nodes; every node sends a client to the same
