@@ -172,13 +172,11 @@ func (s *Speaker) Reconfigure(cfg Config) error {
 	if err := cfg.check(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return ErrClosed
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
+	return s.locked(func(ctx context.Context) error { return s.reconfigure(ctx, cfg) })
+}
+
+// reconfigure is Reconfigure under s.mu.
+func (s *Speaker) reconfigure(ctx context.Context, cfg Config) error {
 	if cfg.global() != s.cfg.global() {
 		s.log.Warn("bgp: local ASN, router id or listen port changed: restarting the speaker (every session restarts)")
 		s.stop()
@@ -237,13 +235,11 @@ func (s *Speaker) Announce(prefixes []netip.Prefix) error {
 		}
 		want[hp] = true
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return ErrClosed
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	defer cancel()
+	return s.locked(func(ctx context.Context) error { return s.announce(ctx, want) })
+}
+
+// announce is Announce under s.mu.
+func (s *Speaker) announce(ctx context.Context, want map[netip.Prefix]bool) error {
 	var errs []error
 	for p := range s.announced {
 		if want[p] {
@@ -268,6 +264,18 @@ func (s *Speaker) Announce(prefixes []netip.Prefix) error {
 		s.log.Info("bgp: prefix announced", "prefix", p.String())
 	}
 	return errors.Join(errs...)
+}
+
+// locked runs fn under s.mu, with a bounded context, unless s is closed.
+func (s *Speaker) locked(fn func(ctx context.Context) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	return fn(ctx)
 }
 
 // Announced is the announced set, sorted.

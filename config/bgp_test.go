@@ -20,6 +20,16 @@ port = 80
   address = "198.18.0.11"
 `
 
+// parseBGP parses table (a [bgp] with its peers) and one service.
+func parseBGP(t *testing.T, table string) *Config {
+	t.Helper()
+	cfg, err := Parse([]byte(table+bgpService), "x.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 func TestBGPAbsentIsOff(t *testing.T) {
 	cfg, err := Parse([]byte(bgpService), "x.toml")
 	if err != nil {
@@ -31,7 +41,7 @@ func TestBGPAbsentIsOff(t *testing.T) {
 }
 
 func TestBGPDefaults(t *testing.T) {
-	cfg, err := Parse([]byte(`
+	cfg := parseBGP(t, `
 [bgp]
 local_asn = 4200000001
 router_id = "198.18.0.2"
@@ -39,10 +49,7 @@ router_id = "198.18.0.2"
 [[bgp.peer]]
 address = "198.18.0.1"
 asn = 65000
-`+bgpService), "x.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	want := BGP{LocalASN: 4200000001, RouterID: netip.MustParseAddr("198.18.0.2"), ListenPort: bgp.NoListen,
 		HoldTime: bgp.DefaultHoldTime, ShutdownGrace: DefaultBGPShutdownGrace, Line: 2,
 		Peers: []BGPPeer{{Address: netip.MustParseAddr("198.18.0.1"), ASN: 65000, Port: bgp.DefaultPort, Line: 6}}}
@@ -54,7 +61,7 @@ asn = 65000
 }
 
 func TestBGPEveryKey(t *testing.T) {
-	cfg, err := Parse([]byte(`
+	cfg := parseBGP(t, `
 [bgp]
 local_asn = 65001
 router_id = "198.18.0.2"
@@ -74,10 +81,7 @@ hold_time_secs = 3
 [[bgp.peer]]
 address = "2001:db8:18::1"
 asn = 65000
-`+bgpService), "x.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	b := cfg.BGP
 	if b.ListenPort != 1179 || b.HoldTime != 9*time.Second || b.NextHop4 != netip.MustParseAddr("198.18.0.2") ||
 		b.NextHop6 != netip.MustParseAddr("2001:db8:18::2") || b.ShutdownGrace != 2*time.Second ||
@@ -97,7 +101,7 @@ asn = 65000
 		t.Errorf("the config's JSON carries the peer password: %s", js)
 	}
 	// next_hop as one address.
-	one, err := Parse([]byte(`
+	one := parseBGP(t, `
 [bgp]
 local_asn = 65001
 router_id = "198.18.0.2"
@@ -105,10 +109,7 @@ next_hop = "2001:db8:18::2"
 [[bgp.peer]]
 address = "2001:db8:18::1"
 asn = 65000
-`+bgpService), "x.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	if one.BGP.NextHop4.IsValid() || one.BGP.NextHop6 != netip.MustParseAddr("2001:db8:18::2") {
 		t.Errorf("next_hop = %q: %v %v", "2001:db8:18::2", one.BGP.NextHop4, one.BGP.NextHop6)
 	}

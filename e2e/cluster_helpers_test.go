@@ -184,49 +184,14 @@ func (c *Cluster) teardown() error {
 	return err
 }
 
-// stopWithin is stop with a longer grace: xlb withdraws its VIPs and waits
-// [bgp] shutdown_grace before it exits.
-func (p *proc) stopWithin(grace time.Duration) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
 func waitProcOutput(t *testing.T, p *proc, substr string, timeout time.Duration) {
 	t.Helper()
-	waitProc(t, p, func() string { return p.stdout.String() }, substr, timeout)
+	p.waitText(t, "stdout", p.stdout.String, substr, timeout)
 }
 
 func waitProcLog(t *testing.T, p *proc, substr string, timeout time.Duration) {
 	t.Helper()
-	waitProc(t, p, func() string { return p.stderr.String() }, substr, timeout)
-}
-
-func waitProc(t *testing.T, p *proc, text func() string, substr string, timeout time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(text(), substr) {
-		select {
-		case <-p.done:
-			if strings.Contains(text(), substr) {
-				return
-			}
-			t.Fatalf("%v exited (%v) before writing %q; stderr: %s", p.cmd.Args, p.err, substr, tail(p.stderr.String()))
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%v did not write %q within %v; stderr: %s", p.cmd.Args, substr, timeout, tail(p.stderr.String()))
-		}
-	}
+	p.waitText(t, "stderr", p.stderr.String, substr, timeout)
 }
 
 // pinDir is node i's bpffs directory; removed when the test ends (register
@@ -494,35 +459,6 @@ func clusterSources(n int) []netip.Addr { return addrRange(ClusterClient(0), n) 
 
 // liveClusters are the clusters not torn down yet, for TestMain's signal
 // handler.
-var liveClusters = &clusterSet{m: map[*Cluster]bool{}}
+var liveClusters = &liveSet[*Cluster]{m: map[*Cluster]bool{}}
 
-type clusterSet struct {
-	mu sync.Mutex
-	m  map[*Cluster]bool
-}
-
-func (s *clusterSet) add(c *Cluster) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.m[c] = true
-}
-
-func (s *clusterSet) remove(c *Cluster) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.m, c)
-}
-
-func (s *clusterSet) downAll() {
-	s.mu.Lock()
-	var live []*Cluster
-	for c := range s.m {
-		live = append(live, c)
-	}
-	s.mu.Unlock()
-	for _, c := range live {
-		if err := c.teardown(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: cluster %s: %v\n", c.Prefix, err)
-		}
-	}
-}
+func (c *Cluster) name() string { return "cluster " + c.Prefix }

@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestDemoCluster runs `make demo-cluster`'s script with the binaries under
@@ -19,25 +16,10 @@ import (
 func TestDemoCluster(t *testing.T) {
 	requireRoot(t)
 	requireBird(t)
-	xlb, xlbtest := Binary(t, "xlb"), Binary(t, "xlbtest")
-	if filepath.Dir(xlb) != filepath.Dir(xlbtest) {
-		t.Fatalf("xlb and xlbtest in different directories: %s, %s", xlb, xlbtest)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	start := time.Now()
-	cmd := exec.CommandContext(ctx, filepath.Join(repoRoot(t), "scripts", "demo-cluster.sh"))
-	cmd.Env = append(os.Environ(), "XLB_BIN_DIR="+filepath.Dir(xlb))
-	cmd.WaitDelay = 10 * time.Second
-	outb, err := cmd.CombinedOutput()
-	out := string(outb)
-	t.Logf("demo-cluster took %v", time.Since(start).Round(time.Second))
-	if err != nil {
-		t.Fatalf("demo-cluster.sh: %v\n%s", err, out)
-	}
+	out := runDemo(t, "demo-cluster.sh")
 	for _, want := range []string{
 		"nexthop via 198.18.0.2 dev eth0", "nexthop via 198.18.0.3 dev eth0", "nexthop via 198.18.0.4 dev eth0",
-		"600 connections ok, 0 failed, from 99 client addresses",
+		"IPv4: 600 connections ok, 0 failed, from 99 client addresses",
 		"announced: 198.19.0.10/32",
 		"the connection survived",
 	} {

@@ -37,29 +37,19 @@
 
 set -euo pipefail
 
-readonly VIP4=198.19.0.10
+# The namespace helpers (die, check_prefix, stop_pids, new_ns, plug,
+# no_arp_flux, cmd_down, undo_failed_up) and VIP4 are topology.sh's.
+# shellcheck source=topology.sh
+source "$(dirname "${BASH_SOURCE[0]}")/topology.sh"
+
 readonly RT4=198.18.0.1
 readonly RTCL4=198.18.2.1
 readonly ROUTER_ASN=64500
 readonly NODE_ASN=64512
 
-prog=${0##*/}
-
-die() {
-	echo "$prog: $*" >&2
-	exit 1
-}
-
 usage() {
 	echo "usage: $prog up|down PREFIX | $prog bird-conf PREFIX HOLD" >&2
 	exit 2
-}
-
-check_prefix() {
-	[[ $1 =~ ^[A-Za-z0-9]{1,6}$ ]] || {
-		echo "$prog: bad PREFIX '$1': want 1..6 letters or digits" >&2
-		exit 2
-	}
 }
 
 counts() {
@@ -69,66 +59,14 @@ counts() {
 	[[ $nc =~ ^[0-9]+$ ]] && ((nc >= 1 && nc <= 150)) || die "NCLIENTS=$nc: want 1..150"
 }
 
-namespaces() {
+# topology_namespaces PREFIX replaces topology.sh's, whose cmd_down (and so
+# undo_failed_up) tears down what it lists: this cluster's namespaces, bridge
+# first.
+topology_namespaces() {
 	local p=$1 names
 	names=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^${p}-(br|cl|rt|n[0-9]+|b[0-9]+)$" || true)
 	grep -x "${p}-br" <<<"$names" || true
 	grep -vx "${p}-br" <<<"$names" || true
-}
-
-stop_pids() {
-	local ns=$1 pids i
-	pids=$(ip netns pids "$ns" 2>/dev/null || true)
-	[[ -n $pids ]] || return 0
-	# shellcheck disable=SC2086 # word splitting of the PID list is intended
-	kill -TERM $pids 2>/dev/null || true
-	for ((i = 0; i < 20; i++)); do
-		pids=$(ip netns pids "$ns" 2>/dev/null || true)
-		[[ -n $pids ]] || return 0
-		sleep 0.1
-	done
-	# shellcheck disable=SC2086
-	kill -KILL $pids 2>/dev/null || true
-}
-
-cmd_down() {
-	local p=$1 ns left
-	for ns in $(namespaces "$p"); do
-		stop_pids "$ns"
-	done
-	for ns in $(namespaces "$p"); do
-		ip netns del "$ns" 2>/dev/null || true
-	done
-	left=$(namespaces "$p")
-	[[ -z $left ]] || die "namespaces left after down: $(echo $left)"
-}
-
-new_ns() {
-	ip netns add "$1"
-	ip -n "$1" link set lo up
-	ip netns exec "$1" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
-}
-
-# plug P HOST: veth pair, eth0 in P-HOST, P+HOST+p a port of br0 in P-br.
-plug() {
-	local p=$1 host=$2 port=$1$2p
-	ip -n "$p-br" link add "$port" type veth peer name eth0 netns "$p-$host"
-	ip -n "$p-br" link set "$port" master br0 up
-	ip -n "$p-$host" link set eth0 up
-}
-
-no_arp_flux() {
-	ip netns exec "$1" sysctl -qw \
-		net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
-		net.ipv4.conf.eth0.arp_ignore=1 net.ipv4.conf.eth0.arp_announce=2
-}
-
-undo_failed_up() {
-	local rc=$?
-	((rc != 0)) || return 0
-	echo "$prog: up $1 failed, cleaning up" >&2
-	cmd_down "$1" || true
-	exit "$rc"
 }
 
 cmd_up() {

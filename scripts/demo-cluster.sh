@@ -125,19 +125,7 @@ for i in $(seq "$NODES"); do before[i]=$(node_json "$i" | python3 -c 'import jso
 out=$(ip netns exec "$P-cl" "$BIN/xlbtest" load --target http://198.19.0.10/ --sources range:198.18.2.100-198.18.2.198 --conns "$CONNS" --parallel 16 --timeout 5s || true)
 after=()
 for i in $(seq "$NODES"); do after[i]=$(node_json "$i" | python3 -c 'import json,sys; print(sum(b["new_flows"] for s in json.load(sys.stdin)["datapath"]["services"] for b in s["backends"]))'); done
-python3 - "$out" <<'PY'
-import json, sys
-d = json.loads(sys.argv[1])
-clients = {}
-for src, bes in d["by_source"].items():
-    clients.setdefault(bes[0], set()).add(src)
-    if len(set(bes)) != 1:
-        print(f"  !! {src} reached several backends: {sorted(set(bes))}")
-n = sum(len(v) for v in clients.values())
-print(f"  {d['ok']} connections ok, {d['failed']} failed, from {n} client addresses; by backend:")
-for be in sorted(d["by_backend"]):
-    print(f"    {be}: {d['by_backend'][be]:4d} connections, {len(clients.get(be, ())):3d} clients, each client always on the same backend")
-PY
+python3 scripts/spread.py IPv4 "$out"
 echo "  by node (ECMP on the 5-tuple: one client's connections cross several nodes):"
 for i in $(seq "$NODES"); do echo "    n$i: $((after[i] - before[i])) connections"; done
 

@@ -32,21 +32,9 @@ Show the node's state, each BGP peer's session and the announced VIPs.`,
 }
 
 func nodeCmd(args []string, out io.Writer) error {
-	if len(args) == 0 {
-		return usageError("%s", nodeUsage)
-	}
-	sub, args := args[0], args[1:]
-	switch sub {
-	case "help", "-h", "-help", "--help":
-		if len(args) > 0 && nodeUsages[args[0]] != "" {
-			return nodeCmd([]string{args[0], "--help"}, out)
-		}
-		fmt.Fprintln(out, nodeUsage)
-		return flag.ErrHelp
-	}
-	help, ok := nodeUsages[sub]
-	if !ok {
-		return usageError("unknown node command %q\n%s", sub, nodeUsage)
+	sub, args, help, err := subcommand("node", args, nodeUsage, nodeUsages, out)
+	if err != nil {
+		return err
 	}
 	fs := flag.NewFlagSet("node "+sub, flag.ContinueOnError)
 	addr, token, cfgPath := adminFlags(fs)
