@@ -111,7 +111,7 @@ static __always_inline int encap4(struct xdp_md *ctx, const struct backend *be, 
 	backend_hop(be, &fallback);
 	int rc = next_hop(ctx, &fib, &fallback, &nh);
 	if (rc == TX_TOO_BIG && df)
-		return icmp4_too_big(ctx, l2, nh.mtu);
+		return icmp4_too_big(ctx, l2, nh.mtu - sizeof(struct iphdr)); /* room for the outer header */
 	if (rc != TX_OK)
 		return rc;
 
@@ -138,7 +138,7 @@ static __always_inline int encap6(struct xdp_md *ctx, const struct backend *be, 
 	if (len == sizeof(struct ipv6hdr)) /* past 64 KiB (see parse_ipv6) */
 		len = bpf_xdp_get_buff_len(ctx) - l2;
 	if (len > 0xffff) /* more than an outer payload length holds */
-		return icmp6_too_big(ctx, l2, 0xffff + sizeof(struct ipv6hdr));
+		return icmp6_too_big(ctx, l2, 0xffff);
 	__u32 outer_len = len + sizeof(struct ipv6hdr);
 	/* The traffic class straddles priority and the label's first byte. */
 	__u8 tclass_low = inner->flow_lbl[0] & 0xf0;
@@ -167,7 +167,7 @@ static __always_inline int encap6(struct xdp_md *ctx, const struct backend *be, 
 	backend_hop(be, &fallback);
 	int rc = next_hop(ctx, &fib, &fallback, &nh);
 	if (rc == TX_TOO_BIG)
-		return icmp6_too_big(ctx, l2, nh.mtu);
+		return icmp6_too_big(ctx, l2, nh.mtu - sizeof(struct ipv6hdr));
 	if (rc != TX_OK)
 		return rc;
 

@@ -108,10 +108,13 @@ static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *
 /*
  * The source port of the client flow p to backend be: the flow's own while
  * its binding stands (put back if the sweep removed it), else a new one.
+ * new_flow: the connection table placed p as a new flow (a reopened one
+ * starts its state afresh; a SYN on a live flow does not).
  * Returns TX_OK with *port set, or TX_NO_PORT.
  */
 static __always_inline int nat_port(struct xdp_md *ctx, const struct packet *p,
-				    const struct backend *be, __u32 be_id, __u32 svc_id, __u16 *port)
+				    const struct backend *be, __u32 be_id, __u32 svc_id,
+				    __u64 new_flow, __u16 *port)
 {
 	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
 	struct nat_flow *nf = bpf_map_lookup_elem(&nat_flows, &p->flow);
@@ -125,8 +128,8 @@ static __always_inline int nat_port(struct xdp_md *ctx, const struct packet *p,
 		if (b && flow_key_eq(&b->client, &p->flow)) {
 			if (b->seen != now)
 				b->seen = now;
-			if (p->syn)
-				b->flags = 0; /* the client opens its ports again */
+			if (new_flow)
+				b->flags = p->flow_flags; /* the client opens its ports again */
 			else if (p->flow_flags & ~b->flags)
 				b->flags |= p->flow_flags;
 			*port = own;
@@ -186,6 +189,8 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *
 	__be16 ports[2] = {bpf_htons(sport), bpf_htons(dport)};
 	__u64 acc;
 
+	if (p->l4_far) /* the mask below would point elsewhere */
+		return TX_TRUNCATED;
 	if (p->flow.family == XLB_FAMILY_V4) {
 		struct iphdr *ip = data + l3;
 
@@ -264,7 +269,8 @@ static __always_inline void fib_params(struct xdp_md *ctx, struct bpf_fib_lookup
 
 /*
  * The answer to a packet too big for its next hop: an ICMP error back to
- * its source (from its destination), or a drop where none may be sent.
+ * its source (from its destination) with the hop's MTU as it is (NAT adds
+ * no header), or a drop where none may be sent.
  */
 static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, __u32 mtu)
 {
@@ -281,12 +287,18 @@ static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, _
  * see enum tx_result.
  */
 static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *p,
-				       const struct backend *be, __u32 be_id, __u32 svc_id, __u32 *egress)
+				       const struct backend *be, __u32 be_id, __u32 svc_id,
+				       __u64 new_flow, __u32 *egress)
 {
 	struct bpf_fib_lookup fib = {};
 	struct next_hop fallback = {}, nh = {};
 	__u16 port;
 
+	if (p->l4_far)
+		return TX_TRUNCATED;
+	/* Sent on untagged, answered untagged: refused rather than half done. */
+	if (p->l3 != sizeof(struct ethhdr))
+		return TX_VLAN;
 	/* The route first: a packet too big is answered from the VIP, as sent. */
 	fib_params(ctx, &fib, p->flow.family, p->flow.proto, p->ip_len, be->src, be->addr);
 	backend_hop(be, &fallback);
@@ -296,7 +308,7 @@ static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *
 	if (rc != TX_OK)
 		return rc;
 
-	rc = nat_port(ctx, p, be, be_id, svc_id, &port);
+	rc = nat_port(ctx, p, be, be_id, svc_id, new_flow, &port);
 	if (rc != TX_OK)
 		return rc;
 	rc = nat_rewrite(ctx, p, be->src, be->addr, port, be->port);
@@ -306,31 +318,36 @@ static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *
 	return set_eth(ctx, &nh);
 }
 
-/*
- * The route back to a NAT flow's client c (a copy of b's): from the FIB, or
- * where the client's first packet came from.
- */
-static __always_inline int client_hop(struct xdp_md *ctx, const struct flow_key *c,
-				      const struct nat_binding *b, __u8 proto, __u32 ip_len,
-				      struct next_hop *nh)
+/* Where a NAT flow's client's packets came from (b: its binding). */
+static __always_inline void client_fallback(const struct nat_binding *b, struct next_hop *fb)
 {
-	struct bpf_fib_lookup fib = {};
-	struct next_hop fallback = {.ifindex = b->client_ifindex};
-
-	__builtin_memcpy(fallback.dmac, b->client_mac, ETH_ALEN);
-	__builtin_memcpy(fallback.smac, b->local_mac, ETH_ALEN);
-	fib_params(ctx, &fib, c->family, proto, ip_len, c->dst, c->src);
-	return next_hop(ctx, &fib, &fallback, nh);
+	fb->ifindex = b->client_ifindex;
+	__builtin_memcpy(fb->dmac, b->client_mac, ETH_ALEN);
+	__builtin_memcpy(fb->smac, b->local_mac, ETH_ALEN);
 }
 
-static __always_inline int reply_verdict(struct xdp_md *ctx, __u32 egress, __u64 len)
+/*
+ * Sends a translated answer toward nh, or, when nh's interface is not one
+ * xlb may redirect to (no tx_ports entry), back out of the receiving
+ * interface to fallback: where the client's packets came from.
+ */
+static __always_inline int reply_verdict(struct xdp_md *ctx, const struct next_hop *nh,
+					 const struct next_hop *fallback, __u64 len)
 {
-	if (egress == ctx->ingress_ifindex)
-		return verdict(XLB_R_NAT_REPLY_TX, len, XDP_TX);
-	int action = bpf_redirect_map(&tx_ports, egress, XDP_DROP);
-	if (action != XDP_REDIRECT)
-		return verdict(XLB_R_DROP_NO_TX_PORT, len, XDP_DROP);
-	return verdict(XLB_R_NAT_REPLY_REDIRECT, len, action);
+	if (nh->ifindex != ctx->ingress_ifindex) {
+		int action = bpf_redirect_map(&tx_ports, nh->ifindex, XDP_DROP);
+		if (action == XDP_REDIRECT) {
+			if (set_eth(ctx, nh) != TX_OK)
+				return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
+			return verdict(XLB_R_NAT_REPLY_REDIRECT, len, action);
+		}
+		if (fallback->ifindex != ctx->ingress_ifindex)
+			return verdict(XLB_R_DROP_NO_TX_PORT, len, XDP_DROP);
+		nh = fallback;
+	}
+	if (set_eth(ctx, nh) != TX_OK)
+		return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
+	return verdict(XLB_R_NAT_REPLY_TX, len, XDP_TX);
 }
 
 /* The verdict of a packet nat_forward or nat_reply did not leave to send. */
@@ -347,30 +364,38 @@ static __always_inline int tx_verdict(int rc, __u64 len)
 		return verdict(XLB_R_DROP_NAT_PORTS, len, XDP_DROP);
 	case TX_ICMP_LIMITED:
 		return verdict(XLB_R_DROP_ICMP_RATE, len, XDP_DROP);
+	case TX_TRUNCATED:
+		return verdict(XLB_R_DROP_TRUNCATED, len, XDP_DROP);
+	case TX_VLAN:
+		return verdict(XLB_R_DROP_NAT_VLAN, len, XDP_DROP);
 	}
 	return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
 }
 
-/* Is port one NAT flows are given? */
+/* May port be one a NAT flow holds (its answers' destination port)? */
 static __always_inline int nat_port_in_range(__u16 port)
 {
 	__u32 zero = 0;
 	struct nat_port_range *r = bpf_map_lookup_elem(&nat_ports, &zero);
 
-	return r && (__u32)port - r->first < r->count;
+	return r && (__u32)port - r->reply_first < r->reply_count;
 }
 
 /*
  * A backend's answer to a NAT flow, translated to VIP -> client and sent on;
- * -1 when p (TCP or UDP, not a fragment) is not one.
+ * -1 when p (TCP or UDP, a first fragment at most) is not one.
  */
 static __always_inline int nat_reply(struct xdp_md *ctx, const struct packet *p)
 {
-	if (!nat_port_in_range(p->flow.dport))
+	if (p->l4_far || !nat_port_in_range(p->flow.dport))
 		return -1;
 	struct nat_binding *b = bpf_map_lookup_elem(&nat_bindings, &p->flow);
 	if (!b)
 		return -1;
+	/* Later fragments carry no ports to translate: the answer is lost
+	 * either way, so it is dropped and counted, not left to the host. */
+	if (p->fragment)
+		return verdict(XLB_R_DROP_FRAGMENT, p->len, XDP_DROP);
 
 	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
 	if (b->seen != now)
@@ -383,41 +408,59 @@ static __always_inline int nat_reply(struct xdp_md *ctx, const struct packet *p)
 		ct->seen = now;
 
 	struct flow_key c = b->client;
-	struct next_hop nh = {};
-	int rc = client_hop(ctx, &c, b, p->flow.proto, p->ip_len, &nh);
+	struct bpf_fib_lookup fib = {};
+	struct next_hop fallback = {}, nh = {};
+	client_fallback(b, &fallback);
+	fib_params(ctx, &fib, c.family, p->flow.proto, p->ip_len, c.dst, c.src);
+	int rc = next_hop(ctx, &fib, &fallback, &nh);
 	if (rc == TX_TOO_BIG)
 		rc = too_big(ctx, p, nh.mtu); /* to the backend, from the LB source */
 	if (rc == TX_OK)
 		rc = nat_rewrite(ctx, p, c.dst, c.src, c.dport, c.sport);
-	if (rc == TX_OK)
-		rc = set_eth(ctx, &nh);
 	if (rc != TX_OK)
 		return tx_verdict(rc, p->len);
-	return reply_verdict(ctx, nh.ifindex, p->len);
+	return reply_verdict(ctx, &nh, &fallback, p->len);
 }
 
 /*
- * The quoted packet of an ICMP error that reached an LB source: where its
- * IP header and transport ports start, and the binding key it names (the
- * quote is a packet the LB sent, so its reverse is the answers' key).
+ * Where the parts of an ICMP error's quoted packet start (offsets from the
+ * frame's start; the quote is bounded by the error's IP length).
  */
 struct icmp_quote {
-	__u32 ip;    /* quoted IP header, from the frame's start */
-	__u32 l4;    /* quoted ports */
 	__u32 check; /* the ICMP checksum */
+	__u32 ip;    /* the quoted IP header */
+	__u32 l4;    /* the quoted transport header */
+	__u32 end;   /* the end of the error's IP packet */
+	__u8 proto;  /* the quoted transport protocol */
 };
 
-static __always_inline int quote_key(void *data, void *end, const struct packet *p,
-				     struct icmp_quote *q, struct flow_key *k)
+/* An ICMP error's rewrite: its new addresses, and its quote's. */
+struct icmp_xlat {
+	__u8 outer_src[16];
+	__u8 outer_dst[16];
+	__u8 in_src[16];
+	__u8 in_dst[16];
+	__u16 in_sport; /* host order */
+	__u16 in_dport;
+};
+
+/*
+ * Reads the ICMP or ICMPv6 error p: where its quote is and its quoted flow
+ * (src, dst, ports as the quoted packet has them). -1 when p is no error
+ * with a TCP or UDP quote that names its ports.
+ */
+static __always_inline int read_quote(void *data, void *end, const struct packet *p,
+				      struct icmp_quote *q, struct flow_key *quoted)
 {
 	__u32 l4 = p->l4 & 0x3ff;
 	__u8 *icmp = data + l4;
 
-	if ((void *)(icmp + 8) > end)
+	if (p->l4_far || (void *)(icmp + 8) > end)
 		return -1;
 	q->check = l4 + 2;
 	q->ip = l4 + 8;
-	k->family = p->flow.family;
+	q->end = (p->l3 & 0x1f) + p->ip_len;
+	quoted->family = p->flow.family;
 	if (p->flow.family == XLB_FAMILY_V4) {
 		if (p->flow.proto != IPPROTO_ICMP)
 			return -1;
@@ -429,9 +472,9 @@ static __always_inline int quote_key(void *data, void *end, const struct packet 
 			return -1;
 		if (in->frag_off & bpf_htons(IP_OFFSET))
 			return -1; /* no ports quoted */
-		k->proto = in->protocol;
-		__builtin_memcpy(k->src, &in->daddr, 4);
-		__builtin_memcpy(k->dst, &in->saddr, 4);
+		q->proto = in->protocol;
+		__builtin_memcpy(quoted->src, &in->saddr, 4);
+		__builtin_memcpy(quoted->dst, &in->daddr, 4);
 		q->l4 = (q->ip & 0x3ff) + ((in->ihl * 4) & 0x3c);
 	} else {
 		if (p->flow.proto != IPPROTO_ICMPV6)
@@ -443,35 +486,43 @@ static __always_inline int quote_key(void *data, void *end, const struct packet 
 		struct ipv6hdr *in = data + (q->ip & 0x3ff);
 		if ((void *)(in + 1) > end)
 			return -1;
-		k->proto = in->nexthdr; /* quotes with extension headers pass */
-		__builtin_memcpy(k->src, &in->daddr, 16);
-		__builtin_memcpy(k->dst, &in->saddr, 16);
+		q->proto = in->nexthdr; /* quotes with extension headers pass */
+		__builtin_memcpy(quoted->src, &in->saddr, 16);
+		__builtin_memcpy(quoted->dst, &in->daddr, 16);
 		q->l4 = (q->ip & 0x3ff) + sizeof(*in);
 	}
-	if (k->proto != IPPROTO_TCP && k->proto != IPPROTO_UDP)
+	if (q->proto != IPPROTO_TCP && q->proto != IPPROTO_UDP)
 		return -1;
+	quoted->proto = q->proto;
 	__be16 *ports = data + (q->l4 & 0x7ff);
-	if ((void *)(ports + 2) > end)
+	if ((void *)(ports + 2) > end || q->l4 + 4 > q->end)
 		return -1;
-	k->sport = bpf_ntohs(ports[1]);
-	k->dport = bpf_ntohs(ports[0]);
+	quoted->sport = bpf_ntohs(ports[0]);
+	quoted->dport = bpf_ntohs(ports[1]);
 	return 0;
 }
 
+/* Are the 16-byte addresses a and b equal? */
+static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
 /*
- * Rewrites an ICMP error about the NAT flow c's LB-side packet into one
- * about the client's packet, from the VIP to the client: outer addresses,
- * quoted addresses and ports, and the checksums over each (the quoted
- * transport checksum only when quoted).
+ * Rewrites the ICMP error p per x: outer addresses, quoted addresses and
+ * ports, and the checksums over each (the quoted transport checksum only
+ * when the quote holds it).
  */
 static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet *p,
-					const struct icmp_quote *q, const struct flow_key *c)
+					const struct icmp_quote *q, const struct icmp_xlat *x)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	__u32 l3 = p->l3 & 0x1f;
 	__u16 *check = data + (q->check & 0x3ff);
-	__be16 ports[2] = {bpf_htons(c->sport), bpf_htons(c->dport)};
+	__be16 ports[2] = {bpf_htons(x->in_sport), bpf_htons(x->in_dport)};
 	__be16 *qports = data + (q->l4 & 0x7ff);
 	__u64 outer, inner, icmp = 0;
 
@@ -484,19 +535,19 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet 
 
 		if ((void *)(ip + 1) > end || (void *)(in + 1) > end)
 			return TX_FAILED;
-		outer = csum_add_change(0, &ip->saddr, c->dst, 4);
-		outer = csum_add_change(outer, &ip->daddr, c->src, 4);
+		outer = csum_add_change(0, &ip->saddr, x->outer_src, 4);
+		outer = csum_add_change(outer, &ip->daddr, x->outer_dst, 4);
 		csum_apply(&ip->check, outer);
-		__builtin_memcpy(&ip->saddr, c->dst, 4);
-		__builtin_memcpy(&ip->daddr, c->src, 4);
+		__builtin_memcpy(&ip->saddr, x->outer_src, 4);
+		__builtin_memcpy(&ip->daddr, x->outer_dst, 4);
 
-		inner = csum_add_change(0, &in->saddr, c->src, 4);
-		inner = csum_add_change(inner, &in->daddr, c->dst, 4);
+		inner = csum_add_change(0, &in->saddr, x->in_src, 4);
+		inner = csum_add_change(inner, &in->daddr, x->in_dst, 4);
 		__u16 old = in->check;
 		csum_apply(&in->check, inner);
 		icmp = csum_add_change16(inner, old, in->check);
-		__builtin_memcpy(&in->saddr, c->src, 4);
-		__builtin_memcpy(&in->daddr, c->dst, 4);
+		__builtin_memcpy(&in->saddr, x->in_src, 4);
+		__builtin_memcpy(&in->daddr, x->in_dst, 4);
 	} else {
 		struct ipv6hdr *ip6 = data + l3;
 		struct ipv6hdr *in = data + (q->ip & 0x3ff);
@@ -504,34 +555,34 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet 
 		if ((void *)(ip6 + 1) > end || (void *)(in + 1) > end)
 			return TX_FAILED;
 		/* The ICMPv6 checksum covers the outer addresses too. */
-		outer = csum_add_change(0, &ip6->saddr, c->dst, 16);
-		outer = csum_add_change(outer, &ip6->daddr, c->src, 16);
-		__builtin_memcpy(&ip6->saddr, c->dst, 16);
-		__builtin_memcpy(&ip6->daddr, c->src, 16);
+		outer = csum_add_change(0, &ip6->saddr, x->outer_src, 16);
+		outer = csum_add_change(outer, &ip6->daddr, x->outer_dst, 16);
+		__builtin_memcpy(&ip6->saddr, x->outer_src, 16);
+		__builtin_memcpy(&ip6->daddr, x->outer_dst, 16);
 
-		inner = csum_add_change(0, &in->saddr, c->src, 16);
-		inner = csum_add_change(inner, &in->daddr, c->dst, 16);
-		__builtin_memcpy(&in->saddr, c->src, 16);
-		__builtin_memcpy(&in->daddr, c->dst, 16);
+		inner = csum_add_change(0, &in->saddr, x->in_src, 16);
+		inner = csum_add_change(inner, &in->daddr, x->in_dst, 16);
+		__builtin_memcpy(&in->saddr, x->in_src, 16);
+		__builtin_memcpy(&in->daddr, x->in_dst, 16);
 		icmp = outer + inner;
 	}
 
-	/* The quoted transport header: ports, and its checksum if quoted. */
+	/* The quoted transport header: ports, and its checksum if quoted
+	 * (within the error's IP length: bytes past it are padding). */
 	__u64 l4 = csum_add_change(inner, qports, ports, 4);
 	icmp = csum_add_change(icmp, qports, ports, 4);
 	qports[0] = ports[0];
 	qports[1] = ports[1];
-	void *th = qports;
-	if (c->proto == IPPROTO_TCP) {
-		struct tcphdr *tcp = th;
-		if ((void *)(tcp + 1) <= end) {
+	if (q->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = (void *)qports;
+		if ((void *)(tcp + 1) <= end && q->l4 + sizeof(*tcp) <= q->end) {
 			__u16 old = tcp->check;
 			csum_apply(&tcp->check, l4);
 			icmp = csum_add_change16(icmp, old, tcp->check);
 		}
 	} else {
-		struct udphdr *udp = th;
-		if ((void *)(udp + 1) <= end) {
+		struct udphdr *udp = (void *)qports;
+		if ((void *)(udp + 1) <= end && q->l4 + sizeof(*udp) <= q->end) {
 			__u16 old = udp->check;
 			csum_apply_udp(&udp->check, l4);
 			icmp = csum_add_change16(icmp, old, udp->check);
@@ -542,33 +593,112 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet 
 }
 
 /*
- * An ICMP error about a NAT flow (p: ICMP or ICMPv6 to a possible LB
- * source), translated back to the client; -1 when it is not one.
+ * The translation of an error about a packet xlb sent to a backend (the
+ * quote: source:port' -> backend:port), addressed to source: back to the
+ * client, as from the VIP, about the client's packet. -1: no such flow.
+ */
+static __always_inline int xlat_to_client(struct xdp_md *ctx, const struct packet *p,
+					  const struct flow_key *quoted, struct icmp_xlat *x,
+					  struct next_hop *nh, struct next_hop *fallback)
+{
+	struct flow_key k = {
+		.sport = quoted->dport, .dport = quoted->sport,
+		.proto = quoted->proto, .family = quoted->family,
+	};
+
+	/* Sent to where the quoted packet came from: anything else is forged. */
+	if (!addr_eq(p->flow.dst, quoted->src) || !nat_port_in_range(quoted->sport))
+		return -1;
+	__builtin_memcpy(k.src, quoted->dst, 16);
+	__builtin_memcpy(k.dst, quoted->src, 16);
+	struct nat_binding *b = bpf_map_lookup_elem(&nat_bindings, &k);
+	if (!b)
+		return -1;
+	struct flow_key c = b->client;
+	__builtin_memcpy(x->outer_src, c.dst, 16);
+	__builtin_memcpy(x->outer_dst, c.src, 16);
+	__builtin_memcpy(x->in_src, c.src, 16);
+	__builtin_memcpy(x->in_dst, c.dst, 16);
+	x->in_sport = c.sport;
+	x->in_dport = c.dport;
+
+	struct bpf_fib_lookup fib = {};
+	client_fallback(b, fallback);
+	fib_params(ctx, &fib, c.family, p->flow.proto, p->ip_len, c.dst, c.src);
+	return next_hop(ctx, &fib, fallback, nh);
+}
+
+/*
+ * The translation of an error about an answer xlb sent to a client (the
+ * quote: VIP:port -> client), addressed to the VIP: on to the backend, as
+ * from the NAT source, about the backend's answer. -1: no such flow.
+ */
+static __always_inline int xlat_to_backend(struct xdp_md *ctx, const struct packet *p,
+					   const struct flow_key *quoted, struct icmp_xlat *x,
+					   struct next_hop *nh, struct next_hop *fallback)
+{
+	struct flow_key k = {
+		.sport = quoted->dport, .dport = quoted->sport,
+		.proto = quoted->proto, .family = quoted->family,
+	};
+
+	if (!addr_eq(p->flow.dst, quoted->src))
+		return -1;
+	__builtin_memcpy(k.src, quoted->dst, 16);
+	__builtin_memcpy(k.dst, quoted->src, 16);
+	struct nat_flow *nf = bpf_map_lookup_elem(&nat_flows, &k);
+	if (!nf)
+		return -1;
+	__u32 be_id = nf->backend_id;
+	__u16 port = nf->port;
+	struct backend *be = bpf_map_lookup_elem(&backends, &be_id);
+	if (!be || be->forwarding != XLB_FWD_NAT)
+		return -1;
+	__builtin_memcpy(x->outer_src, be->src, 16);
+	__builtin_memcpy(x->outer_dst, be->addr, 16);
+	__builtin_memcpy(x->in_src, be->addr, 16);
+	__builtin_memcpy(x->in_dst, be->src, 16);
+	x->in_sport = be->port;
+	x->in_dport = port;
+
+	struct bpf_fib_lookup fib = {};
+	backend_hop(be, fallback);
+	fib_params(ctx, &fib, p->flow.family, p->flow.proto, p->ip_len, be->src, be->addr);
+	return next_hop(ctx, &fib, fallback, nh);
+}
+
+/*
+ * An ICMP error about a NAT flow (p: ICMP or ICMPv6 to a possible VIP or
+ * NAT source, not a fragment), translated and sent on: about a packet to a
+ * backend, back to the client; about an answer to a client, on to the
+ * backend. -1 when it is about no NAT flow. Errors count against the ICMP
+ * budget: forged ones cannot make xlb a reflector.
  */
 static __always_inline int nat_icmp(struct xdp_md *ctx, const struct packet *p)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct icmp_quote q = {};
-	struct flow_key k = {};
+	struct flow_key quoted = {};
+	struct icmp_xlat x = {};
+	struct next_hop nh = {}, fallback = {};
+	int rc;
 
-	if (quote_key(data, end, p, &q, &k) || !nat_port_in_range(k.dport))
+	if (read_quote(data, end, p, &q, &quoted))
 		return -1;
-	struct nat_binding *b = bpf_map_lookup_elem(&nat_bindings, &k);
-	if (!b)
+	rc = xlat_to_client(ctx, p, &quoted, &x, &nh, &fallback);
+	if (rc < 0)
+		rc = xlat_to_backend(ctx, p, &quoted, &x, &nh, &fallback);
+	if (rc < 0)
 		return -1;
-
-	struct flow_key c = b->client;
-	struct next_hop nh = {};
 	/* Too big, it is dropped: never an ICMP error about an ICMP error. */
-	int rc = client_hop(ctx, &c, b, p->flow.proto, p->ip_len, &nh);
+	if (rc == TX_OK && !icmp_allowed())
+		rc = TX_ICMP_LIMITED;
 	if (rc == TX_OK)
-		rc = icmp_rewrite(ctx, p, &q, &c);
-	if (rc == TX_OK)
-		rc = set_eth(ctx, &nh);
+		rc = icmp_rewrite(ctx, p, &q, &x);
 	if (rc != TX_OK)
 		return tx_verdict(rc, p->len);
-	return reply_verdict(ctx, nh.ifindex, p->len);
+	return reply_verdict(ctx, &nh, &fallback, p->len);
 }
 
 #endif

@@ -49,6 +49,9 @@ struct packet {
 	__u8 later_fragment; /* no transport header in this packet */
 	__u8 l4_truncated;
 	__u8 df;         /* IPv4 "don't fragment" */
+	/* the transport header starts past XLB_MAX_L4_OFFSET (IPv6 extension
+	 * headers): NAT cannot rewrite it */
+	__u8 l4_far;
 };
 
 /*
@@ -122,17 +125,16 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, struct packet *p, void
 	p->df = !!(ip->frag_off & bpf_htons(IP_DF));
 	__builtin_memcpy(p->flow.src, &ip->saddr, 4);
 	__builtin_memcpy(p->flow.dst, &ip->daddr, 4);
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return PARSE_OTHER_PROTO;
-
+	/* Before the protocol: an ICMP fragment is no ICMP error to read. */
 	__u16 frag = bpf_ntohs(ip->frag_off);
 	if (frag & (IP_MF | IP_OFFSET)) {
 		p->fragment = 1;
-		if (frag & IP_OFFSET) {
-			p->later_fragment = 1;
-			return PARSE_OK;
-		}
+		p->later_fragment = !!(frag & IP_OFFSET);
 	}
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return PARSE_OTHER_PROTO;
+	if (p->later_fragment)
+		return PARSE_OK;
 	if (parse_l4(p, data + hlen, end, tot - hlen))
 		p->l4_truncated = 1;
 	return PARSE_OK;
@@ -223,6 +225,10 @@ truncated:
 done:
 	p->flow.proto = next;
 	p->l4 = l2 + (cur - data);
+	/* Rewriting programs address the transport header by a bounded
+	 * offset; past it, extension headers leave it unreachable. */
+	if (cur - data > XLB_MAX_L4_OFFSET - XLB_MAX_L2_LEN)
+		p->l4_far = 1;
 	if (next != IPPROTO_TCP && next != IPPROTO_UDP)
 		return PARSE_OTHER_PROTO;
 	if (p->later_fragment)

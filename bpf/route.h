@@ -57,6 +57,8 @@ enum tx_result {
 	TX_FAILED,    /* no headroom (never with the 256 bytes XDP reserves) */
 	TX_NO_PORT,   /* nat: no source port free, or a NAT table full: drop */
 	TX_ICMP_LIMITED, /* an ICMP error was due, but the budget is spent: drop */
+	TX_TRUNCATED, /* nat: the transport header is out of reach: drop */
+	TX_VLAN,      /* nat: a VLAN-tagged client packet: drop */
 };
 
 /*
@@ -185,8 +187,9 @@ static __always_inline void *icmp_reply(struct xdp_md *ctx, __u32 l2, __u32 quot
 
 /*
  * Turns the IPv4 packet at l2 into an ICMP "fragmentation needed" (type 3
- * code 4, next-hop MTU mtu - 20) from its destination (the VIP) to its
- * source, to go back where it came from.
+ * code 4, next-hop MTU mtu: the largest packet its source may send, less
+ * any header the caller adds on the way) from its destination (the VIP) to
+ * its source, to go back where it came from.
  */
 static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu)
 {
@@ -217,7 +220,7 @@ static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu
 	icmp->code = ICMP_FRAG_NEEDED;
 	icmp->checksum = 0;
 	icmp->unused = 0;
-	icmp->mtu = bpf_htons(mtu - sizeof(struct iphdr));
+	icmp->mtu = bpf_htons(mtu);
 	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)icmp, sizeof(*icmp) + ICMP4_QUOTE, 0);
 	icmp->checksum = csum_fold((__u32)sum);
 	return TX_ICMP;
@@ -225,7 +228,7 @@ static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu
 
 /*
  * Turns the IPv6 packet at l2 into an ICMPv6 "packet too big" (type 2, MTU
- * mtu - 40) from its destination (the VIP) to its source.
+ * mtu, as for icmp4_too_big) from its destination (the VIP) to its source.
  */
 static __always_inline int icmp6_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu)
 {
@@ -253,7 +256,7 @@ static __always_inline int icmp6_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu
 	icmp6->icmp6_type = ICMPV6_PKT_TOOBIG;
 	icmp6->icmp6_code = 0;
 	icmp6->icmp6_cksum = 0;
-	icmp6->icmp6_mtu = bpf_htonl(mtu - sizeof(struct ipv6hdr));
+	icmp6->icmp6_mtu = bpf_htonl(mtu);
 	/* The pseudo-header: both addresses, the length, the next header. */
 	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)&ip6->saddr, 32, 0);
 	sum = bpf_csum_diff(NULL, 0, (__be32 *)icmp6, plen, (__u32)sum);

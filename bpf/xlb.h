@@ -27,6 +27,10 @@ enum limits {
 	XLB_NAT_PROBES = 24,
 	/* ICMP errors a CPU may send at once; one more each 2^20 ns (~1 ms) */
 	XLB_ICMP_BURST = 64,
+	/* NAT rewrites transport headers starting within this many bytes of
+	 * the frame (IPv6 extension headers may push one further) */
+	XLB_MAX_L4_OFFSET = 512,
+	XLB_MAX_L2_LEN = 18, /* Ethernet and one VLAN tag */
 	XLB_ICMP_REFILL_SHIFT = 20,
 	/* flow_value.seen and flow_timeouts count ticks of 2^30 ns (1.07 s) */
 	XLB_FLOW_TICK_SHIFT = 30,
@@ -113,7 +117,9 @@ enum reason {
 	/* ipip, nat: too big, and this CPU's ICMP error budget is spent
 	 * (XLB_ICMP_BURST, refilled at about 1000/s: as Linux limits its own) */
 	XLB_R_DROP_ICMP_RATE = 18,
-	XLB_R_MAX = 19,
+	/* nat: a VLAN-tagged client packet (NAT sends untagged only) */
+	XLB_R_DROP_NAT_VLAN = 19,
+	XLB_R_MAX = 20,
 };
 
 /* How an L4 service's packets reach its backends (struct backend). */
@@ -234,13 +240,17 @@ struct counters {
 };
 
 /*
- * nat: the source ports NAT flows are given, [first, first + count). The one
- * entry of the nat_ports map; count 0 turns new NAT flows away.
+ * nat: the source ports new NAT flows are given, [first, first + count),
+ * and those answers are looked for on, [reply_first, reply_first +
+ * reply_count): the range, widened to cover an earlier one while flows
+ * hold its ports (the daemon narrows it once none do). The one entry of
+ * the nat_ports map; count 0 turns new NAT flows away.
  */
 struct nat_port_range {
 	__u16 first;
-	__u16 pad;
+	__u16 reply_first;
 	__u32 count;
+	__u32 reply_count;
 };
 
 /*

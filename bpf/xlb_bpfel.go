@@ -131,6 +131,8 @@ const (
 	XlbLimitsXLB_REASON_SLOTS        XlbLimits = 32
 	XlbLimitsXLB_NAT_PROBES          XlbLimits = 24
 	XlbLimitsXLB_ICMP_BURST          XlbLimits = 64
+	XlbLimitsXLB_MAX_L4OFFSET        XlbLimits = 512
+	XlbLimitsXLB_MAX_L2LEN           XlbLimits = 18
 	XlbLimitsXLB_ICMP_REFILL_SHIFT   XlbLimits = 20
 	XlbLimitsXLB_FLOW_TICK_SHIFT     XlbLimits = 30
 	XlbLimitsXLB_CLOSING_QUIET_TICKS XlbLimits = 2
@@ -161,10 +163,11 @@ type XlbNatFlow struct {
 }
 
 type XlbNatPortRange struct {
-	_     structs.HostLayout
-	First uint16
-	Pad   uint16
-	Count uint32
+	_          structs.HostLayout
+	First      uint16
+	ReplyFirst uint16
+	Count      uint32
+	ReplyCount uint32
 }
 
 type XlbReason uint32
@@ -189,7 +192,8 @@ const (
 	XlbReasonXLB_R_NAT_REPLY_REDIRECT XlbReason = 16
 	XlbReasonXLB_R_DROP_NAT_PORTS     XlbReason = 17
 	XlbReasonXLB_R_DROP_ICMP_RATE     XlbReason = 18
-	XlbReasonXLB_R_MAX                XlbReason = 19
+	XlbReasonXLB_R_DROP_NAT_VLAN      XlbReason = 19
+	XlbReasonXLB_R_MAX                XlbReason = 20
 )
 
 type XlbSvcInfo struct {

@@ -5,13 +5,13 @@
 // address yet drops every packet for the VIP; a check through the VIP fails
 // there too.
 //
-// Each path (VIP, backend) gets a slot n in 1..MaxSlots, and with it a
-// firewall mark and a routing table, both numbered Base+n (0x786c0001 up),
-// and in the kernel:
+// Each path (VIP, backend) gets a slot n in 1..MaxSlots of its daemon's
+// range g (below), and with it a firewall mark and a routing table, both
+// numbered T = Base + g<<12 + n (0x786c0001 up), and in the kernel:
 //
-//	ip rule add pref 32000 fwmark Base+n lookup Base+n proto 177
-//	ip route replace VIP/32 via BACKEND dev IFACE onlink table Base+n proto 177
-//	ip route replace unreachable default table Base+n proto 177
+//	ip rule add pref 32000 fwmark T lookup T proto 177
+//	ip route replace VIP/32 via BACKEND dev IFACE onlink table T proto 177
+//	ip route replace unreachable default table T proto 177
 //
 // (/128 and ip -6 for IPv6). A check whose socket carries the mark (SO_MARK)
 // connects to the VIP through the backend: the kernel resolves the backend's
@@ -28,9 +28,19 @@
 // way, which could be through xlb itself.
 //
 // Rules and routes carry protocol Protocol (177), the rules priority
-// Priority: what Open and Close sweep away is exactly that, in tables
-// Base+1..Base+MaxSlots, so that a crashed daemon's leftovers go at the next
-// start. One daemon per network namespace may use check_via_vip.
+// Priority. Ownership: the tables Base+1..Base+0xffff are split into Ranges
+// ranges of MaxSlots, and a daemon owns range g while it holds the abstract
+// unix socket "@xlb-checkroute-g" bound in the network namespace (Open binds
+// it, Close releases it, and it goes with the process when a daemon is
+// killed). Abstract sockets belong to the network namespace, like the rules,
+// so daemons with different pin directories or mount namespaces never share
+// a range. A daemon tries its Instance's range first (a hash of its pin
+// directory), so a restart usually finds its range again. Open removes the
+// rules (priority and protocol as above) and routes (protocol 177) in the
+// tables of every range that no live daemon holds, its own included, which
+// removes a killed daemon's leftovers whichever range it had; Close removes
+// its own range's. Nothing in another live daemon's range is touched. Up to
+// Ranges daemons of one network namespace may use check_via_vip.
 //
 // What it cannot do, and reports (Install's errors):
 //

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,10 +20,11 @@ import (
 const (
 	// Priority of the rules: before the main table's (32766).
 	Priority = 32000
-	// Base + n is the mark and the table of slot n.
+	// Base + n is the mark and the table of slot n (Base+1..Base+0xffff,
+	// split into Ranges).
 	Base uint32 = 0x786c0000
-	// MaxSlots bounds the paths routed at once.
-	MaxSlots = 0xffff
+	// MaxSlots bounds the paths one Router routes at once (its range).
+	MaxSlots = 1<<rangeBits - 1
 	// Protocol tags the rules and routes (rtm_protocol, FRA_PROTOCOL);
 	// unassigned in iproute2's rt_protos.
 	Protocol netlink.RouteProtocol = 177
@@ -31,6 +33,8 @@ const (
 var (
 	// ErrFull: every slot is in use.
 	ErrFull = errors.New("no free check route slot")
+	// ErrNoRange: every range is another live daemon's.
+	ErrNoRange = errors.New("every check route range is held by another xlb daemon in this network namespace")
 	// ErrNotOnLink: the backend is not on a directly connected network.
 	ErrNotOnLink = errors.New("backend is not on a directly connected network")
 	// ErrNotThroughBackend: a lookup with the path's mark does not go to
@@ -54,6 +58,12 @@ type Options struct {
 	// Handle is where rules and routes go (its network namespace); nil: a
 	// new handle in the calling thread's namespace, closed by Close.
 	Handle *netlink.Handle
+	// NetNS is Handle's network namespace, where the range is claimed; 0
+	// (unset) or netns.None(): the calling thread's.
+	NetNS netns.NsHandle
+	// Instance names the daemon, stable across its restarts (its pin
+	// directory): it picks the range tried first.
+	Instance string
 	// Sysctl reads a value under /proc/sys ("net/ipv4/conf/all/rp_filter");
 	// nil: the file.
 	Sysctl func(name string) (string, error)
@@ -68,6 +78,8 @@ type Router struct {
 	sysctl    func(string) (string, error)
 
 	mu     sync.Mutex
+	rng    int             // the range claimed; -1: none
+	claim  int             // fd of the socket claiming rng; -1: none
 	marks  map[Path]uint32 // the slot (as its mark) of every path known
 	owners map[uint32]Path // the other way round
 	next   uint32          // slot after the last one handed out
@@ -75,11 +87,13 @@ type Router struct {
 	failed []Path          // of the last Install, for Retry
 }
 
-// Open returns a Router with no paths, after removing the rules and routes
-// an earlier daemon left (killed before its Close).
+// Open returns a Router with no paths in a range of its own, after removing
+// the rules and routes of every range no live daemon holds (its own, from a
+// run killed before its Close, included). With every range held it still
+// opens, and Mark and Install fail with ErrNoRange.
 func Open(o Options) (*Router, error) {
 	r := &Router{
-		h: o.Handle, log: o.Logger, sysctl: o.Sysctl,
+		h: o.Handle, log: o.Logger, sysctl: o.Sysctl, rng: -1, claim: -1,
 		marks: map[Path]uint32{}, owners: map[uint32]Path{}, ruled: map[Path]bool{},
 	}
 	if r.log == nil {
@@ -95,15 +109,56 @@ func Open(o Options) (*Router, error) {
 		}
 		r.h, r.ownHandle = h, true
 	}
-	n, err := r.sweep()
+	ns := o.NetNS
+	if ns == 0 {
+		ns = netns.None()
+	}
+	n, err := r.claimAndSweep(ns, preferredRange(o.Instance))
 	if err != nil {
+		r.release()
 		r.closeHandle()
-		return nil, fmt.Errorf("check routes: removing leftovers: %w", err)
+		return nil, fmt.Errorf("check routes: %w", err)
+	}
+	if r.rng < 0 {
+		r.log.Warn("check_via_vip unavailable: " + ErrNoRange.Error())
 	}
 	if n > 0 {
 		r.log.Info("removed check routes left by an earlier run", "rules_and_routes", n)
 	}
 	return r, nil
+}
+
+// claimAndSweep claims the first free range from pref on, and sweeps it
+// and every other free range: nobody live owns what is in them.
+func (r *Router) claimAndSweep(ns netns.NsHandle, pref int) (int, error) {
+	free := map[int]bool{}
+	var held []int // fds of the other free ranges, held while sweeping
+	defer func() {
+		for _, fd := range held {
+			unix.Close(fd)
+		}
+	}()
+	for i := range Ranges {
+		g := (pref + i) % Ranges
+		fd, ok, err := claim(ns, g)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			continue
+		}
+		free[g] = true
+		if r.rng < 0 {
+			r.rng, r.claim = g, fd
+		} else {
+			held = append(held, fd)
+		}
+	}
+	n, err := r.sweep(free)
+	if err != nil {
+		return n, fmt.Errorf("removing leftovers: %w", err)
+	}
+	return n, nil
 }
 
 // Mark is the firewall mark of p's checks, handing p a slot if it has none.
@@ -163,10 +218,21 @@ func (r *Router) Close() error {
 	for p := range r.marks {
 		errs = append(errs, r.remove(p))
 	}
-	_, err := r.sweep()
-	errs = append(errs, err)
+	if r.rng >= 0 {
+		_, err := r.sweep(map[int]bool{r.rng: true})
+		errs = append(errs, err)
+	}
+	r.release()
 	r.closeHandle()
 	return errors.Join(errs...)
+}
+
+// release gives up the range, once nothing of it is left in the kernel.
+func (r *Router) release() {
+	if r.claim >= 0 {
+		unix.Close(r.claim)
+	}
+	r.rng, r.claim = -1, -1
 }
 
 func (r *Router) closeHandle() {
@@ -182,11 +248,15 @@ func (r *Router) slot(p Path) (uint32, error) {
 	if m, ok := r.marks[p]; ok {
 		return m, nil
 	}
+	if r.rng < 0 {
+		return 0, ErrNoRange
+	}
+	first := Base + uint32(r.rng)<<rangeBits
 	for i := range uint32(MaxSlots) {
-		m := Base + (r.next+i)%MaxSlots + 1
+		m := first + (r.next+i)%MaxSlots + 1
 		if _, used := r.owners[m]; !used {
 			r.marks[p], r.owners[m] = m, p
-			r.next = m - Base
+			r.next = m - first
 			return m, nil
 		}
 	}
@@ -350,9 +420,13 @@ func (r *Router) rpFilter(iface string) int {
 	return n
 }
 
-// sweep removes every rule and route that Open or an earlier run put in,
-// and returns how many.
-func (r *Router) sweep() (int, error) {
+// sweep removes every rule and route of xlb's in the given ranges, and
+// returns how many.
+func (r *Router) sweep(ranges map[int]bool) (int, error) {
+	swept := func(table int) bool {
+		g, ok := rangeOf(table)
+		return ok && ranges[g]
+	}
 	n := 0
 	var errs []error
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
@@ -362,7 +436,7 @@ func (r *Router) sweep() (int, error) {
 			continue
 		}
 		for _, rule := range rules {
-			if rule.Protocol != uint8(Protocol) || !ownTable(rule.Table) {
+			if rule.Protocol != uint8(Protocol) || !swept(rule.Table) {
 				continue
 			}
 			if err := r.h.RuleDel(&rule); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -378,7 +452,7 @@ func (r *Router) sweep() (int, error) {
 		return n, errors.Join(append(errs, fmt.Errorf("list routes: %w", err))...)
 	}
 	for _, rt := range routes {
-		if !ownTable(rt.Table) {
+		if !swept(rt.Table) {
 			continue
 		}
 		if err := r.h.RouteDel(&rt); err != nil && !errors.Is(err, unix.ESRCH) {
@@ -388,10 +462,6 @@ func (r *Router) sweep() (int, error) {
 		n++
 	}
 	return n, errors.Join(errs...)
-}
-
-func ownTable(t int) bool {
-	return uint32(t) > Base && uint32(t) <= Base+MaxSlots
 }
 
 func family(a netip.Addr) int {

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -30,6 +31,7 @@ var (
 // in it.
 type testNS struct {
 	h        *netlink.Handle
+	ns       netns.NsHandle
 	xv0, xv1 int // link indexes
 	sysctl   map[string]string
 }
@@ -44,7 +46,7 @@ func newTestNS(t *testing.T) *testNS {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Close)
-	tn := &testNS{h: h, sysctl: map[string]string{}}
+	tn := &testNS{h: h, ns: ns, sysctl: map[string]string{}}
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xv0"}, PeerName: "xv1"}
 	if err := h.LinkAdd(veth); err != nil {
 		t.Fatalf("veth: %v", err)
@@ -109,11 +111,31 @@ func (tn *testNS) addAddr(t *testing.T, link netlink.Link, cidr string) {
 
 func (tn *testNS) open(t *testing.T) *Router {
 	t.Helper()
-	r, err := Open(Options{Handle: tn.h, Sysctl: tn.readSysctl})
+	return tn.openAs(t, "")
+}
+
+// openAs opens the Router of the daemon named instance.
+func (tn *testNS) openAs(t *testing.T, instance string) *Router {
+	t.Helper()
+	r, err := Open(Options{Handle: tn.h, NetNS: tn.ns, Instance: instance, Sysctl: tn.readSysctl})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// kill drops r as a killed daemon would: its rules and routes stay, its
+// range is free.
+func kill(r *Router) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.release()
+}
+
+// ownTable reports whether table t is one of xlb's, whoever's range.
+func ownTable(t int) bool {
+	_, ok := rangeOf(t)
+	return ok
 }
 
 func (tn *testNS) readSysctl(name string) (string, error) {
@@ -170,8 +192,9 @@ func TestInstallPruneClose(t *testing.T) {
 	p4 := Path{vip4, be4}
 	p6 := Path{vip6, be6}
 	p4b := Path{netip.MustParseAddr("198.19.0.11"), be4}
-	if m, err := r.Mark(p4); err != nil || m != Base+1 {
-		t.Fatalf("Mark = %#x, %v, want %#x", m, err, Base+1)
+	first := Base + uint32(preferredRange(""))<<rangeBits
+	if m, err := r.Mark(p4); err != nil || m != first+1 {
+		t.Fatalf("Mark = %#x, %v, want %#x", m, err, first+1)
 	}
 	if err := r.Install([]Path{p4, p6, p4b}); err != nil {
 		t.Fatalf("Install: %v", err)
@@ -208,7 +231,7 @@ func TestInstallPruneClose(t *testing.T) {
 	if got := tn.owned(t); len(got) != 3 {
 		t.Errorf("after Prune to one path: %d rules and routes, want 3:\n%v", len(got), got)
 	}
-	if m, _ := r.Mark(p6); m != Base+2 {
+	if m, _ := r.Mark(p6); m != first+2 {
 		t.Errorf("the kept path changed its mark to %#x", m)
 	}
 	if err := r.Close(); err != nil {
@@ -227,6 +250,7 @@ func TestOpenRemovesLeftovers(t *testing.T) {
 	if err := crashed.Install([]Path{{vip4, be4}, {vip6, be6}}); err != nil {
 		t.Fatal(err)
 	}
+	kill(crashed)
 	foreign := netlink.NewRule()
 	foreign.Priority, foreign.Table, foreign.Mark = Priority, int(Base+1), 0x1234
 	if err := tn.h.RuleAdd(foreign); err != nil {
@@ -416,5 +440,108 @@ func TestSlots(t *testing.T) {
 	}
 	if _, err := r.Mark(Path{vip6, be6}); !errors.Is(err, ErrFull) {
 		t.Errorf("Mark with every slot used = %v, want ErrFull", err)
+	}
+}
+
+// Two daemons in one network namespace (two pin directories): each sweeps
+// only its own range, at Open and at Close, and a restarted one finds its
+// range and its leftovers again.
+func TestDaemonsShareNamespace(t *testing.T) {
+	tn := newTestNS(t)
+	pa := Path{vip4, be4}
+	pb := Path{vip6, be6}
+	a := tn.openAs(t, "/sys/fs/bpf/a")
+	if err := a.Install([]Path{pa}); err != nil {
+		t.Fatal(err)
+	}
+	markA, _ := a.Mark(pa)
+	routedA := func(when string) {
+		t.Helper()
+		if gw, _, err := tn.through(pa.VIP, markA); err != nil || !gw.Equal(pa.Backend.AsSlice()) {
+			t.Errorf("%s: the first daemon's path goes to %v (%v)", when, gw, err)
+		}
+	}
+	b := tn.openAs(t, "/sys/fs/bpf/b")
+	routedA("after the second daemon's Open")
+	if err := b.Install([]Path{pb}); err != nil {
+		t.Fatal(err)
+	}
+	if markB, _ := b.Mark(pb); markB == markA {
+		t.Errorf("both daemons use mark %#x", markA)
+	}
+	rangeB := b.rng
+	kill(b)
+	b2 := tn.openAs(t, "/sys/fs/bpf/b")
+	if b2.rng != rangeB {
+		t.Errorf("restarted in range %d, not its own %d", b2.rng, rangeB)
+	}
+	routedA("after the second daemon's restart")
+	if got := tn.owned(t); len(got) != 3 {
+		t.Errorf("after the second daemon's restart: %v, want only the first daemon's 3", got)
+	}
+	if err := b2.Install([]Path{pb}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	routedA("after the second daemon's Close")
+	if got := tn.owned(t); len(got) != 3 {
+		t.Errorf("after the second daemon's Close: %v, want the first daemon's 3", got)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := tn.owned(t); len(got) != 0 {
+		t.Errorf("after both Close: %v", got)
+	}
+}
+
+// A killed daemon's range is swept by whichever daemon starts next, even
+// one that does not take it (its own range is elsewhere).
+func TestOpenSweepsFreeRanges(t *testing.T) {
+	tn := newTestNS(t)
+	crashed := tn.openAs(t, "/sys/fs/bpf/a")
+	if err := crashed.Install([]Path{{vip4, be4}}); err != nil {
+		t.Fatal(err)
+	}
+	live := tn.openAs(t, "/sys/fs/bpf/a") // the next range: the first is held
+	defer live.Close()
+	if err := live.Install([]Path{{vip6, be6}}); err != nil {
+		t.Fatal(err)
+	}
+	kill(crashed)
+	// Takes the range crashed held; live's, still held, stays as it is.
+	other := tn.openAs(t, "/sys/fs/bpf/a")
+	defer other.Close()
+	if got := tn.owned(t); len(got) != 3 || !strings.Contains(strings.Join(got, " "), "2001:db8:19::10") {
+		t.Errorf("after Open: %v, want the live daemon's 3 (IPv6)", got)
+	}
+}
+
+// With every range held by live daemons, Open sweeps nothing and Mark fails.
+func TestAllRangesHeld(t *testing.T) {
+	tn := newTestNS(t)
+	live := tn.open(t)
+	defer live.Close()
+	if err := live.Install([]Path{{vip4, be4}}); err != nil {
+		t.Fatal(err)
+	}
+	for g := range Ranges {
+		fd, ok, err := claim(tn.ns, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			defer unix.Close(fd)
+		}
+	}
+	r := tn.open(t)
+	defer r.Close()
+	if _, err := r.Mark(Path{vip6, be6}); !errors.Is(err, ErrNoRange) {
+		t.Errorf("Mark = %v, want ErrNoRange", err)
+	}
+	if got := tn.owned(t); len(got) != 3 {
+		t.Errorf("after Open: %v, want the live daemon's 3", got)
 	}
 }

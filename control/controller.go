@@ -100,10 +100,11 @@ type Controller struct {
 	openFlows   func() (map[uint32]int, error)
 	expireFlows func() (loader.FlowSweep, error)
 
-	transitions <-chan health.Transition
-	unsubscribe func()
-	unresolved  bool   // the last apply left backends unresolved: retry
-	routesErr   string // the check routes' last problems: retry
+	transitions  <-chan health.Transition
+	routeChanges <-chan struct{}
+	unsubscribe  func()
+	unresolved   bool   // the last apply left backends unresolved: retry
+	routesErr    string // the check routes' last problems: retry
 
 	// BGP (bgp.go): the announcer, nil without [bgp]; bgpMu orders the
 	// announcements. node and l7Up are under mu.
@@ -123,8 +124,12 @@ type Options struct {
 	// CheckRoutes routes checks through VIPs (check_via_vip); nil: such
 	// backends are not checked (there is no L4 datapath to check for).
 	CheckRoutes CheckRoutes
-	Logger      *slog.Logger
-	Metrics     *Metrics
+	// RouteChanges signals route changes (loader.WatchRoutes): at the next
+	// poll every L4 backend is resolved again, since its egress interface
+	// or next hop may have moved. nil: backends are resolved once.
+	RouteChanges <-chan struct{}
+	Logger       *slog.Logger
+	Metrics      *Metrics
 	// NewAnnouncer starts the announcer of a [bgp] table; nil: a GoBGP
 	// speaker (bgp.New).
 	NewAnnouncer func(bgp.Config) (Announcer, error)
@@ -137,7 +142,7 @@ func New(cfg *config.Config, o Options) *Controller {
 	}
 	c := &Controller{
 		rec: o.Reconciler, maps: o.Maps, l7: o.L7, hm: o.Health, routes: o.CheckRoutes, log: o.Logger, metrics: o.Metrics,
-		kick: make(chan struct{}, 1), newAnnouncer: o.NewAnnouncer, node: NodeReady,
+		kick: make(chan struct{}, 1), routeChanges: o.RouteChanges, newAnnouncer: o.NewAnnouncer, node: NodeReady,
 	}
 	if c.newAnnouncer == nil {
 		c.newAnnouncer = c.newSpeaker
@@ -389,6 +394,10 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.mu.Lock()
 			retry := c.unresolved
 			c.mu.Unlock()
+			// At most one re-resolution a poll, however many routes change.
+			if c.takeRouteChange() {
+				retry = true
+			}
 			removed := c.finishRemovals()
 			if removed {
 				c.syncHealth()
@@ -401,6 +410,21 @@ func (c *Controller) Run(ctx context.Context) error {
 				}
 			}
 		}
+	}
+}
+
+// takeRouteChange reports whether routes changed since the last poll, and
+// if so has the next reconcile resolve every backend again.
+func (c *Controller) takeRouteChange() bool {
+	select {
+	case <-c.routeChanges:
+		if c.rec == nil {
+			return false
+		}
+		c.rec.Reresolve()
+		return true
+	default:
+		return false
 	}
 }
 
@@ -729,9 +753,9 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 		bc.Weight = uint32(*req.Weight)
 	}
 	if req.MAC != "" {
-		if s.cfg.Mode != config.ModeL4 {
+		if s.cfg.Mode != config.ModeL4 || s.cfg.Forwarding != config.ForwardDSR {
 			c.mu.Unlock()
-			return BackendInfo{}, fmt.Errorf("%w: mac applies to l4 services only", ErrBadRequest)
+			return BackendInfo{}, fmt.Errorf("%w: mac applies to l4 services with dsr forwarding only (ipip and nat take the next hop from the kernel)", ErrBadRequest)
 		}
 		mac, err := net.ParseMAC(req.MAC)
 		if err != nil || len(mac) != 6 {
@@ -740,9 +764,9 @@ func (c *Controller) AddBackend(req AddRequest) (BackendInfo, error) {
 		}
 		bc.MAC = mac
 	}
-	if req.Port != 0 && s.cfg.Mode == config.ModeL4 {
+	if req.Port != 0 && s.cfg.Mode == config.ModeL4 && s.cfg.Forwarding != config.ForwardNAT {
 		c.mu.Unlock()
-		return BackendInfo{}, fmt.Errorf("%w: port applies to l7 services only (dsr keeps the service port)", ErrBadRequest)
+		return BackendInfo{}, fmt.Errorf("%w: port applies to l7 and nat services only (%s keeps the service port)", ErrBadRequest, s.cfg.Forwarding)
 	}
 	nb := newBackend(s.cfg, bc, false)
 	if _, b, _ := c.find(nb.id); b != nil {

@@ -52,6 +52,13 @@ func newL4Controller(t *testing.T, cfg *config.Config) (*loader.Datapath, *Contr
 // maxBackends entries (0: the default).
 func newL4ControllerSized(t *testing.T, cfg *config.Config, maxBackends uint32) (*loader.Datapath, *Controller) {
 	t.Helper()
+	return newL4ControllerWith(t, cfg, maxBackends, benchResolver{}, Options{})
+}
+
+// newL4ControllerWith is newL4ControllerSized with backends resolved by res
+// and o's other options.
+func newL4ControllerWith(t *testing.T, cfg *config.Config, maxBackends uint32, res loader.Resolver, o Options) (*loader.Datapath, *Controller) {
+	t.Helper()
 	testenv.RequireRoot(t, "needs root: loads the XDP datapath")
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dp, err := loader.Open(loader.Options{Logger: quiet, MaxBackends: maxBackends})
@@ -59,11 +66,28 @@ func newL4ControllerSized(t *testing.T, cfg *config.Config, maxBackends uint32) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dp.Close(false) })
-	rec, err := loader.NewReconciler(&dp.Maps, benchResolver{}, 1, quiet)
+	rec, err := loader.NewReconciler(&dp.Maps, res, 1, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return dp, New(cfg, Options{Reconciler: rec, Maps: &dp.Maps, Logger: quiet})
+	o.Reconciler, o.Maps, o.Logger = rec, &dp.Maps, quiet
+	return dp, New(cfg, o)
+}
+
+// runController starts c and runs it until the test ends.
+func runController(t *testing.T, c *Controller) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		c.Run(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-runDone })
 }
 
 // Removing a UDP backend ends once its flows are idle for udp_timeout, long
@@ -97,16 +121,7 @@ hash = "flow_hash"
 		t.Fatal(err)
 	}
 	dp, c := newL4Controller(t, cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	defer func() { cancel(); <-runDone }()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		defer close(runDone)
-		c.Run(ctx)
-	}()
+	runController(t, c)
 	if got, err := dp.ReadFlowTimeouts(); err != nil || got.UDP < udpTimeout || got.UDP > udpTimeout+loader.FlowTick {
 		t.Fatalf("datapath udp timeout %v (%v), want %v", got.UDP, err, udpTimeout)
 	}

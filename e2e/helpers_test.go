@@ -168,6 +168,9 @@ type Topology struct {
 	// Peer is the bridge-side end of the LB's eth0, in namespace Prefix-br
 	// (native XDP_TX needs an XDP program on it).
 	Peer string
+	// PlainRouted makes the routed backends plain hosts: no VIPs, no ARP
+	// sysctls (ROUTED_PLAIN).
+	PlainRouted bool
 
 	script string
 
@@ -187,6 +190,10 @@ func WithClients(n int) TopologyOption { return func(tp *Topology) { tp.Clients 
 // WithRouted adds a router and n routed backends behind it (NROUTED in
 // topology.sh).
 func WithRouted(n int) TopologyOption { return func(tp *Topology) { tp.Routed = n } }
+
+// WithPlainRouted makes the routed backends plain hosts, as NAT takes
+// them: no VIP on lo, no ARP sysctls (ROUTED_PLAIN=1 in topology.sh).
+func WithPlainRouted() TopologyOption { return func(tp *Topology) { tp.PlainRouted = true } }
 
 // WithNativeMode prepares the veths for native XDP (MODE=native in topology.sh).
 func WithNativeMode() TopologyOption { return func(tp *Topology) { tp.Mode = "native" } }
@@ -255,6 +262,7 @@ func (tp *Topology) runScript(args ...string) ([]byte, error) {
 		"NBACKENDS="+strconv.Itoa(tp.Backends),
 		"NCLIENTS="+strconv.Itoa(tp.Clients),
 		"NROUTED="+strconv.Itoa(tp.Routed),
+		"ROUTED_PLAIN="+map[bool]string{false: "0", true: "1"}[tp.PlainRouted],
 		"MODE="+tp.Mode)
 	return output(cmd)
 }

@@ -19,53 +19,121 @@ import (
 // directory must already be on a bpffs.
 const bpffsRoot = "/sys/fs/bpf"
 
-// ensureBPFFS makes sure dir is (or will be created) on a mounted bpffs.
-func ensureBPFFS(dir string, log *slog.Logger) error {
+// ensureBPFFS makes sure dir is (or will be created) on a mounted bpffs;
+// mounted says it mounted one (on bpffsRoot).
+func ensureBPFFS(dir string, log *slog.Logger) (mounted bool, err error) {
 	p := filepath.Clean(dir)
 	for {
 		var st unix.Statfs_t
 		if err := unix.Statfs(p, &st); err == nil {
 			if st.Type == unix.BPF_FS_MAGIC {
-				return nil
+				return false, nil
 			}
 			if p == bpffsRoot {
 				if err := unix.Mount("bpf", bpffsRoot, "bpf", 0, "mode=0700"); err != nil {
-					return fmt.Errorf("%s: %w: mount bpffs on %s: %v", dir, ErrNoBPFFS, bpffsRoot, err)
+					return false, fmt.Errorf("%s: %w: mount bpffs on %s: %v", dir, ErrNoBPFFS, bpffsRoot, err)
 				}
 				log.Info("mounted bpffs", "path", bpffsRoot)
-				return nil
+				return true, nil
 			}
-			return fmt.Errorf("%s: %w (mount one: mount -t bpf bpf %s)", dir, ErrNoBPFFS, p)
+			return false, fmt.Errorf("%s: %w (mount one: mount -t bpf bpf %s)", dir, ErrNoBPFFS, p)
 		}
 		parent := filepath.Dir(p)
 		if parent == p {
-			return fmt.Errorf("%s: %w", dir, ErrNoBPFFS)
+			return false, fmt.Errorf("%s: %w", dir, ErrNoBPFFS)
 		}
 		p = parent
 	}
 }
 
-// initMountInfo is where the mounts that outlive any one process are listed:
-// those of PID 1's mount namespace.
-const initMountInfo = "/proc/1/mountinfo"
+// What the kernel says of this process's and PID 1's mount namespaces.
+const (
+	procSelf      = "/proc/self"
+	selfMountNS   = "/proc/self/ns/mnt"
+	initMountNS   = "/proc/1/ns/mnt"
+	initMountInfo = "/proc/1/mountinfo"
+)
+
+// errInitIsSelf: this process is /proc's PID 1, so PID 1's mounts say
+// nothing of what outlives it.
+var errInitIsSelf = errors.New("xlb is PID 1 (of /proc's PID namespace): whether the bpffs is also mounted outside its mount namespace cannot be seen")
 
 // bpffsOutlivesProcess reports whether the bpffs holding dir stays mounted
-// when this process exits, that is whether PID 1's mount namespace has that
-// bpffs instance mounted. `ip netns exec` gives its command a mount namespace
-// of its own with a fresh /sys, where ensureBPFFS mounts a bpffs that nothing
-// else sees and that goes with the process. ok is false, with an error, when
-// it cannot tell.
-func bpffsOutlivesProcess(dir string) (outlives, ok bool, err error) {
+// when this process exits; mountedHere says this process mounted it
+// (ensureBPFFS). ok is false, with an error, when it cannot tell. See
+// outlivesFacts.decide.
+func bpffsOutlivesProcess(dir string, mountedHere bool) (outlives, ok bool, err error) {
 	var st unix.Stat_t
 	if err := unix.Stat(dir, &st); err != nil {
 		return false, false, fmt.Errorf("stat %s: %w", dir, err)
 	}
-	f, err := os.Open(initMountInfo)
+	self, _ := os.Readlink(procSelf) // this process's PID as /proc counts
+	f := outlivesFacts{
+		dev:           fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev)),
+		selfIsInit:    self == "1",
+		mountedHere:   mountedHere,
+		initMountInfo: initMountInfo,
+	}
+	f.sameNS, f.nsErr = sameFile(selfMountNS, initMountNS)
+	return f.decide()
+}
+
+// outlivesFacts is what tells whether a bpffs outlives this process: it
+// does when a mount namespace that outlives the process has it mounted.
+type outlivesFacts struct {
+	dev           string // the bpffs's device, "MAJOR:MINOR": one per instance
+	selfIsInit    bool   // this process is /proc's PID 1
+	mountedHere   bool   // this process mounted the bpffs
+	sameNS        bool   // this process and PID 1 share a mount namespace
+	nsErr         error  // sameNS is unknown (/proc/1/ns/mnt unreadable)
+	initMountInfo string // PID 1's mountinfo
+}
+
+// decide: PID 1 outlives this process, and so does its mount namespace.
+// Sharing it, the bpffs stays (the host, or `nsenter --net`); in another
+// one (`ip netns exec`'s private mount namespace with a fresh /sys) the
+// bpffs stays only if PID 1's namespace has the same instance mounted. When
+// this process is PID 1 itself (a container's), its mount namespace most
+// likely ends with it: a bpffs it mounted goes, and one mounted before it
+// started (by the container's runtime, from the host's?) cannot be judged
+// from inside.
+func (f outlivesFacts) decide() (outlives, ok bool, err error) {
+	switch {
+	case f.selfIsInit && f.mountedHere:
+		return false, true, nil
+	case f.selfIsInit:
+		return false, false, errInitIsSelf
+	case f.nsErr == nil && f.sameNS:
+		return true, true, nil
+	}
+	found, err := hasBPFMount(f.initMountInfo, f.dev)
 	if err != nil {
 		return false, false, err
 	}
+	return found, true, nil
+}
+
+// sameFile reports whether paths a and b are one file (for namespaces: one
+// namespace).
+func sameFile(a, b string) (bool, error) {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fa, fb), nil
+}
+
+// hasBPFMount reports whether the mountinfo file lists a bpffs of device dev.
+func hasBPFMount(mountinfo, dev string) (bool, error) {
+	f, err := os.Open(mountinfo)
+	if err != nil {
+		return false, err
+	}
 	defer f.Close()
-	dev := fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev))
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		// "36 35 0:27 / /sys/fs/bpf rw,relatime shared:8 - bpf bpf rw": the
@@ -75,13 +143,13 @@ func bpffsOutlivesProcess(dir string) (outlives, ok bool, err error) {
 			continue
 		}
 		if i := slices.Index(fields, "-"); i >= 0 && i+1 < len(fields) && fields[i+1] == "bpf" {
-			return true, true, nil
+			return true, nil
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return false, false, err
+		return false, fmt.Errorf("read %s: %w", mountinfo, err)
 	}
-	return false, true, nil
+	return false, nil
 }
 
 // claimPinDir creates dir if needed and takes an exclusive flock on the

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -163,7 +165,8 @@ func Open(opts Options) (*Datapath, error) {
 // spec the maps this start creates (none pinned, or pinned by an older,
 // incompatible build): those load unpinned until Commit.
 func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
-	if err := ensureBPFFS(d.pinDir, d.log); err != nil {
+	mounted, err := ensureBPFFS(d.pinDir, d.log)
+	if err != nil {
 		return err
 	}
 	lock, created, err := claimPinDir(d.pinDir)
@@ -171,7 +174,10 @@ func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
 	if err != nil {
 		return err
 	}
-	if err := d.checkOutlives(keep); err != nil {
+	if err := d.checkOutlives(keep, mounted); err != nil {
+		return err
+	}
+	if err := restoreMovedPins(d.pinDir, d.log); err != nil {
 		return err
 	}
 	d.fresh, d.Adopted, err = splitPins(spec, d.pinDir, d.log)
@@ -179,9 +185,9 @@ func (d *Datapath) preparePins(spec *ebpf.CollectionSpec, keep bool) error {
 }
 
 // checkOutlives refuses keep when the pins would go with this process, and
-// says so when they will anyway.
-func (d *Datapath) checkOutlives(keep bool) error {
-	outlives, ok, err := bpffsOutlivesProcess(d.pinDir)
+// says so when they will anyway; mounted says Open mounted the bpffs.
+func (d *Datapath) checkOutlives(keep, mounted bool) error {
+	outlives, ok, err := bpffsOutlivesProcess(d.pinDir, mounted)
 	switch {
 	case !ok:
 		d.log.Debug("cannot tell whether the bpffs outlives xlb; assuming it does", "dir", d.pinDir, "err", err)
@@ -196,10 +202,20 @@ func (d *Datapath) checkOutlives(keep bool) error {
 }
 
 // Commit makes this start's datapath the pinned one, once the daemon has
-// started: the adopted link gets this program (atomically), or the new link
-// is pinned in place of a stale one, and the maps this start created are
-// pinned, replacing incompatible pins. From then on Close(false) removes the
-// pins. A failure means the bpffs refused a pin; what was done stays.
+// started: the maps this start created are pinned, replacing incompatible
+// pins, then the program takes over: the adopted link gets it (atomically),
+// or the new link is pinned in place of a stale one. From then on
+// Close(false) removes the pins.
+//
+// A Commit that fails undoes what it did (each replaced pin was moved aside,
+// and goes back), leaving pins and program as Open found them, so that
+// Close(false) still leaves the datapath as found; it can be called again.
+// Not atomic: the flow timeouts' seen floor, raised first, stays raised
+// (it only keeps flows longer); an undo that fails in turn, or a process
+// killed between the first pin and the end, leaves some maps pinned anew
+// beside the old program (the next start puts back a pin moved aside whose
+// place is empty, see restoreMovedPins); and tools reading a pin while it
+// is replaced may find no pin there.
 func (d *Datapath) Commit() error {
 	if d.committed {
 		return nil
@@ -210,10 +226,7 @@ func (d *Datapath) Commit() error {
 		return err
 	}
 	if d.pinDir != "" {
-		if err := d.commitLink(); err != nil {
-			return err
-		}
-		if err := d.pinFresh(); err != nil {
+		if err := d.commitPins(); err != nil {
 			return err
 		}
 	}
@@ -226,7 +239,38 @@ func (d *Datapath) Commit() error {
 // Committed reports whether Commit succeeded.
 func (d *Datapath) Committed() bool { return d.committed }
 
-func (d *Datapath) commitLink() error {
+// commitPins pins the fresh maps (in name order), then switches the
+// program; a failure rolls back the pins replaced before it.
+func (d *Datapath) commitPins() error {
+	var s pinSwap
+	fields := d.mapFields()
+	for _, name := range slices.Sorted(maps.Keys(fields)) {
+		if !d.fresh[name] {
+			continue
+		}
+		if err := s.replace(*fields[name], filepath.Join(d.pinDir, name)); err != nil {
+			return errors.Join(fmt.Errorf("pin map %s: %w", name, err), s.rollback())
+		}
+	}
+	if err := d.commitLink(&s); err != nil {
+		return errors.Join(err, s.rollback())
+	}
+	// Switched: what is left to do cannot undo it.
+	if err := s.finish(); err != nil {
+		d.log.Warn("old pins left beside the new ones", "dir", d.pinDir, "err", err)
+	}
+	if d.staleLink != nil {
+		// Unpinned by finish: it detaches from its interface as the last
+		// fd (ours) goes.
+		d.staleLink.Close()
+		d.staleLink = nil
+	}
+	return nil
+}
+
+// commitLink gives the adopted link this program, or pins this start's link
+// in place of a stale one (through s).
+func (d *Datapath) commitLink(s *pinSwap) error {
 	switch {
 	case d.link == nil:
 		return nil
@@ -236,39 +280,10 @@ func (d *Datapath) commitLink() error {
 		}
 		return nil
 	}
-	if d.staleLink != nil {
-		// Unpinning detaches it from its interface once the last fd (ours) goes.
-		if err := d.staleLink.Unpin(); err != nil {
-			return fmt.Errorf("unpin stale XDP link: %w", err)
-		}
-		d.staleLink.Close()
-		d.staleLink = nil
-	}
-	if err := replacePin(d.link, filepath.Join(d.pinDir, linkPinName)); err != nil {
+	if err := s.replace(d.link, filepath.Join(d.pinDir, linkPinName)); err != nil {
 		return fmt.Errorf("pin XDP link: %w", err)
 	}
 	return nil
-}
-
-func (d *Datapath) pinFresh() error {
-	for name, ptr := range d.mapFields() {
-		if !d.fresh[name] {
-			continue
-		}
-		if err := replacePin(*ptr, filepath.Join(d.pinDir, name)); err != nil {
-			return fmt.Errorf("pin map %s: %w", name, err)
-		}
-	}
-	return nil
-}
-
-// replacePin pins obj at path in place of whatever is pinned there (an
-// unreadable link, or a map of an incompatible layout).
-func replacePin(obj interface{ Pin(string) error }, path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return obj.Pin(path)
 }
 
 // attach adopts a pinned link for iface (its program keeps running until

@@ -60,33 +60,15 @@ func newIPIPNet(t testing.TB) *ipipNet {
 	t.Helper()
 	n := &ipipNet{testNet: newTestNet(t)}
 	h := n.h
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "xo0", HardwareAddr: outMAC, MTU: outMTU}, PeerName: "xo1"}
 	must := func(what string, err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
-	must("add veth", h.LinkAdd(veth))
-	for _, name := range []string{"xo0", "xo1"} {
-		l, err := h.LinkByName(name)
-		must(name, err)
-		must(name+" up", h.LinkSetUp(l))
-		if name == "xo0" {
-			n.out = l.Attrs().Index
-		}
-	}
-	for _, a := range []string{"198.18.5.1/24", "2001:db8:5::1/64"} {
-		addr, _ := netlink.ParseAddr(a)
-		addr.Flags = unix.IFA_F_NODAD
-		addr.LinkIndex = n.out
-		must("address "+a, h.AddrAdd(veth, addr))
-	}
+	n.out = n.veth("xo0", "xo1", outMAC, outMTU, "198.18.5.1/24", "2001:db8:5::1/64")
 	for _, nb := range []netip.Addr{gw4, gw6} {
-		must("neighbour "+nb.String(), h.NeighAdd(&netlink.Neigh{
-			LinkIndex: n.out, IP: nb.AsSlice(), HardwareAddr: kernelGwMAC,
-			State: netlink.NUD_PERMANENT, Family: family(nb),
-		}))
+		n.neigh(n.out, nb, kernelGwMAC)
 	}
 	for dst, gw := range map[string]netip.Addr{"198.18.9.0/24": gw4, "2001:db8:9::/64": gw6} {
 		_, ipn, _ := net.ParseCIDR(dst)

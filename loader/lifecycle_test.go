@@ -277,7 +277,7 @@ func TestKeepOnExitOnHostBPFFS(t *testing.T) {
 		t.Fatalf("Open with KeepOnExit on the host's bpffs: %v", err)
 	}
 	dp.Close(false)
-	outlives, ok, err := bpffsOutlivesProcess(bpffsRoot)
+	outlives, ok, err := bpffsOutlivesProcess(bpffsRoot, false)
 	if !ok || !outlives {
 		t.Errorf("bpffsOutlivesProcess(%s) = %v (known %v, %v), want true", bpffsRoot, outlives, ok, err)
 	}

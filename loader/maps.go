@@ -26,6 +26,8 @@ type Maps struct {
 	// tick this start counts as every flow's last packet (0: not yet set).
 	timeoutsMu sync.Mutex
 	seenFloor  uint32
+	// natMu orders the writes of nat_ports (SetNATPorts and the sweep).
+	natMu sync.Mutex
 }
 
 // mapFields lists the *ebpf.Map fields of bpf.XlbMaps with their map names, so

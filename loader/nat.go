@@ -20,15 +20,65 @@ type NATPorts struct {
 func (p NATPorts) Last() uint16 { return uint16(uint32(p.First) + p.Count - 1) }
 
 // SetNATPorts makes the datapath give new NAT flows ports from p (Count 0:
-// new NAT flows are dropped as exhaustion). Flows keep the ports they have.
+// new NAT flows are dropped as exhaustion). Flows keep the ports they have:
+// answers are still looked for on the ports of the range before, until the
+// sweep finds none held there (ExpireNAT).
 func (m *Maps) SetNATPorts(p NATPorts) error {
 	if p.Count > 0 && uint32(p.First)+p.Count > 1<<16 {
 		return fmt.Errorf("nat ports %d+%d: past 65535", p.First, p.Count)
 	}
-	if err := m.NatPorts.Put(uint32(0), bpf.XlbNatPortRange{First: p.First, Count: p.Count}); err != nil {
+	m.natMu.Lock()
+	defer m.natMu.Unlock()
+	var cur bpf.XlbNatPortRange
+	if err := m.NatPorts.Lookup(uint32(0), &cur); err != nil {
+		return fmt.Errorf("read nat ports: %w", err)
+	}
+	next := bpf.XlbNatPortRange{First: p.First, Count: p.Count}
+	next.ReplyFirst, next.ReplyCount = cover(cur.ReplyFirst, cur.ReplyCount, p.First, p.Count)
+	return m.writeNATPorts(next)
+}
+
+func (m *Maps) writeNATPorts(r bpf.XlbNatPortRange) error {
+	if err := m.NatPorts.Put(uint32(0), r); err != nil {
 		return fmt.Errorf("write nat ports: %w", err)
 	}
 	return nil
+}
+
+// cover is the smallest range holding both [a, a+n) and [b, b+k) (either
+// may be empty).
+func cover(a uint16, n uint32, b uint16, k uint32) (uint16, uint32) {
+	switch {
+	case n == 0:
+		return b, k
+	case k == 0:
+		return a, n
+	}
+	first := min(uint32(a), uint32(b))
+	end := max(uint32(a)+n, uint32(b)+k)
+	return uint16(first), end - first
+}
+
+// narrowReplyPorts makes the datapath look for answers on the allocation
+// range alone once no binding holds a port outside it (held: the ports
+// the sweep left).
+func (m *Maps) narrowReplyPorts(held []uint16) error {
+	m.natMu.Lock()
+	defer m.natMu.Unlock()
+	var cur bpf.XlbNatPortRange
+	if err := m.NatPorts.Lookup(uint32(0), &cur); err != nil {
+		return fmt.Errorf("read nat ports: %w", err)
+	}
+	if cur.ReplyFirst == cur.First && cur.ReplyCount == cur.Count {
+		return nil
+	}
+	for _, port := range held {
+		if uint32(port)-uint32(cur.First) >= cur.Count {
+			return nil
+		}
+	}
+	cur.ReplyFirst, cur.ReplyCount = cur.First, cur.Count
+	return m.writeNATPorts(cur)
 }
 
 // NATSweep is what one ExpireNAT did.
@@ -55,6 +105,7 @@ func (m *Maps) ExpireNAT() (NATSweep, error) {
 		return s, err
 	}
 	var deadBindings, deadFlows []bpf.XlbFlowKey
+	var held []uint16
 	err = walkMap(m.NatBindings, func(k bpf.XlbFlowKey, b bpf.XlbNatBinding) {
 		var nf bpf.XlbNatFlow
 		named := m.NatFlows.Lookup(&b.Client, &nf) == nil && nf.BackendId == b.BackendId && nf.Port == k.Dport
@@ -67,6 +118,7 @@ func (m *Maps) ExpireNAT() (NATSweep, error) {
 			return
 		}
 		s.Live[uint32(b.ServiceId)]++
+		held = append(held, k.Dport)
 	})
 	if err != nil {
 		return s, err
@@ -79,6 +131,9 @@ func (m *Maps) ExpireNAT() (NATSweep, error) {
 	n, err := deleteAll(m.NatBindings, deadBindings)
 	s.Expired = n
 	if err != nil {
+		return s, err
+	}
+	if err := m.narrowReplyPorts(held); err != nil {
 		return s, err
 	}
 	return s, m.dropUnboundNATFlows()

@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -8,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // testNet is a network namespace of a test's own, gone when the test ends.
@@ -89,5 +92,49 @@ func (n *testNet) sysctl(key, value string) {
 	n.do(func() { err = os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644) })
 	if err != nil {
 		n.t.Fatalf("sysctl %s=%s: %v", key, value, err)
+	}
+}
+
+// veth adds the pair name and peer, both up, name with mac and mtu (nil, 0:
+// the kernel's) and addrs (no duplicate address detection); it returns
+// name's ifindex.
+func (n *testNet) veth(name, peer string, mac net.HardwareAddr, mtu int, addrs ...string) int {
+	n.t.Helper()
+	link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: mac, MTU: mtu}, PeerName: peer}
+	if err := n.h.LinkAdd(link); err != nil {
+		n.t.Fatalf("add veth %s: %v", name, err)
+	}
+	index := 0
+	for _, ifname := range []string{name, peer} {
+		l, err := n.h.LinkByName(ifname)
+		if err == nil {
+			err = n.h.LinkSetUp(l)
+		}
+		if err != nil {
+			n.t.Fatalf("%s up: %v", ifname, err)
+		}
+		if ifname == name {
+			index = l.Attrs().Index
+		}
+	}
+	for _, a := range addrs {
+		addr, err := netlink.ParseAddr(a)
+		if err != nil {
+			n.t.Fatal(err)
+		}
+		addr.Flags, addr.LinkIndex = unix.IFA_F_NODAD, index
+		if err := n.h.AddrAdd(link, addr); err != nil {
+			n.t.Fatalf("address %s: %v", a, err)
+		}
+	}
+	return index
+}
+
+// neigh adds a permanent neighbour entry on link.
+func (n *testNet) neigh(link int, ip netip.Addr, mac net.HardwareAddr) {
+	n.t.Helper()
+	nb := &netlink.Neigh{LinkIndex: link, IP: ip.AsSlice(), HardwareAddr: mac, State: netlink.NUD_PERMANENT, Family: family(ip)}
+	if err := n.h.NeighAdd(nb); err != nil {
+		n.t.Fatalf("neighbour %s: %v", ip, err)
 	}
 }

@@ -30,6 +30,7 @@ var Reasons = [bpf.XlbReasonXLB_R_MAX]Reason{
 	bpf.XlbReasonXLB_R_NAT_REPLY_REDIRECT: {"nat_reply", "redirect"},
 	bpf.XlbReasonXLB_R_DROP_NAT_PORTS:     {"nat_ports_exhausted", "drop"},
 	bpf.XlbReasonXLB_R_DROP_ICMP_RATE:     {"icmp_rate_limited", "drop"},
+	bpf.XlbReasonXLB_R_DROP_NAT_VLAN:      {"nat_vlan_tagged", "drop"},
 }
 
 // ReasonName is "verdict/reason" for reason index i.

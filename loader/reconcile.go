@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -184,6 +185,11 @@ type Reconciler struct {
 	vipBits  map[uint32]uint64 // vip_filter words with bits set
 	svcIDs   idPool
 	beIDs    idPool
+
+	// Reresolve bumps reresolveGen; an Apply that succeeds with resolutions
+	// made after gen g sets resolvedGen to g.
+	reresolveGen atomic.Uint64
+	resolvedGen  uint64
 }
 
 // Change counts what one Apply did.
@@ -314,13 +320,22 @@ func (r *Reconciler) BackendState(serviceID uint32, addr netip.Addr) (uint32, St
 	return b.id, State(b.entry.State), true
 }
 
+// Reresolve makes the next Apply resolve every backend again, not only new,
+// changed and unresolved ones: a route or neighbour change may have moved a
+// backend (or an ipip backend's next hop) to another interface or MAC. Safe
+// to call while Apply runs (that Apply may or may not see it; the next does).
+func (r *Reconciler) Reresolve() { r.reresolveGen.Add(1) }
+
 // Apply makes the maps hold d. Order matters for packets in flight: backends
 // that become usable are written before the rings that use them, and backends
 // that stop being usable are written after the rings that dropped them, so
-// a ring never points at a backend the datapath would refuse.
+// a ring never points at a backend the datapath would refuse; likewise an
+// egress interface is in tx_ports before any backend entry names it, and
+// leaves it only once none does.
 func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	gen := r.reresolveGen.Load()
 	if r.Metrics != nil {
 		defer prometheusTimer(r.Metrics.reconcile)()
 	}
@@ -368,7 +383,7 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 			wantBe[beIdent{sid, b.Address.Unmap()}] = beWant{b, s}
 		}
 	}
-	resolved := r.resolveAll(ctx, wantBe)
+	resolved := r.resolveAll(ctx, wantBe, gen != r.resolvedGen)
 	newEntries := map[beIdent]bpf.XlbBackend{}
 	for ident, w := range wantBe {
 		b := w.b
@@ -393,6 +408,12 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 			setNATSource(&e, res.n.Src, w.s.NATSource, cmp.Or(b.Port, w.s.Port))
 		}
 		newEntries[ident] = e
+	}
+
+	// Egress interfaces first: a backend entry written below may name one
+	// (a new backend, or one resolved anew behind another interface).
+	if err := r.addTxPorts(newEntries); err != nil {
+		return ch, err
 	}
 
 	// Phase 1: new or newly usable backends. New ones the free ids cannot
@@ -509,9 +530,10 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) (Change, error) {
 		}
 	}
 
-	if err := r.writeTxPorts(newEntries); err != nil {
+	if err := r.pruneTxPorts(newEntries); err != nil {
 		return ch, err
 	}
+	r.resolvedGen = gen
 	return ch, nil
 }
 
@@ -735,31 +757,45 @@ func (r *Reconciler) writeVIPFilter(want map[svcIdent]*ServiceSpec, entries map[
 	return nil
 }
 
-// writeTxPorts keeps a devmap entry for every egress interface other than the
-// XDP one (those backends are reached by XDP_REDIRECT).
-func (r *Reconciler) writeTxPorts(entries map[beIdent]bpf.XlbBackend) error {
-	next := map[uint32]bool{}
+// txPortsOf is the egress interfaces of entries other than the XDP one:
+// those backends are reached by XDP_REDIRECT through tx_ports.
+func (r *Reconciler) txPortsOf(entries map[beIdent]bpf.XlbBackend) map[uint32]bool {
+	ports := map[uint32]bool{}
 	for _, e := range entries {
 		if e.Ifindex != 0 && int(e.Ifindex) != r.ifindex {
-			next[e.Ifindex] = true
+			ports[e.Ifindex] = true
 		}
 	}
-	for p := range next {
+	return ports
+}
+
+// addTxPorts puts in tx_ports every egress interface of entries it lacks.
+func (r *Reconciler) addTxPorts(entries map[beIdent]bpf.XlbBackend) error {
+	for p := range r.txPortsOf(entries) {
 		if r.txPorts[p] {
 			continue
 		}
 		if err := r.maps.TxPorts.Put(p, bpf.XlbBpfDevmapVal{Ifindex: p}); err != nil {
 			return fmt.Errorf("add egress interface %d to tx_ports: %w", p, err)
 		}
+		r.txPorts[p] = true
 	}
+	return nil
+}
+
+// pruneTxPorts removes from tx_ports the interfaces no entry uses, once the
+// backends map no longer names them.
+func (r *Reconciler) pruneTxPorts(entries map[beIdent]bpf.XlbBackend) error {
+	keep := r.txPortsOf(entries)
 	for p := range r.txPorts {
-		if !next[p] {
-			if err := r.maps.TxPorts.Delete(p); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return err
-			}
+		if keep[p] {
+			continue
 		}
+		if err := r.maps.TxPorts.Delete(p); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("remove egress interface %d from tx_ports: %w", p, err)
+		}
+		delete(r.txPorts, p)
 	}
-	r.txPorts = next
 	return nil
 }
 
@@ -768,16 +804,17 @@ type resolution struct {
 	err error
 }
 
-// resolveAll resolves new, changed and unresolved backends concurrently, so one
-// silent backend costs one timeout, not one per backend. ipip backends are
-// resolved to their next hop, which may be a router.
-func (r *Reconciler) resolveAll(ctx context.Context, want map[beIdent]beWant) map[beIdent]resolution {
+// resolveAll resolves new, changed and unresolved backends (all of them with
+// every) concurrently, so one silent backend costs one timeout, not one per
+// backend. ipip backends are resolved to their next hop, which may be a
+// router.
+func (r *Reconciler) resolveAll(ctx context.Context, want map[beIdent]beWant, every bool) map[beIdent]resolution {
 	out := make(map[beIdent]resolution, len(want))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for ident, w := range want {
 		routed := w.s.Forwarding.routed()
-		if cur, ok := r.backends[ident]; ok && cur.entry.State != uint8(StateUnresolved) &&
+		if cur, ok := r.backends[ident]; ok && !every && cur.entry.State != uint8(StateUnresolved) &&
 			slices.Equal(cur.mac, w.b.MAC) && cur.routed == routed && (!routed || cur.n.Src.IsValid()) {
 			mu.Lock() // resolutions already started write out too
 			out[ident] = resolution{n: cur.n}

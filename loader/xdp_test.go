@@ -803,7 +803,7 @@ func TestIncompatibleRingsTemplateRecreated(t *testing.T) {
 	requireRoot(t)
 	dir := fmt.Sprintf("/sys/fs/bpf/xlb-test-rings-%d", os.Getpid())
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := ensureBPFFS(dir, quietLogger()); err != nil {
+	if _, err := ensureBPFFS(dir, quietLogger()); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vishvananda/netlink"
 
 	"github.com/xlb-dev/xlb/admin"
 	"github.com/xlb-dev/xlb/bgp"
@@ -51,6 +52,10 @@ func runCmd(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Checks of the host that need nothing loaded come before anything is.
+	if err := control.CheckNATPorts(cfg); err != nil {
+		return fmt.Errorf("apply config: %w", err)
+	}
 	log := newLogger(cfg.Daemon)
 	slog.SetDefault(log)
 	tuneRuntime(cfg.Daemon.Threads)
@@ -65,6 +70,7 @@ func runCmd(args []string, out io.Writer) error {
 	var maps *loader.Maps
 	var dp *loader.Datapath
 	var routes control.CheckRoutes // stays nil (not a nil *Router) without a datapath
+	var routeChanges chan struct{}
 	root := os.Geteuid() == 0
 	switch {
 	case cfg.Daemon.Interface == "":
@@ -104,12 +110,13 @@ func runCmd(args []string, out io.Writer) error {
 		reg.MustRegister(loader.NewCollector(maps, rec))
 		// Opened whatever the config says: it also removes what a killed
 		// daemon left.
-		r, err := checkroute.Open(checkroute.Options{Logger: log})
+		r, err := checkroute.Open(checkroute.Options{Logger: log, Instance: cfg.Daemon.BPFFSDir})
 		if err != nil {
 			return err
 		}
 		defer closeRoutes(r, log)
 		routes = r
+		routeChanges = watchRoutes(ctx, log)
 	}
 
 	vips := &vipSet{log: log, root: root}
@@ -137,7 +144,8 @@ func runCmd(args []string, out io.Writer) error {
 	hm := health.NewManager(log, health.NewMetrics(reg))
 	defer hm.Close()
 	ctl := control.New(cfg, control.Options{
-		Reconciler: rec, Maps: maps, L7: proxy, Health: hm, CheckRoutes: routes, Logger: log, Metrics: control.NewMetrics(reg),
+		Reconciler: rec, Maps: maps, L7: proxy, Health: hm, CheckRoutes: routes, RouteChanges: routeChanges,
+		Logger: log, Metrics: control.NewMetrics(reg),
 	})
 	bgp.NewMetrics(reg, ctl.BGPStatus)
 	// Whatever ends this run ends the BGP sessions; a graceful stop has
@@ -242,6 +250,25 @@ func closeDatapath(dp *loader.Datapath, keep bool, dir string, log *slog.Logger)
 	default:
 		log.Info("XDP detached and pins removed")
 	}
+}
+
+// watchRoutes signals route changes until ctx ends, coalesced into one
+// pending signal; the check routes' own changes are not signalled.
+func watchRoutes(ctx context.Context, log *slog.Logger) chan struct{} {
+	changes := make(chan struct{}, 1)
+	ignore := func(r netlink.Route) bool { return r.Protocol == checkroute.Protocol }
+	go func() {
+		err := loader.WatchRoutes(ctx, ignore, func() {
+			select {
+			case changes <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			log.Warn("not watching route changes: backends keep the interface they were resolved on until unresolved", "err", err)
+		}
+	}()
+	return changes
 }
 
 // closeRoutes removes the routes of the checks through a VIP; the checks
