@@ -33,6 +33,7 @@ type Cluster struct {
 
 	script, dir string
 	owner       *testing.T // the test the cluster (and its xlb nodes) lives for
+	tokenFile   string     // the nodes' admin token
 
 	// Community is what nodeConfig writes in [bgp] communities, per node
 	// (default "64512:80").
@@ -110,9 +111,7 @@ func NewCluster(t *testing.T, nodes, backends, hold int) *Cluster {
 			"--listen", ClusterVIP+":80,"+ClusterBackendAddr(i)+":80")
 		waitProcOutput(t, p, "ready backend=", 20*time.Second)
 	}
-	if err := os.WriteFile(c.path("token"), []byte("cluster-token\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	_, c.tokenFile = writeToken(t, c.dir)
 	return c
 }
 
@@ -226,7 +225,7 @@ func (c *Cluster) nodeConfig(t *testing.T, i int) string {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n\n", c.pinDir(i))
-	fmt.Fprintf(&b, "[admin]\ntoken_file = %q\n\n", c.path("token"))
+	fmt.Fprintf(&b, "[admin]\ntoken_file = %q\n\n", c.tokenFile)
 	b.WriteString("[health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n\n")
 	community := c.Community[i]
 	if community == "" {
