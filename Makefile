@@ -10,9 +10,9 @@ RACEPKGS := ./l7/... ./health/... ./control/... ./admin/...
 # make fuzz: how long each fuzz target runs.
 FUZZTIME ?= 20s
 
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3 bird2
 
-.PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 bench-l4 demo fmt vet clean check-generate
+.PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 bench-l4 demo demo-cluster fmt vet clean check-generate
 
 all: build
 
@@ -108,6 +108,10 @@ bench: bench-xdp bench-control bench-l7 bench-l4
 ## demo: namespaces, three backends, xlb, traffic, the spread, teardown
 demo: deps build
 	./scripts/demo.sh
+
+## demo-cluster: three xlb nodes behind a BGP router (bird2, ECMP): routes, spread, a connection surviving its node
+demo-cluster: deps build
+	./scripts/demo-cluster.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfel.go$$')

@@ -170,7 +170,9 @@ type Config struct {
 	HealthCheck HealthCheck
 	Admin       Admin
 	Datapath    Datapath
-	Services    []Service
+	// BGP is the [bgp] table; nil when absent (no VIP is announced).
+	BGP      *BGP
+	Services []Service
 }
 
 // Daemon holds the [daemon] table: host-wide settings. It holds no slices or
@@ -410,6 +412,9 @@ func (c *Config) ApplyDefaults() {
 	c.HealthCheck.fillFrom(DefaultHealthCheck())
 	c.Admin.applyDefaults()
 	c.Datapath.applyDefaults()
+	if c.BGP != nil {
+		c.BGP.applyDefaults()
+	}
 
 	for i := range c.Services {
 		s := &c.Services[i]

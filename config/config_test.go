@@ -158,6 +158,7 @@ func TestExampleConfig(t *testing.T) {
 		"cookie", "ttl", "max_fails", "ejection", "max_ejection",
 		"request_add", "request_set", "request_remove", "response_add", "response_set", "response_remove",
 		"forwarded", "x_timestamp", "trusted_proxies", "proxy_header", "proxy_header_value", "response_time_header",
+		"local_asn", "router_id", "listen_port", "hold_time", "next_hop", "communities", "asn", "password",
 	} {
 		if !strings.Contains(string(src), "\n"+key+" = ") && !strings.Contains(string(src), "  "+key+" = ") {
 			t.Errorf("examples/xlb.toml does not show key %q", key)

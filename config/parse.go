@@ -63,6 +63,7 @@ func decodeConfig(root *table) (cfg *Config, legacy bool) {
 	cfg.HealthCheck = global.resolve(DefaultHealthCheck())
 	cfg.Admin = decodeAdmin(root.table("admin"))
 	cfg.Datapath = decodeDatapath(root.table("datapath"))
+	cfg.BGP = decodeBGP(root.table("bgp"))
 
 	services := root.tables("service")
 	if legacyForm(root) {

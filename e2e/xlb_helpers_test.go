@@ -50,20 +50,7 @@ func (tp *Topology) WaitStderr(t *testing.T, cmd *exec.Cmd, substr string, timeo
 	if p == nil {
 		t.Fatal("WaitStderr: command not started by this topology")
 	}
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(p.stderr.String(), substr) {
-		select {
-		case <-p.done:
-			if strings.Contains(p.stderr.String(), substr) {
-				return
-			}
-			t.Fatalf("%v exited (%v) before logging %q; stderr: %s", cmd.Args, p.err, substr, p.stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%v did not log %q within %v; stderr: %s", cmd.Args, substr, timeout, p.stderr.String())
-		}
-	}
+	p.waitText(t, "stderr", p.stderr.String, substr, timeout)
 }
 
 // l4Service is one [[service]] of a test config: TCP, ip_hash, dsr.

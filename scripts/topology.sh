@@ -319,4 +319,5 @@ main() {
 	esac
 }
 
-main "$@"
+# Sourced (scripts/cluster.sh reuses the namespace helpers), it defines them only.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"

@@ -20,6 +20,7 @@ Usage:
   xlb status [--bpffs DIR] [--json]   show services, backends and counters from the pinned maps
   xlb validate -c FILE                check a config file and exit
   xlb backend add|drain|ready|remove|list ...   change backends through the running daemon's admin API
+  xlb node drain|ready|status         withdraw / announce again this node's VIPs (BGP); show its sessions
   xlb decap --interface IFACE --vip ADDR [--vip ADDR ...]
                                       on an ipip backend: strip the tunnel header of packets for the VIPs
   xlb sidecar --listen ADDR --backend URL [--timeout 30s] [--header K=V ...]
@@ -68,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = decapCmd(args, stdout)
 	case "backend":
 		err = backendCmd(args, stdout)
+	case "node":
+		err = nodeCmd(args, stdout)
 	case "validate":
 		err = validateCmd(args, stdout)
 	case "version", "--version", "-version":

@@ -19,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/xlb-dev/xlb/admin"
+	"github.com/xlb-dev/xlb/bgp"
 	"github.com/xlb-dev/xlb/checkroute"
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/control"
@@ -149,6 +150,10 @@ func runCmd(args []string, out io.Writer) error {
 		Reconciler: rec, Maps: maps, L7: proxy, Health: hm, CheckRoutes: routes, RouteChanges: routeChanges,
 		Logger: log, Metrics: control.NewMetrics(reg),
 	})
+	bgp.NewMetrics(reg, ctl.BGPStatus)
+	// Whatever ends this run ends the BGP sessions; a graceful stop has
+	// withdrawn the VIPs and waited already (StopBGP below).
+	defer ctl.StopBGP(0)
 
 	var reloadMu sync.Mutex
 	reload := func() error {
@@ -223,6 +228,12 @@ func runCmd(args []string, out io.Writer) error {
 	log.Info("xlb running", "interface", cfg.Daemon.Interface, "services", len(cfg.Services), "config", *path)
 	ctl.Run(ctx)
 	log.Info("shutting down")
+	// Routers first: the VIPs are withdrawn and, for shutdown_grace, this
+	// node keeps forwarding what still reaches it; only then do the L7
+	// tier and the datapath stop.
+	if b := ctl.Config().BGP; b != nil {
+		ctl.StopBGP(b.ShutdownGrace)
+	}
 	return nil
 }
 
