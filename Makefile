@@ -10,7 +10,7 @@ RACEPKGS := ./l7/... ./health/... ./control/... ./admin/... ./statuspage/...
 # make fuzz: how long each fuzz target runs.
 FUZZTIME ?= 20s
 
-APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3 chromium zsh
+APT_PACKAGES := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping util-linux python3 bird2 chromium zsh
 
 # make install: where things go (DESTDIR is prepended to every path).
 PREFIX     ?= /usr/local
@@ -21,7 +21,7 @@ UNITDIR    ?= $(PREFIX)/lib/systemd/system
 DOCDIR     ?= $(PREFIX)/share/doc/xlb
 
 .PHONY: install
-.PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 bench-l4 demo fmt vet clean check-generate
+.PHONY: all deps generate build test test-unit test-race fuzz e2e bench bench-xdp bench-control bench-l7 bench-l4 demo demo-cluster fmt vet clean check-generate
 
 all: build
 
@@ -137,6 +137,10 @@ bench: bench-xdp bench-control bench-l7 bench-l4
 ## demo: namespaces, three backends, xlb, traffic, the spread, teardown
 demo: deps build
 	./scripts/demo.sh
+
+## demo-cluster: three xlb nodes behind a BGP router (bird2, ECMP): routes, spread, a connection surviving its node
+demo-cluster: deps build
+	./scripts/demo-cluster.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '_bpfel.go$$')

@@ -1,8 +1,8 @@
 // Package admin is xlb's control surface over HTTP: health, metrics, the
 // backend list and the authenticated admin endpoints that change backends.
 //
-// Read endpoints (/lb/health, /lb/backends, /metrics, the status page at
-// /lb/status) are open. Everything
+// Read endpoints (/lb/health, /lb/backends, /lb/node, /metrics, the status
+// page at /lb/status) are open. Everything
 // under /lb/admin/ needs "Authorization: Bearer <token>": 401 without it, 403
 // with a wrong one. With no token configured the admin endpoints are
 // disabled (403), not open. The token is compared in constant time and never
@@ -44,6 +44,17 @@ type Controller interface {
 
 var _ Controller = (*control.Controller)(nil)
 
+// NodeController is a Controller that drains the whole node (its VIPs
+// withdrawn from the routers, see package bgp); *control.Controller is one.
+// With it the API serves GET /lb/node, POST /lb/admin/node/drain and
+// /lb/admin/node/ready, and /lb/health carries the node's state.
+type NodeController interface {
+	Node() control.NodeInfo
+	SetNodeState(control.NodeState) (control.NodeInfo, error)
+}
+
+var _ NodeController = (*control.Controller)(nil)
+
 // maxBody bounds admin request bodies.
 const maxBody = 64 << 10
 
@@ -54,6 +65,7 @@ type Server struct {
 	reload func() error
 	log    *slog.Logger
 	mux    *http.ServeMux
+	node   NodeController // nil: no node endpoints
 }
 
 // Options configure New.
@@ -97,6 +109,12 @@ func New(ctl Controller, o Options) *Server {
 	s.mux.HandleFunc("PUT /lb/admin/backends/{id}/drain", s.auth(s.setState(control.AdminDraining)))
 	s.mux.HandleFunc("PUT /lb/admin/backends/{id}/ready", s.auth(s.setState(control.AdminReady)))
 	s.mux.HandleFunc("DELETE /lb/admin/backends/{id}", s.auth(s.remove))
+	if nc, ok := ctl.(NodeController); ok {
+		s.node = nc
+		s.mux.HandleFunc("GET /lb/node", s.nodeInfo)
+		s.mux.HandleFunc("POST /lb/admin/node/drain", s.auth(s.setNode(control.NodeDraining)))
+		s.mux.HandleFunc("POST /lb/admin/node/ready", s.auth(s.setNode(control.NodeReady)))
+	}
 	s.mux.HandleFunc("GET /lb/admin/config", s.auth(s.config))
 	s.mux.HandleFunc("POST /lb/admin/reload", s.auth(s.doReload))
 	// Go's profiler, behind the token: `go tool pprof` with -H "Authorization: Bearer ..."
@@ -183,7 +201,30 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	if rep.Status == "unhealthy" {
 		code = http.StatusServiceUnavailable
 	}
+	if s.node != nil && r.URL.Query().Get("service") == "" {
+		node := s.node.Node()
+		writeJSON(w, code, struct {
+			control.HealthReport
+			Node *control.NodeInfo `json:"node"`
+		}{rep, &node})
+		return
+	}
 	writeJSON(w, code, rep)
+}
+
+func (s *Server) nodeInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.node.Node())
+}
+
+func (s *Server) setNode(st control.NodeState) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		info, err := s.node.SetNodeState(st)
+		if err != nil {
+			controlError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, info)
+	}
 }
 
 func (s *Server) backends(w http.ResponseWriter, r *http.Request) {

@@ -20,6 +20,13 @@ static __always_inline __u16 csum_fold(__u64 sum)
 	return ~sum;
 }
 
+/* acc folded to 32 bits: a sum for the kernel's checksum helpers (__wsum). */
+static __always_inline __u32 csum_fold32(__u64 acc)
+{
+	acc = (acc & 0xffffffff) + (acc >> 32);
+	return (acc & 0xffffffff) + (acc >> 32);
+}
+
 /* The header checksum of an option-less IPv4 header whose check field is 0. */
 static __always_inline __u16 ipv4_header_csum(const struct iphdr *ip)
 {

@@ -24,6 +24,7 @@
 
 #include "xlb.h"
 #include "parse.h"
+#include "ctx.h"
 #include "csum.h"
 #include "route.h"
 
@@ -52,13 +53,15 @@ static __always_inline void backend_hop(const struct backend *be, struct next_ho
  * the Ethernet header toward nh. Returns the frame's start, at least hdr
  * bytes long, or NULL.
  */
-static __always_inline void *push_outer(struct xdp_md *ctx, __u32 l2, __u32 hdr,
+static __always_inline void *push_outer(xlb_ctx *ctx, __u32 l2, __u32 hdr,
 					const struct next_hop *nh, __be16 proto)
 {
-	if (bpf_xdp_adjust_head(ctx, (int)l2 - (int)hdr))
+	__u64 encap = proto == bpf_htons(ETH_P_IP) ? BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 : BPF_F_ADJ_ROOM_ENCAP_L3_IPV6;
+
+	if (ctx_grow(ctx, hdr - l2, encap))
 		return NULL;
-	void *data = (void *)(long)ctx->data;
-	if (data + hdr > (void *)(long)ctx->data_end)
+	void *data = ctx_data(ctx);
+	if (data + hdr > ctx_end(ctx))
 		return NULL;
 	struct ethhdr *eth = data;
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
@@ -67,11 +70,11 @@ static __always_inline void *push_outer(struct xdp_md *ctx, __u32 l2, __u32 hdr,
 	return data;
 }
 
-static __always_inline int encap4(struct xdp_md *ctx, const struct backend *be, __u32 hash,
+static __always_inline int encap4(xlb_ctx *ctx, const struct backend *be, __u32 hash,
 				  __u32 l2, __u32 *egress)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	struct iphdr *inner = data + l2;
 	struct next_hop nh = {};
 	const __u32 hdr = sizeof(struct ethhdr) + sizeof(struct iphdr);
@@ -102,7 +105,7 @@ static __always_inline int encap4(struct xdp_md *ctx, const struct backend *be, 
 		.family = XLB_AF_INET,
 		.l4_protocol = IPPROTO_IPIP,
 		.tot_len = fib_len,
-		.ifindex = ctx->ingress_ifindex,
+		.ifindex = ctx_ifindex(ctx),
 		.tos = h.tos,
 		.ipv4_src = h.saddr,
 		.ipv4_dst = h.daddr,
@@ -111,7 +114,7 @@ static __always_inline int encap4(struct xdp_md *ctx, const struct backend *be, 
 	backend_hop(be, &fallback);
 	int rc = next_hop(ctx, &fib, &fallback, &nh);
 	if (rc == TX_TOO_BIG && df)
-		return icmp4_too_big(ctx, l2, nh.mtu);
+		return icmp4_too_big(ctx, l2, nh.mtu - sizeof(struct iphdr)); /* room for the outer header */
 	if (rc != TX_OK)
 		return rc;
 
@@ -123,11 +126,11 @@ static __always_inline int encap4(struct xdp_md *ctx, const struct backend *be, 
 	return TX_OK;
 }
 
-static __always_inline int encap6(struct xdp_md *ctx, const struct backend *be, __u32 hash,
+static __always_inline int encap6(xlb_ctx *ctx, const struct backend *be, __u32 hash,
 				  __u32 l2, __u32 *egress)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	struct ipv6hdr *inner = data + l2;
 	struct next_hop nh = {};
 	const __u32 hdr = sizeof(struct ethhdr) + sizeof(struct ipv6hdr);
@@ -136,9 +139,9 @@ static __always_inline int encap6(struct xdp_md *ctx, const struct backend *be, 
 		return TX_FAILED;
 	__u32 len = bpf_ntohs(inner->payload_len) + sizeof(struct ipv6hdr);
 	if (len == sizeof(struct ipv6hdr)) /* past 64 KiB (see parse_ipv6) */
-		len = bpf_xdp_get_buff_len(ctx) - l2;
+		len = ctx_len(ctx) - l2;
 	if (len > 0xffff) /* more than an outer payload length holds */
-		return icmp6_too_big(ctx, l2, 0xffff + sizeof(struct ipv6hdr));
+		return icmp6_too_big(ctx, l2, 0xffff);
 	__u32 outer_len = len + sizeof(struct ipv6hdr);
 	/* The traffic class straddles priority and the label's first byte. */
 	__u8 tclass_low = inner->flow_lbl[0] & 0xf0;
@@ -159,7 +162,7 @@ static __always_inline int encap6(struct xdp_md *ctx, const struct backend *be, 
 		.family = XLB_AF_INET6,
 		.l4_protocol = IPPROTO_IPV6,
 		.tot_len = outer_len > 0xffff ? 0xffff : outer_len,
-		.ifindex = ctx->ingress_ifindex,
+		.ifindex = ctx_ifindex(ctx),
 	};
 	__builtin_memcpy(fib.ipv6_src, &h.saddr, 16);
 	__builtin_memcpy(fib.ipv6_dst, &h.daddr, 16);
@@ -167,7 +170,7 @@ static __always_inline int encap6(struct xdp_md *ctx, const struct backend *be, 
 	backend_hop(be, &fallback);
 	int rc = next_hop(ctx, &fib, &fallback, &nh);
 	if (rc == TX_TOO_BIG)
-		return icmp6_too_big(ctx, l2, nh.mtu);
+		return icmp6_too_big(ctx, l2, nh.mtu - sizeof(struct ipv6hdr));
 	if (rc != TX_OK)
 		return rc;
 
@@ -184,11 +187,11 @@ static __always_inline int encap6(struct xdp_md *ctx, const struct backend *be, 
  * the outer source and IPv6 flow label). TX_OK leaves a frame to send on
  * *egress with its Ethernet addresses set; see enum tx_result.
  */
-static __always_inline int encap_ipip(struct xdp_md *ctx, const struct backend *be, __u32 hash,
+static __always_inline int encap_ipip(xlb_ctx *ctx, const struct backend *be, __u32 hash,
 				      __u32 *egress)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	__be16 proto;
 	int l2 = parse_eth(data, end, &proto);
 

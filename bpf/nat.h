@@ -16,8 +16,12 @@
  * needed, packet too big, unreachable, time exceeded) are translated back
  * to the client, headers and quoted packet alike, as from the VIP.
  *
- * Checksums are updated incrementally (csum.h): the program assumes full
- * checksums, as NICs deliver them (see LAB.md on veth's partial ones).
+ * Checksums are updated incrementally (csum.h): XDP assumes full checksums,
+ * as NICs deliver them (see LAB.md on veth's partial ones); TC updates the
+ * transport checksum with the kernel's helper, which also keeps partial
+ * (offloaded) and complete ones right (ctx_l4_csum). Every other update
+ * keeps the sum of the bytes it changes (the IPv4 header, ICMP errors), so
+ * an skb's sum of the whole packet stays right as well.
  *
  * Included by xlb.c after struct packet, the conntrack and tx_ports maps and
  * flow_hash, which it uses.
@@ -84,10 +88,10 @@ static __always_inline void reply_key(struct flow_key *k, const struct backend *
 }
 
 /* Inserts the binding k for the client flow p, if k is free; 0 when done. */
-static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *k,
+static __always_inline long nat_bind(xlb_ctx *ctx, const struct flow_key *k,
 				     const struct packet *p, __u32 be_id, __u32 svc_id, __u32 now)
 {
-	void *data = (void *)(long)ctx->data;
+	void *data = ctx_data(ctx);
 	struct ethhdr *eth = data;
 	struct nat_binding fresh = {
 		.client = p->flow,
@@ -95,10 +99,10 @@ static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *
 		.service_id = svc_id,
 		.flags = p->flow_flags,
 		.seen = now,
-		.client_ifindex = ctx->ingress_ifindex,
+		.client_ifindex = ctx_ifindex(ctx),
 	};
 
-	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+	if ((void *)(eth + 1) > ctx_end(ctx))
 		return -1;
 	__builtin_memcpy(fresh.client_mac, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(fresh.local_mac, eth->h_dest, ETH_ALEN);
@@ -108,10 +112,13 @@ static __always_inline long nat_bind(struct xdp_md *ctx, const struct flow_key *
 /*
  * The source port of the client flow p to backend be: the flow's own while
  * its binding stands (put back if the sweep removed it), else a new one.
+ * new_flow: the connection table placed p as a new flow (a reopened one
+ * starts its state afresh; a SYN on a live flow does not).
  * Returns TX_OK with *port set, or TX_NO_PORT.
  */
-static __always_inline int nat_port(struct xdp_md *ctx, const struct packet *p,
-				    const struct backend *be, __u32 be_id, __u32 svc_id, __u16 *port)
+static __always_inline int nat_port(xlb_ctx *ctx, const struct packet *p,
+				    const struct backend *be, __u32 be_id, __u32 svc_id,
+				    __u64 new_flow, __u16 *port)
 {
 	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
 	struct nat_flow *nf = bpf_map_lookup_elem(&nat_flows, &p->flow);
@@ -125,8 +132,8 @@ static __always_inline int nat_port(struct xdp_md *ctx, const struct packet *p,
 		if (b && flow_key_eq(&b->client, &p->flow)) {
 			if (b->seen != now)
 				b->seen = now;
-			if (p->syn)
-				b->flags = 0; /* the client opens its ports again */
+			if (new_flow)
+				b->flags = p->flow_flags; /* the client opens its ports again */
 			else if (p->flow_flags & ~b->flags)
 				b->flags |= p->flow_flags;
 			*port = own;
@@ -174,17 +181,17 @@ static __always_inline __u64 csum_add_change16(__u64 acc, __u16 old, __u16 new)
 /*
  * Rewrites the addresses and ports of the TCP or UDP packet p to src:sport
  * -> dst:dport (ports in host order), updating the IPv4 header and transport
- * checksums.
+ * checksums (the latter last: in TC its helper moves the packet).
  */
-static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *p, const __u8 *src,
+static __always_inline int nat_rewrite(xlb_ctx *ctx, const struct packet *p, const __u8 *src,
 				       const __u8 *dst, __u16 sport, __u16 dport)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	__u32 l3 = p->l3 & 0x1f;  /* 14 or 18 */
 	__u32 l4 = p->l4 & 0x3ff; /* past IPv4 options or IPv6 extensions */
 	__be16 ports[2] = {bpf_htons(sport), bpf_htons(dport)};
-	__u64 acc;
+	__u64 acc, addrs;
 
 	if (p->l4_far) /* the mask below would point elsewhere */
 		return TX_TRUNCATED;
@@ -208,6 +215,7 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *
 		__builtin_memcpy(&ip6->saddr, src, 16);
 		__builtin_memcpy(&ip6->daddr, dst, 16);
 	}
+	addrs = acc; /* the pseudo-header's part */
 
 	if (p->flow.proto == IPPROTO_TCP) {
 		struct tcphdr *tcp = data + l4;
@@ -215,9 +223,10 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *
 		if ((void *)(tcp + 1) > end)
 			return TX_FAILED;
 		acc = csum_add_change(acc, &tcp->source, ports, 4);
-		csum_apply(&tcp->check, acc);
 		tcp->source = ports[0];
 		tcp->dest = ports[1];
+		if (ctx_l4_csum(ctx, &tcp->check, acc, addrs, IPPROTO_TCP, p->flow.family))
+			return TX_FAILED;
 		return TX_OK;
 	}
 	struct udphdr *udp = data + l4;
@@ -225,18 +234,19 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, const struct packet *
 	if ((void *)(udp + 1) > end)
 		return TX_FAILED;
 	acc = csum_add_change(acc, &udp->source, ports, 4);
-	csum_apply_udp(&udp->check, acc);
 	udp->source = ports[0];
 	udp->dest = ports[1];
+	if (ctx_l4_csum(ctx, &udp->check, acc, addrs, IPPROTO_UDP, p->flow.family))
+		return TX_FAILED;
 	return TX_OK;
 }
 
 /* Points the frame's Ethernet header at nh. */
-static __always_inline int set_eth(struct xdp_md *ctx, const struct next_hop *nh)
+static __always_inline int set_eth(xlb_ctx *ctx, const struct next_hop *nh)
 {
-	struct ethhdr *eth = (void *)(long)ctx->data;
+	struct ethhdr *eth = ctx_data(ctx);
 
-	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+	if ((void *)(eth + 1) > ctx_end(ctx))
 		return TX_FAILED;
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
@@ -247,12 +257,12 @@ static __always_inline int set_eth(struct xdp_md *ctx, const struct next_hop *nh
  * The FIB lookup of a packet of ip_len bytes from src to dst (16-byte
  * addresses, IPv4 in the first 4).
  */
-static __always_inline void fib_params(struct xdp_md *ctx, struct bpf_fib_lookup *fib, __u8 family,
+static __always_inline void fib_params(xlb_ctx *ctx, struct bpf_fib_lookup *fib, __u8 family,
 				       __u8 proto, __u32 ip_len, const __u8 *src, const __u8 *dst)
 {
 	fib->l4_protocol = proto;
 	fib->tot_len = ip_len > 0xffff ? 0xffff : ip_len;
-	fib->ifindex = ctx->ingress_ifindex;
+	fib->ifindex = ctx_ifindex(ctx);
 	if (family == XLB_FAMILY_V4) {
 		fib->family = XLB_AF_INET;
 		__builtin_memcpy(&fib->ipv4_src, src, 4);
@@ -266,9 +276,10 @@ static __always_inline void fib_params(struct xdp_md *ctx, struct bpf_fib_lookup
 
 /*
  * The answer to a packet too big for its next hop: an ICMP error back to
- * its source (from its destination), or a drop where none may be sent.
+ * its source (from its destination) with the hop's MTU as it is (NAT adds
+ * no header), or a drop where none may be sent.
  */
-static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, __u32 mtu)
+static __always_inline int too_big(xlb_ctx *ctx, const struct packet *p, __u32 mtu)
 {
 	if (p->flow.family == XLB_FAMILY_V6)
 		return icmp6_too_big(ctx, p->l3 & 0x1f, mtu);
@@ -282,8 +293,9 @@ static __always_inline int too_big(struct xdp_md *ctx, const struct packet *p, _
  * TX_OK leaves a frame to send on *egress with its Ethernet addresses set;
  * see enum tx_result.
  */
-static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *p,
-				       const struct backend *be, __u32 be_id, __u32 svc_id, __u32 *egress)
+static __always_inline int nat_forward(xlb_ctx *ctx, const struct packet *p,
+				       const struct backend *be, __u32 be_id, __u32 svc_id,
+				       __u64 new_flow, __u32 *egress)
 {
 	struct bpf_fib_lookup fib = {};
 	struct next_hop fallback = {}, nh = {};
@@ -292,7 +304,7 @@ static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *
 	if (p->l4_far)
 		return TX_TRUNCATED;
 	/* Sent on untagged, answered untagged: refused rather than half done. */
-	if (p->l3 != sizeof(struct ethhdr))
+	if (p->l3 != sizeof(struct ethhdr) || ctx_tagged(ctx))
 		return TX_VLAN;
 	/* The route first: a packet too big is answered from the VIP, as sent. */
 	fib_params(ctx, &fib, p->flow.family, p->flow.proto, p->ip_len, be->src, be->addr);
@@ -303,7 +315,7 @@ static __always_inline int nat_forward(struct xdp_md *ctx, const struct packet *
 	if (rc != TX_OK)
 		return rc;
 
-	rc = nat_port(ctx, p, be, be_id, svc_id, &port);
+	rc = nat_port(ctx, p, be, be_id, svc_id, new_flow, &port);
 	if (rc != TX_OK)
 		return rc;
 	rc = nat_rewrite(ctx, p, be->src, be->addr, port, be->port);
@@ -323,48 +335,48 @@ static __always_inline void client_fallback(const struct nat_binding *b, struct 
 
 /*
  * Sends a translated answer toward nh, or, when nh's interface is not one
- * xlb may redirect to (no tx_ports entry), back out of the receiving
+ * xlb may redirect to (XDP: no tx_ports entry), back out of the receiving
  * interface to fallback: where the client's packets came from.
  */
-static __always_inline int reply_verdict(struct xdp_md *ctx, const struct next_hop *nh,
+static __always_inline int reply_verdict(xlb_ctx *ctx, const struct next_hop *nh,
 					 const struct next_hop *fallback, __u64 len)
 {
-	if (nh->ifindex != ctx->ingress_ifindex) {
-		int action = bpf_redirect_map(&tx_ports, nh->ifindex, XDP_DROP);
-		if (action == XDP_REDIRECT) {
+	if (nh->ifindex != ctx_ifindex(ctx)) {
+		int action = ctx_redirect(ctx, nh->ifindex);
+		if (action == XLB_REDIRECT) {
 			if (set_eth(ctx, nh) != TX_OK)
-				return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
+				return verdict(XLB_R_DROP_ENCAP, len, XLB_DROP);
 			return verdict(XLB_R_NAT_REPLY_REDIRECT, len, action);
 		}
-		if (fallback->ifindex != ctx->ingress_ifindex)
-			return verdict(XLB_R_DROP_NO_TX_PORT, len, XDP_DROP);
+		if (fallback->ifindex != ctx_ifindex(ctx))
+			return verdict(XLB_R_DROP_NO_TX_PORT, len, XLB_DROP);
 		nh = fallback;
 	}
 	if (set_eth(ctx, nh) != TX_OK)
-		return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
-	return verdict(XLB_R_NAT_REPLY_TX, len, XDP_TX);
+		return verdict(XLB_R_DROP_ENCAP, len, XLB_DROP);
+	return verdict(XLB_R_NAT_REPLY_TX, len, ctx_tx(ctx));
 }
 
 /* The verdict of a packet nat_forward or nat_reply did not leave to send. */
-static __always_inline int tx_verdict(int rc, __u64 len)
+static __always_inline int tx_verdict(xlb_ctx *ctx, int rc, __u64 len)
 {
 	switch (rc) {
 	case TX_ICMP:
-		return verdict(XLB_R_ICMP_TOO_BIG, len, XDP_TX);
+		return verdict(XLB_R_ICMP_TOO_BIG, len, ctx_tx(ctx));
 	case TX_TOO_BIG:
-		return verdict(XLB_R_DROP_TOO_BIG, len, XDP_DROP);
+		return verdict(XLB_R_DROP_TOO_BIG, len, XLB_DROP);
 	case TX_NO_ROUTE:
-		return verdict(XLB_R_DROP_NO_ROUTE, len, XDP_DROP);
+		return verdict(XLB_R_DROP_NO_ROUTE, len, XLB_DROP);
 	case TX_NO_PORT:
-		return verdict(XLB_R_DROP_NAT_PORTS, len, XDP_DROP);
+		return verdict(XLB_R_DROP_NAT_PORTS, len, XLB_DROP);
 	case TX_ICMP_LIMITED:
-		return verdict(XLB_R_DROP_ICMP_RATE, len, XDP_DROP);
+		return verdict(XLB_R_DROP_ICMP_RATE, len, XLB_DROP);
 	case TX_TRUNCATED:
-		return verdict(XLB_R_DROP_TRUNCATED, len, XDP_DROP);
+		return verdict(XLB_R_DROP_TRUNCATED, len, XLB_DROP);
 	case TX_VLAN:
-		return verdict(XLB_R_DROP_NAT_VLAN, len, XDP_DROP);
+		return verdict(XLB_R_DROP_NAT_VLAN, len, XLB_DROP);
 	}
-	return verdict(XLB_R_DROP_ENCAP, len, XDP_DROP);
+	return verdict(XLB_R_DROP_ENCAP, len, XLB_DROP);
 }
 
 /* May port be one a NAT flow holds (its answers' destination port)? */
@@ -380,7 +392,7 @@ static __always_inline int nat_port_in_range(__u16 port)
  * A backend's answer to a NAT flow, translated to VIP -> client and sent on;
  * -1 when p (TCP or UDP, a first fragment at most) is not one.
  */
-static __always_inline int nat_reply(struct xdp_md *ctx, const struct packet *p)
+static __always_inline int nat_reply(xlb_ctx *ctx, const struct packet *p)
 {
 	if (p->l4_far || !nat_port_in_range(p->flow.dport))
 		return -1;
@@ -390,7 +402,7 @@ static __always_inline int nat_reply(struct xdp_md *ctx, const struct packet *p)
 	/* Later fragments carry no ports to translate: the answer is lost
 	 * either way, so it is dropped and counted, not left to the host. */
 	if (p->fragment)
-		return verdict(XLB_R_DROP_FRAGMENT, p->len, XDP_DROP);
+		return verdict(XLB_R_DROP_FRAGMENT, p->len, XLB_DROP);
 
 	__u32 now = flow_tick(bpf_ktime_get_coarse_ns());
 	if (b->seen != now)
@@ -413,7 +425,7 @@ static __always_inline int nat_reply(struct xdp_md *ctx, const struct packet *p)
 	if (rc == TX_OK)
 		rc = nat_rewrite(ctx, p, c.dst, c.src, c.dport, c.sport);
 	if (rc != TX_OK)
-		return tx_verdict(rc, p->len);
+		return tx_verdict(ctx, rc, p->len);
 	return reply_verdict(ctx, &nh, &fallback, p->len);
 }
 
@@ -510,11 +522,11 @@ static __always_inline int addr_eq(const __u8 *a, const __u8 *b)
  * ports, and the checksums over each (the quoted transport checksum only
  * when the quote holds it).
  */
-static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet *p,
+static __always_inline int icmp_rewrite(xlb_ctx *ctx, const struct packet *p,
 					const struct icmp_quote *q, const struct icmp_xlat *x)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	__u32 l3 = p->l3 & 0x1f;
 	__u16 *check = data + (q->check & 0x3ff);
 	__be16 ports[2] = {bpf_htons(x->in_sport), bpf_htons(x->in_dport)};
@@ -592,7 +604,7 @@ static __always_inline int icmp_rewrite(struct xdp_md *ctx, const struct packet 
  * quote: source:port' -> backend:port), addressed to source: back to the
  * client, as from the VIP, about the client's packet. -1: no such flow.
  */
-static __always_inline int xlat_to_client(struct xdp_md *ctx, const struct packet *p,
+static __always_inline int xlat_to_client(xlb_ctx *ctx, const struct packet *p,
 					  const struct flow_key *quoted, struct icmp_xlat *x,
 					  struct next_hop *nh, struct next_hop *fallback)
 {
@@ -628,7 +640,7 @@ static __always_inline int xlat_to_client(struct xdp_md *ctx, const struct packe
  * quote: VIP:port -> client), addressed to the VIP: on to the backend, as
  * from the NAT source, about the backend's answer. -1: no such flow.
  */
-static __always_inline int xlat_to_backend(struct xdp_md *ctx, const struct packet *p,
+static __always_inline int xlat_to_backend(xlb_ctx *ctx, const struct packet *p,
 					   const struct flow_key *quoted, struct icmp_xlat *x,
 					   struct next_hop *nh, struct next_hop *fallback)
 {
@@ -669,10 +681,10 @@ static __always_inline int xlat_to_backend(struct xdp_md *ctx, const struct pack
  * backend. -1 when it is about no NAT flow. Errors count against the ICMP
  * budget: forged ones cannot make xlb a reflector.
  */
-static __always_inline int nat_icmp(struct xdp_md *ctx, const struct packet *p)
+static __always_inline int nat_icmp(xlb_ctx *ctx, const struct packet *p)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	struct icmp_quote q = {};
 	struct flow_key quoted = {};
 	struct icmp_xlat x = {};
@@ -692,7 +704,7 @@ static __always_inline int nat_icmp(struct xdp_md *ctx, const struct packet *p)
 	if (rc == TX_OK)
 		rc = icmp_rewrite(ctx, p, &q, &x);
 	if (rc != TX_OK)
-		return tx_verdict(rc, p->len);
+		return tx_verdict(ctx, rc, p->len);
 	return reply_verdict(ctx, &nh, &fallback, p->len);
 }
 

@@ -18,6 +18,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "xlb.h"
+#include "ctx.h"
 #include "parse.h"
 
 #define IPV6_FRAG_OFFSET 0xfff8
@@ -91,11 +92,11 @@ static __always_inline int parse_l4(struct packet *p, void *l4, void *end, __s64
  * multi-buffer frame's linear part ends before its packet does, so the helper
  * that measures the whole frame is called only then.
  */
-static __always_inline int longer_than_frame(struct xdp_md *ctx, void *l3, void *end, __u32 len)
+static __always_inline int longer_than_frame(xlb_ctx *ctx, void *l3, void *end, __u32 len)
 {
 	if (len <= (__u64)(end - l3))
 		return 0;
-	return (__u64)(l3 - (void *)(long)ctx->data) + len > bpf_xdp_get_buff_len(ctx);
+	return (__u64)(l3 - ctx_data(ctx)) + len > ctx_len(ctx);
 }
 
 enum parse_result {
@@ -105,7 +106,7 @@ enum parse_result {
 	PARSE_OTHER_PROTO,
 };
 
-static __always_inline int parse_ipv4(struct xdp_md *ctx, struct packet *p, void *data, void *end)
+static __always_inline int parse_ipv4(xlb_ctx *ctx, struct packet *p, void *data, void *end)
 {
 	struct iphdr *ip = data;
 
@@ -141,7 +142,7 @@ static __always_inline int parse_ipv4(struct xdp_md *ctx, struct packet *p, void
 }
 
 /* l2: the offset of data (the IPv6 header) in the frame. */
-static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *p, void *data, void *end, __u32 l2)
+static __always_inline int parse_ipv6(xlb_ctx *ctx, struct packet *p, void *data, void *end, __u32 l2)
 {
 	struct ipv6hdr *ip6 = data;
 
@@ -154,7 +155,7 @@ static __always_inline int parse_ipv6(struct xdp_md *ctx, struct packet *p, void
 	 * option; jumbograms carry one.
 	 */
 	if (len == sizeof(*ip6))
-		len = bpf_xdp_get_buff_len(ctx) - l2;
+		len = ctx_len(ctx) - l2;
 	if (ip6->version != 6 || longer_than_frame(ctx, data, end, len))
 		return PARSE_MALFORMED;
 
@@ -239,10 +240,10 @@ done:
 	return PARSE_OK;
 }
 
-static __always_inline int parse(struct xdp_md *ctx, struct packet *p, struct ethhdr **eth_out)
+static __always_inline int parse(xlb_ctx *ctx, struct packet *p, struct ethhdr **eth_out)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	__be16 proto;
 	int l2 = parse_eth(data, end, &proto);
 

@@ -20,6 +20,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "xlb.h"
+#include "ctx.h"
 #include "csum.h"
 
 /* linux/icmp.h pulls in libc headers BPF cannot build with. */
@@ -51,10 +52,10 @@ struct icmp_frag_hdr {
 /* What became of a packet xlb rewrote to send on (ipip.h, nat.h). */
 enum tx_result {
 	TX_OK = 0,    /* rewritten; send it on *egress */
-	TX_ICMP,      /* rewritten into an ICMP error to its sender: XDP_TX */
+	TX_ICMP,      /* rewritten into an ICMP error to its sender: back out (XDP_TX) */
 	TX_TOO_BIG,   /* too big, and no ICMP error may be sent: drop */
 	TX_NO_ROUTE,  /* the FIB says the destination is unreachable: drop */
-	TX_FAILED,    /* no headroom (never with the 256 bytes XDP reserves) */
+	TX_FAILED,    /* no headroom (never with the 256 bytes XDP reserves); TC: the skb refused */
 	TX_NO_PORT,   /* nat: no source port free, or a NAT table full: drop */
 	TX_ICMP_LIMITED, /* an ICMP error was due, but the budget is spent: drop */
 	TX_TRUNCATED, /* nat: the transport header is out of reach: drop */
@@ -106,14 +107,32 @@ struct next_hop {
 };
 
 /*
+ * A GSO packet (TC) goes out as segments: TX_OK when they fit nh's MTU,
+ * else TX_TOO_BIG with nh->mtu set. Encapsulation keeps their size (it
+ * shrinks their payload, see ctx_grow).
+ */
+static __always_inline int segments_fit(xlb_ctx *ctx, struct next_hop *nh)
+{
+	__u32 mtu = 0;
+
+	if (ctx_segments_fit(ctx, nh->ifindex, &mtu))
+		return TX_OK;
+	nh->mtu = mtu;
+	return TX_TOO_BIG;
+}
+
+/*
  * Finds where the packet described by fib goes. Returns TX_OK, TX_TOO_BIG
  * (nh->mtu set) or TX_NO_ROUTE. When the FIB cannot say, the next hop is
  * fallback (the daemon's resolution, or where a flow's packets came from).
  */
-static __always_inline int next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *fib,
+static __always_inline int next_hop(xlb_ctx *ctx, struct bpf_fib_lookup *fib,
 				    const struct next_hop *fallback, struct next_hop *nh)
 {
 	__u32 len = fib->tot_len; /* the lookup overwrites it (mtu_result) */
+
+	if (ctx_gso(ctx))
+		fib->tot_len = 0; /* no MTU check of the whole: segments_fit */
 	long rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
 
 	switch (rc) {
@@ -121,6 +140,8 @@ static __always_inline int next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *f
 		nh->ifindex = fib->ifindex;
 		__builtin_memcpy(nh->dmac, fib->dmac, ETH_ALEN);
 		__builtin_memcpy(nh->smac, fib->smac, ETH_ALEN);
+		if (ctx_gso(ctx))
+			return segments_fit(ctx, nh);
 		return TX_OK;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
 		nh->mtu = fib->mtu_result;
@@ -136,6 +157,8 @@ static __always_inline int next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *f
 	 * and that interface's MTU.
 	 */
 	*nh = *fallback;
+	if (ctx_gso(ctx))
+		return segments_fit(ctx, nh);
 	__u32 mtu = len;
 	if (bpf_check_mtu(ctx, nh->ifindex, &mtu, 0, 0) == BPF_MTU_CHK_RET_FRAG_NEEDED) {
 		nh->mtu = mtu;
@@ -150,11 +173,12 @@ static __always_inline int next_hop(struct xdp_md *ctx, struct bpf_fib_lookup *f
  * of them, and writes the Ethernet header (addresses swapped, proto). Returns
  * the frame's start, hdr + quote bytes long, or NULL with *rc set.
  */
-static __always_inline void *icmp_reply(struct xdp_md *ctx, __u32 l2, __u32 quote, __u32 hdr,
+static __always_inline void *icmp_reply(xlb_ctx *ctx, __u32 l2, __u32 quote, __u32 hdr,
 					__be16 proto, int *rc)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	ctx_pull(ctx, l2 + quote);
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	struct ethhdr *eth = data;
 	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
 
@@ -169,13 +193,12 @@ static __always_inline void *icmp_reply(struct xdp_md *ctx, __u32 l2, __u32 quot
 	__builtin_memcpy(smac, eth->h_dest, ETH_ALEN);
 
 	*rc = TX_FAILED;
-	int excess = (int)bpf_xdp_get_buff_len(ctx) - (int)(l2 + quote);
-	if (excess > 0 && bpf_xdp_adjust_tail(ctx, -excess))
+	if (ctx_cut(ctx, l2 + quote))
 		return NULL;
-	if (bpf_xdp_adjust_head(ctx, (int)l2 - (int)hdr))
+	if (ctx_grow(ctx, hdr - l2, 0))
 		return NULL;
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
+	data = ctx_data(ctx);
+	end = ctx_end(ctx);
 	if (data + hdr + quote > end)
 		return NULL;
 	eth = data;
@@ -187,10 +210,11 @@ static __always_inline void *icmp_reply(struct xdp_md *ctx, __u32 l2, __u32 quot
 
 /*
  * Turns the IPv4 packet at l2 into an ICMP "fragmentation needed" (type 3
- * code 4, next-hop MTU mtu - 20) from its destination (the VIP) to its
- * source, to go back where it came from.
+ * code 4, next-hop MTU mtu: the largest packet its source may send, less
+ * any header the caller adds on the way) from its destination (the VIP) to
+ * its source, to go back where it came from.
  */
-static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu)
+static __always_inline int icmp4_too_big(xlb_ctx *ctx, __u32 l2, __u32 mtu)
 {
 	const __u32 hdr = sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct icmp_frag_hdr);
 	int rc;
@@ -219,7 +243,7 @@ static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu
 	icmp->code = ICMP_FRAG_NEEDED;
 	icmp->checksum = 0;
 	icmp->unused = 0;
-	icmp->mtu = bpf_htons(mtu - sizeof(struct iphdr));
+	icmp->mtu = bpf_htons(mtu);
 	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)icmp, sizeof(*icmp) + ICMP4_QUOTE, 0);
 	icmp->checksum = csum_fold((__u32)sum);
 	return TX_ICMP;
@@ -227,9 +251,9 @@ static __always_inline int icmp4_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu
 
 /*
  * Turns the IPv6 packet at l2 into an ICMPv6 "packet too big" (type 2, MTU
- * mtu - 40) from its destination (the VIP) to its source.
+ * mtu, as for icmp4_too_big) from its destination (the VIP) to its source.
  */
-static __always_inline int icmp6_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu)
+static __always_inline int icmp6_too_big(xlb_ctx *ctx, __u32 l2, __u32 mtu)
 {
 	const __u32 hdr = sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct icmp6hdr);
 	const __u32 plen = sizeof(struct icmp6hdr) + ICMP6_QUOTE;
@@ -255,7 +279,7 @@ static __always_inline int icmp6_too_big(struct xdp_md *ctx, __u32 l2, __u32 mtu
 	icmp6->icmp6_type = ICMPV6_PKT_TOOBIG;
 	icmp6->icmp6_code = 0;
 	icmp6->icmp6_cksum = 0;
-	icmp6->icmp6_mtu = bpf_htonl(mtu - sizeof(struct ipv6hdr));
+	icmp6->icmp6_mtu = bpf_htonl(mtu);
 	/* The pseudo-header: both addresses, the length, the next header. */
 	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)&ip6->saddr, 32, 0);
 	sum = bpf_csum_diff(NULL, 0, (__be32 *)icmp6, plen, (__u32)sum);

@@ -8,6 +8,10 @@
  * inside an outer IP header (ipip.h), for forwarding = "nat" with addresses
  * and ports translated both ways (nat.h). Everything else is passed to the
  * kernel. Every return is counted with its reason (enum reason).
+ *
+ * Built twice: as XDP, and with -DXLB_TC as a TC ingress (tcx) program for
+ * interfaces where XDP does not fit, with the same maps, reasons and
+ * counters; ctx.h holds what differs.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -21,6 +25,7 @@
 
 #include "xlb.h"
 #include "maps.h"
+#include "ctx.h"
 #include "hash.h"
 #include "packet.h"
 #include "ipip.h"
@@ -109,11 +114,11 @@ static __always_inline __u32 flow_tick(__u64 ns)
 
 #include "nat.h"
 
-static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, __u32 svc_id,
+static __always_inline int forward(xlb_ctx *ctx, struct ethhdr *eth, __u32 svc_id,
 				   __u32 be_id, struct backend *be, struct packet *p, __u64 new_flow)
 {
 	__u32 reason = XLB_R_TX;
-	int action = XDP_TX;
+	int action = ctx_tx(ctx);
 	__u32 egress = be->ifindex;
 	/* Read once: the loader may rewrite the entry meanwhile. */
 	__u8 fwd = be->forwarding;
@@ -123,24 +128,24 @@ static __always_inline int forward(struct xdp_md *ctx, struct ethhdr *eth, __u32
 		rc = encap_ipip(ctx, be, flow_hash(&p->flow, XLB_HASH_FLOW), &egress);
 	else if (fwd == XLB_FWD_NAT && p->fragment)
 		/* Later fragments carry no ports to translate. */
-		return verdict(XLB_R_DROP_FRAGMENT, p->len, XDP_DROP);
+		return verdict(XLB_R_DROP_FRAGMENT, p->len, XLB_DROP);
 	else if (fwd == XLB_FWD_NAT)
-		rc = nat_forward(ctx, p, be, be_id, svc_id, &egress);
+		rc = nat_forward(ctx, p, be, be_id, svc_id, new_flow, &egress);
 	if (rc != TX_OK)
-		return tx_verdict(rc, p->len);
-	if (egress != ctx->ingress_ifindex) {
+		return tx_verdict(ctx, rc, p->len);
+	if (egress != ctx_ifindex(ctx)) {
 		/* Only records the target; fails when the port is missing. */
-		action = bpf_redirect_map(&tx_ports, egress, XDP_DROP);
-		if (action != XDP_REDIRECT)
-			return verdict(XLB_R_DROP_NO_TX_PORT, p->len, XDP_DROP);
+		action = ctx_redirect(ctx, egress);
+		if (action != XLB_REDIRECT)
+			return verdict(XLB_R_DROP_NO_TX_PORT, p->len, XLB_DROP);
 		reason = XLB_R_REDIRECT;
 	}
 	if (fwd == XLB_FWD_DSR) {
 		/* From ctx again: the verifier cannot tell that this path never
 		 * moved the frame's start (bpf_xdp_adjust_head). */
-		eth = (void *)(long)ctx->data;
-		if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
-			return verdict(XLB_R_PASS_MALFORMED, p->len, XDP_PASS);
+		eth = ctx_data(ctx);
+		if ((void *)(eth + 1) > ctx_end(ctx))
+			return verdict(XLB_R_PASS_MALFORMED, p->len, XLB_PASS);
 		__builtin_memcpy(eth->h_dest, be->mac, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, be->smac, ETH_ALEN);
 	}
@@ -196,7 +201,7 @@ static __always_inline int flow_gone(const struct flow_value *ct, const struct p
  * down or was removed, or an entry that is gone (flow_gone), makes the entry
  * void (the service lookup then decides).
  */
-static __always_inline int steer_established(struct xdp_md *ctx, struct ethhdr *eth, struct packet *p)
+static __always_inline int steer_established(xlb_ctx *ctx, struct ethhdr *eth, struct packet *p)
 {
 	struct flow_value *ct = bpf_map_lookup_elem(&conntrack, &p->flow);
 
@@ -225,10 +230,10 @@ static __always_inline int steer_established(struct xdp_md *ctx, struct ethhdr *
  * the previous run left it, so bumping the (untagged IPv4) source address and
  * port here makes every rerun a new flow. Sources stay in 198.18.0.0/15.
  */
-static __always_inline void bench_next_flow(struct xdp_md *ctx)
+static __always_inline void bench_next_flow(xlb_ctx *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
+	void *data = ctx_data(ctx);
+	void *end = ctx_end(ctx);
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	struct tcphdr *tcp = (void *)(ip + 1);
 
@@ -240,22 +245,23 @@ static __always_inline void bench_next_flow(struct xdp_md *ctx)
 		tcp->source = bpf_htons(bpf_ntohs(tcp->source) + 1);
 }
 #else
-static __always_inline void bench_next_flow(struct xdp_md *ctx)
+static __always_inline void bench_next_flow(xlb_ctx *ctx)
 {
 }
 #endif
 
 /* A new flow (or one whose backend is gone): the service's Maglev table. */
-static __always_inline int steer_new(struct xdp_md *ctx, struct ethhdr *eth, struct svc_value *svc,
+static __always_inline int steer_new(xlb_ctx *ctx, struct ethhdr *eth, struct svc_value *svc,
 				     struct packet *p)
 {
 	__u32 be_id = ring_pick(svc, p);
 	struct backend *be = bpf_map_lookup_elem(&backends, &be_id);
 
 	if (!be || be->state != XLB_BE_UP)
-		return verdict(XLB_R_DROP_NO_BACKEND, p->len, XDP_DROP);
-	/* Non-first fragments carry no ports: the ring alone places them. */
-	if (p->later_fragment)
+		return verdict(XLB_R_DROP_NO_BACKEND, p->len, XLB_DROP);
+	/* Non-first fragments carry no ports: the ring alone places them. NAT
+	 * drops every fragment: no flow to record for it. */
+	if (p->later_fragment || (p->fragment && be->forwarding == XLB_FWD_NAT))
 		return forward(ctx, eth, svc->id, be_id, be, p, 0);
 
 	__u64 ns = bpf_ktime_get_coarse_ns();
@@ -273,25 +279,20 @@ static __always_inline int steer_new(struct xdp_md *ctx, struct ethhdr *eth, str
 	return action;
 }
 
-SEC("xdp.frags")
-int xlb_xdp(struct xdp_md *ctx)
+/* The program: what both builds' entry points run. */
+static __always_inline int steer(xlb_ctx *ctx)
 {
 	struct packet p = {};
 	struct ethhdr *eth = NULL;
 	struct svc_value *svc;
 
-	/*
-	 * Bytes of the linear part: for a multi-buffer (jumbo) frame the
-	 * fragments are not counted; bpf_xdp_get_buff_len would cost a helper
-	 * call per packet.
-	 */
-	p.len = ctx->data_end - ctx->data;
+	p.len = ctx_bytes(ctx);
 
 	switch (parse(ctx, &p, &eth)) {
 	case PARSE_NOT_IP:
-		return verdict(XLB_R_PASS_NOT_IP, p.len, XDP_PASS);
+		return verdict(XLB_R_PASS_NOT_IP, p.len, XLB_PASS);
 	case PARSE_MALFORMED:
-		return verdict(XLB_R_PASS_MALFORMED, p.len, XDP_PASS);
+		return verdict(XLB_R_PASS_MALFORMED, p.len, XLB_PASS);
 	case PARSE_OTHER_PROTO:
 		/* An ICMP error about a NAT flow, to the LB's NAT source? */
 		if (!p.fragment && maybe_vip(&p.flow)) {
@@ -299,24 +300,24 @@ int xlb_xdp(struct xdp_md *ctx)
 			if (action >= 0)
 				return action;
 		}
-		return verdict(XLB_R_PASS_OTHER_PROTO, p.len, XDP_PASS);
+		return verdict(XLB_R_PASS_OTHER_PROTO, p.len, XLB_PASS);
 	}
 	if (!eth)
-		return verdict(XLB_R_PASS_MALFORMED, p.len, XDP_PASS);
+		return verdict(XLB_R_PASS_MALFORMED, p.len, XLB_PASS);
 
 	/* VIPs, and the addresses NAT flows leave from (their answers). */
 	if (!maybe_vip(&p.flow))
-		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XDP_PASS);
+		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XLB_PASS);
 
 	if (p.later_fragment || p.l4_truncated) {
 		/* No port to read: only the VIP can be recognised. */
 		svc = lookup_vip_marker(&p);
 		if (!svc)
-			return verdict(XLB_R_PASS_NO_SERVICE, p.len, XDP_PASS);
+			return verdict(XLB_R_PASS_NO_SERVICE, p.len, XLB_PASS);
 		if (p.l4_truncated)
-			return verdict(XLB_R_DROP_TRUNCATED, p.len, XDP_DROP);
+			return verdict(XLB_R_DROP_TRUNCATED, p.len, XLB_DROP);
 		if (svc->id == XLB_NO_ID)
-			return verdict(XLB_R_DROP_FRAGMENT, p.len, XDP_DROP);
+			return verdict(XLB_R_DROP_FRAGMENT, p.len, XLB_DROP);
 		/* The marker names the VIP's only service, an ip_hash one. */
 		return steer_new(ctx, eth, svc, &p);
 	}
@@ -334,16 +335,30 @@ int xlb_xdp(struct xdp_md *ctx)
 
 	svc = lookup_service(&p);
 	if (!svc)
-		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XDP_PASS);
+		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XLB_PASS);
 	if (svc->kind == XLB_SVC_L7) {
 		count(&service_stats, svc->id, p.len, 0);
-		return verdict(XLB_R_PASS_L7, p.len, XDP_PASS);
+		return verdict(XLB_R_PASS_L7, p.len, XLB_PASS);
 	}
 	if (svc->kind != XLB_SVC_L4)
-		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XDP_PASS);
+		return verdict(XLB_R_PASS_NO_SERVICE, p.len, XLB_PASS);
 	if (p.fragment && svc->hash != XLB_HASH_IP)
-		return verdict(XLB_R_DROP_FRAGMENT, p.len, XDP_DROP);
+		return verdict(XLB_R_DROP_FRAGMENT, p.len, XLB_DROP);
 	return steer_new(ctx, eth, svc, &p);
+}
+
+#ifdef XLB_TC
+SEC("tc")
+int xlb_tc(struct __sk_buff *skb)
+{
+	ctx_pull(skb, XLB_TC_HEADERS);
+	return ctx_verdict(skb, steer(skb));
+}
+#else
+SEC("xdp.frags")
+int xlb_xdp(struct xdp_md *ctx)
+{
+	return steer(ctx);
 }
 
 /*
@@ -355,3 +370,55 @@ int xlb_noop(struct xdp_md *ctx)
 {
 	return XDP_PASS;
 }
+
+#ifdef XLB_BENCH_RESTORE
+/*
+ * Benchmark build only (bpf2go XlbBench): BPF_PROG_TEST_RUN reruns a packet as
+ * the previous run left it, and forwarding that rewrites headers (nat's
+ * addresses and ports, ipip's outer header) leaves one the next run would
+ * not recognise. xlb_bench_restore puts the frame back as bench_frame holds
+ * it (the start moved back, then its first bytes copied in), and tail-calls
+ * bench_target[0]: xlb_xdp, or xlb_noop to measure the harness itself.
+ */
+#define XLB_BENCH_HEAD 80 /* Ethernet, IPv6 and TCP headers fit */
+
+struct bench_head {
+	__u32 len; /* the frame's length */
+	__u8 head[XLB_BENCH_HEAD];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_head);
+} bench_frame SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} bench_target SEC(".maps");
+
+SEC("xdp.frags")
+int xlb_bench_restore(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct bench_head *f = bpf_map_lookup_elem(&bench_frame, &zero);
+
+	if (!f)
+		return XDP_ABORTED;
+	/* ipip pushed an outer header in front: move the start back past it. */
+	int pushed = (int)(ctx->data_end - ctx->data) - (int)f->len;
+	if (pushed && bpf_xdp_adjust_head(ctx, pushed))
+		return XDP_ABORTED;
+	void *data = (void *)(long)ctx->data;
+	if (data + XLB_BENCH_HEAD > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(data, f->head, XLB_BENCH_HEAD);
+	bpf_tail_call(ctx, &bench_target, 0);
+	return XDP_ABORTED;
+}
+#endif /* XLB_BENCH_RESTORE */
+#endif /* XLB_TC */

@@ -30,6 +30,12 @@ type XlbBenchBackend struct {
 	SrcHashMask uint32
 }
 
+type XlbBenchBenchHead struct {
+	_    structs.HostLayout
+	Len  uint32
+	Head [80]uint8
+}
+
 type XlbBenchBpfDevmapVal struct {
 	_       structs.HostLayout
 	Ifindex uint32
@@ -143,6 +149,8 @@ type XlbBenchSvcValue struct {
 const (
 	XlbBenchMapBackendStats     = "backend_stats"
 	XlbBenchMapBackends         = "backends"
+	XlbBenchMapBenchFrame       = "bench_frame"
+	XlbBenchMapBenchTarget      = "bench_target"
 	XlbBenchMapConntrack        = "conntrack"
 	XlbBenchMapFlowTimeouts     = "flow_timeouts"
 	XlbBenchMapIcmpBudget       = "icmp_budget"
@@ -156,6 +164,7 @@ const (
 	XlbBenchMapServices         = "services"
 	XlbBenchMapTxPorts          = "tx_ports"
 	XlbBenchMapVipFilter        = "vip_filter"
+	XlbBenchProgXlbBenchRestore = "xlb_bench_restore"
 	XlbBenchProgXlbNoop         = "xlb_noop"
 	XlbBenchProgXlbXdp          = "xlb_xdp"
 	XlbBenchVarUnusedFamily     = "unused_family"
@@ -211,8 +220,9 @@ type XlbBenchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type XlbBenchProgramSpecs struct {
-	XlbNoop *ebpf.ProgramSpec `ebpf:"xlb_noop"`
-	XlbXdp  *ebpf.ProgramSpec `ebpf:"xlb_xdp"`
+	XlbBenchRestore *ebpf.ProgramSpec `ebpf:"xlb_bench_restore"`
+	XlbNoop         *ebpf.ProgramSpec `ebpf:"xlb_noop"`
+	XlbXdp          *ebpf.ProgramSpec `ebpf:"xlb_xdp"`
 }
 
 // XlbBenchMapSpecs contains maps before they are loaded into the kernel.
@@ -221,6 +231,8 @@ type XlbBenchProgramSpecs struct {
 type XlbBenchMapSpecs struct {
 	BackendStats *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends     *ebpf.MapSpec `ebpf:"backends"`
+	BenchFrame   *ebpf.MapSpec `ebpf:"bench_frame"`
+	BenchTarget  *ebpf.MapSpec `ebpf:"bench_target"`
 	Conntrack    *ebpf.MapSpec `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.MapSpec `ebpf:"flow_timeouts"`
 	IcmpBudget   *ebpf.MapSpec `ebpf:"icmp_budget"`
@@ -273,6 +285,8 @@ func (o *XlbBenchObjects) Close() error {
 type XlbBenchMaps struct {
 	BackendStats *ebpf.Map `ebpf:"backend_stats"`
 	Backends     *ebpf.Map `ebpf:"backends"`
+	BenchFrame   *ebpf.Map `ebpf:"bench_frame"`
+	BenchTarget  *ebpf.Map `ebpf:"bench_target"`
 	Conntrack    *ebpf.Map `ebpf:"conntrack"`
 	FlowTimeouts *ebpf.Map `ebpf:"flow_timeouts"`
 	IcmpBudget   *ebpf.Map `ebpf:"icmp_budget"`
@@ -292,6 +306,8 @@ func (m *XlbBenchMaps) Close() error {
 	return _XlbBenchClose(
 		m.BackendStats,
 		m.Backends,
+		m.BenchFrame,
+		m.BenchTarget,
 		m.Conntrack,
 		m.FlowTimeouts,
 		m.IcmpBudget,
@@ -327,12 +343,14 @@ type XlbBenchVariables struct {
 //
 // It can be passed to LoadXlbBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type XlbBenchPrograms struct {
-	XlbNoop *ebpf.Program `ebpf:"xlb_noop"`
-	XlbXdp  *ebpf.Program `ebpf:"xlb_xdp"`
+	XlbBenchRestore *ebpf.Program `ebpf:"xlb_bench_restore"`
+	XlbNoop         *ebpf.Program `ebpf:"xlb_noop"`
+	XlbXdp          *ebpf.Program `ebpf:"xlb_xdp"`
 }
 
 func (p *XlbBenchPrograms) Close() error {
 	return _XlbBenchClose(
+		p.XlbBenchRestore,
 		p.XlbNoop,
 		p.XlbXdp,
 	)

@@ -7,13 +7,17 @@ import (
 	"time"
 )
 
-// XDPMode selects how the XDP program is attached to the interface.
+// XDPMode selects how the steering program is attached to the interface:
+// as XDP in one of its modes, or as a TC program.
 type XDPMode string
 
 const (
 	XDPAuto    XDPMode = "auto"    // native if the driver supports it, else generic
 	XDPNative  XDPMode = "native"  // driver mode; fail if the driver cannot do it
 	XDPGeneric XDPMode = "generic" // skb mode; works everywhere, slower
+	// XDPTC is the same program built for TC ingress (tcx), for interfaces
+	// where XDP does not fit (bonds, tunnels, some virtual NICs).
+	XDPTC XDPMode = "tc"
 )
 
 // Protocol is the transport protocol of a service.
@@ -146,7 +150,7 @@ const (
 
 // Allowed values of the enumerated keys, in the order error messages list them.
 var (
-	xdpModes    = []XDPMode{XDPAuto, XDPNative, XDPGeneric}
+	xdpModes    = []XDPMode{XDPAuto, XDPNative, XDPGeneric, XDPTC}
 	protocols   = []Protocol{ProtoTCP, ProtoUDP}
 	modes       = []Mode{ModeL4, ModeL7}
 	hashModes   = []HashMode{HashIP, HashFlow}
@@ -166,7 +170,9 @@ type Config struct {
 	HealthCheck HealthCheck
 	Admin       Admin
 	Datapath    Datapath
-	Services    []Service
+	// BGP is the [bgp] table; nil when absent (no VIP is announced).
+	BGP      *BGP
+	Services []Service
 }
 
 // Daemon holds the [daemon] table: host-wide settings. It holds no slices or
@@ -200,6 +206,11 @@ type Daemon struct {
 	// no access log; AccessLogFormat is AccessLogJSON or AccessLogCommon.
 	AccessLog       string
 	AccessLogFormat string
+	// DisableSteerLocal is steer_local = false: the connections this host
+	// itself makes to L4 VIPs (which never meet the XDP program) are left
+	// alone. By default (steer_local = true, the zero value) cgroup socket
+	// hooks send them to the services' backends (loader.Options.SteerLocal).
+	DisableSteerLocal bool
 }
 
 // HealthCheck is how the backends of a service are checked. In a parsed
@@ -407,6 +418,9 @@ func (c *Config) ApplyDefaults() {
 	c.HealthCheck.fillFrom(DefaultHealthCheck())
 	c.Admin.applyDefaults()
 	c.Datapath.applyDefaults()
+	if c.BGP != nil {
+		c.BGP.applyDefaults()
+	}
 
 	for i := range c.Services {
 		s := &c.Services[i]

@@ -151,12 +151,14 @@ func TestExampleConfig(t *testing.T) {
 		"listen", "token_file", "token_env", "drain_timeout",
 		"algorithm", "health_check_path", "health_check_port",
 		"shutdown_grace", "threads", "head_timeout", "idle_timeout", "client_timeout", "max_request_line", "max_request_head", "access_log", "access_log_format",
+		"steer_local",
 		"conntrack_size", "max_backends", "tcp_syn_timeout", "tcp_established_timeout", "tcp_closing_timeout", "udp_timeout", "nat_port_range",
 		"hosts", "path_prefix", "add_vip", "lb_endpoints", "connect_timeout", "response_header_timeout",
 		"request_timeout", "retry_idempotent", "max_in_flight",
 		"cookie", "ttl", "max_fails", "ejection", "max_ejection",
 		"request_add", "request_set", "request_remove", "response_add", "response_set", "response_remove",
 		"forwarded", "x_timestamp", "trusted_proxies", "proxy_header", "proxy_header_value", "response_time_header",
+		"local_asn", "router_id", "listen_port", "hold_time", "next_hop", "communities", "asn", "password",
 	} {
 		if !strings.Contains(string(src), "\n"+key+" = ") && !strings.Contains(string(src), "  "+key+" = ") {
 			t.Errorf("examples/xlb.toml does not show key %q", key)

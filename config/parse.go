@@ -63,6 +63,7 @@ func decodeConfig(root *table) (cfg *Config, legacy bool) {
 	cfg.HealthCheck = global.resolve(DefaultHealthCheck())
 	cfg.Admin = decodeAdmin(root.table("admin"))
 	cfg.Datapath = decodeDatapath(root.table("datapath"))
+	cfg.BGP = decodeBGP(root.table("bgp"))
 
 	services := root.tables("service")
 	if legacyForm(root) {
@@ -96,6 +97,10 @@ func decodeDaemon(t *table) Daemon {
 	t.uint32("max_request_line", MinRequestLine, MaxRequestHeadCap, &d.MaxRequestLine)
 	t.uint32("max_request_head", MinRequestLine, MaxRequestHeadCap, &d.MaxRequestHead)
 	decodeAccessLog(t, &d)
+	steer := true
+	if t.boolean("steer_local", &steer) {
+		d.DisableSteerLocal = !steer
+	}
 	t.finish()
 	return d
 }

@@ -33,6 +33,7 @@ func validate(c *Config, lines keyLines, errs *collector, legacy bool) {
 	v.healthCheck("health_check", 0, &c.HealthCheck, nil)
 	v.admin(&c.Admin)
 	v.datapath(c)
+	v.bgp(c.BGP)
 	v.services(c)
 }
 

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/xlb-dev/xlb/bgp"
 	"github.com/xlb-dev/xlb/checkroute"
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/health"
@@ -105,6 +106,14 @@ type Controller struct {
 	unsubscribe  func()
 	unresolved   bool   // the last apply left backends unresolved: retry
 	routesErr    string // the check routes' last problems: retry
+
+	// BGP (bgp.go): the announcer, nil without [bgp]; bgpMu orders the
+	// announcements. node and l7Up are under mu.
+	bgpMu        sync.Mutex
+	bgp          Announcer
+	newAnnouncer func(bgp.Config) (Announcer, error)
+	node         NodeState
+	l7Up         bool // the L7 tier took the last update: its listeners are up
 }
 
 // Options configure New.
@@ -125,6 +134,9 @@ type Options struct {
 	// Events records what happens (health transitions, admin changes,
 	// reloads) for the status page; nil: the controller keeps its own.
 	Events *Events
+	// NewAnnouncer starts the announcer of a [bgp] table; nil: a GoBGP
+	// speaker (bgp.New).
+	NewAnnouncer func(bgp.Config) (Announcer, error)
 }
 
 // New builds a controller for cfg; Run applies it.
@@ -134,10 +146,14 @@ func New(cfg *config.Config, o Options) *Controller {
 	}
 	c := &Controller{
 		rec: o.Reconciler, maps: o.Maps, l7: o.L7, hm: o.Health, routes: o.CheckRoutes, log: o.Logger, metrics: o.Metrics,
-		kick: make(chan struct{}, 1), routeChanges: o.RouteChanges, events: o.Events,
+		kick: make(chan struct{}, 1), routeChanges: o.RouteChanges, newAnnouncer: o.NewAnnouncer, node: NodeReady,
+		events: o.Events,
 	}
 	if c.events == nil {
 		c.events = NewEvents(0)
+	}
+	if c.newAnnouncer == nil {
+		c.newAnnouncer = c.newSpeaker
 	}
 	if o.Maps != nil {
 		c.openFlows = o.Maps.OpenFlows
@@ -289,6 +305,9 @@ func (c *Controller) Start(ctx context.Context) error {
 		}
 	}
 	if err := c.setNATPorts(c.cfg); err != nil {
+		return err
+	}
+	if err := c.startBGP(c.cfg); err != nil {
 		return err
 	}
 	if err := c.reconcile(ctx); err != nil {
@@ -591,7 +610,12 @@ func (c *Controller) reconcile(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	if c.l7 != nil {
-		if err := c.l7.Update(l7cfg); err != nil {
+		err := c.l7.Update(l7cfg)
+		c.mu.Lock()
+		c.l7Up = err == nil
+		c.mu.Unlock()
+		if err != nil {
+			c.announce()
 			return fmt.Errorf("L7 tier: %w", err)
 		}
 	}
@@ -613,6 +637,7 @@ func (c *Controller) reconcile(ctx context.Context) error {
 		}
 	}
 	c.updateMetrics()
+	c.announce()
 	return nil
 }
 
@@ -680,6 +705,7 @@ func (c *Controller) Reload(cfg *config.Config) error {
 			"tcp_established", next.TCPEstablishedTimeout.String(), "tcp_closing", next.TCPClosingTimeout.String(),
 			"udp", next.UDPTimeout.String())
 	}
+	c.reloadBGP(cfg.BGP)
 	c.syncHealth()
 	c.requestReconcile()
 	c.log.Info("config reloaded", "services", len(cfg.Services))

@@ -21,4 +21,11 @@
 // CheckRoutes (package checkroute) keeps: the route goes in before the check
 // starts and out once it has stopped, and a route that could not be put in
 // is tried again every second.
+//
+// With a [bgp] table the controller runs a speaker (package bgp) and, after
+// every reconcile, hands it the VIPs to announce (bgp.go): a VIP while one
+// of its services can serve (an L4 service with a backend up or draining and
+// resolved, an L7 service whose listener is up), none while the node is
+// drained through the admin API. StopBGP withdraws them all and waits
+// shutdown_grace before the daemon stops forwarding.
 package control

@@ -28,9 +28,9 @@ func usesNAT(cfg *config.Config) bool {
 	return false
 }
 
-// checkNATPorts refuses a nat_port_range that overlaps the ephemeral ports
+// CheckNATPorts refuses a nat_port_range that overlaps the ephemeral ports
 // while a service uses nat.
-func checkNATPorts(cfg *config.Config) error {
+func CheckNATPorts(cfg *config.Config) error {
 	if !usesNAT(cfg) {
 		return nil
 	}
@@ -50,7 +50,7 @@ func checkNATPorts(cfg *config.Config) error {
 
 // setNATPorts checks cfg's nat_port_range and gives it to the datapath.
 func (c *Controller) setNATPorts(cfg *config.Config) error {
-	if err := checkNATPorts(cfg); err != nil {
+	if err := CheckNATPorts(cfg); err != nil {
 		return err
 	}
 	if c.maps == nil {

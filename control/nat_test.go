@@ -108,7 +108,7 @@ func TestNATPortsOverlap(t *testing.T) {
 		if err := os.WriteFile(file, []byte(tc.ephemeral), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		err := checkNATPorts(tc.cfg)
+		err := CheckNATPorts(tc.cfg)
 		if got := errors.Is(err, ErrNATPortsOverlap); got != tc.overlap || (err != nil && !tc.overlap) {
 			t.Errorf("%s: %v, want overlap %v", tc.name, err, tc.overlap)
 		}

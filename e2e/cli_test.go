@@ -221,3 +221,19 @@ func throwawayNS(t *testing.T, prefix string) string {
 	})
 	return ns
 }
+
+// vethNS is throwawayNS with a veth pair in it, eth0 and eth1, both up.
+func vethNS(t *testing.T, prefix string) string {
+	t.Helper()
+	ns := throwawayNS(t, prefix)
+	for _, args := range [][]string{
+		{"ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"},
+		{"ip", "-n", ns, "link", "set", "eth0", "up"},
+		{"ip", "-n", ns, "link", "set", "eth1", "up"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", args, err, out)
+		}
+	}
+	return ns
+}

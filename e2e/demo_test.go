@@ -18,20 +18,7 @@ import (
 // behind.
 func TestDemo(t *testing.T) {
 	requireRoot(t)
-	xlb, xlbtest := Binary(t, "xlb"), Binary(t, "xlbtest")
-	if filepath.Dir(xlb) != filepath.Dir(xlbtest) {
-		t.Fatalf("xlb and xlbtest in different directories: %s, %s", xlb, xlbtest)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(repoRoot(t), "scripts", "demo.sh"))
-	cmd.Env = append(os.Environ(), "XLB_BIN_DIR="+filepath.Dir(xlb), "CONNS=310", "L7REQS=90")
-	cmd.WaitDelay = 10 * time.Second
-	outb, err := cmd.CombinedOutput()
-	out := string(outb)
-	if err != nil {
-		t.Fatalf("demo.sh: %v\n%s", err, out)
-	}
+	out := runDemo(t, "demo.sh", "CONNS=310", "L7REQS=90")
 	for _, want := range []string{
 		"IPv4: 310 connections ok, 0 failed, from 155 client addresses",
 		"IPv6: 310 connections ok, 0 failed, from 155 client addresses",
@@ -65,4 +52,27 @@ func TestDemo(t *testing.T) {
 	if ns, err := exec.Command("ip", "netns", "list").Output(); err != nil || strings.Contains(string(ns), "xdemo-") {
 		t.Errorf("demo namespaces left behind (%v):\n%s", err, ns)
 	}
+}
+
+// runDemo runs scripts/NAME with the binaries under test and env added, and
+// returns its output; a failure fails the test.
+func runDemo(t *testing.T, name string, env ...string) string {
+	t.Helper()
+	xlb, xlbtest := Binary(t, "xlb"), Binary(t, "xlbtest")
+	if filepath.Dir(xlb) != filepath.Dir(xlbtest) {
+		t.Fatalf("xlb and xlbtest in different directories: %s, %s", xlb, xlbtest)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, filepath.Join(repoRoot(t), "scripts", name))
+	cmd.Env = append(append(os.Environ(), "XLB_BIN_DIR="+filepath.Dir(xlb)), env...)
+	cmd.WaitDelay = 10 * time.Second
+	outb, err := cmd.CombinedOutput()
+	out := string(outb)
+	t.Logf("%s took %v", name, time.Since(start).Round(time.Second))
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", name, err, out)
+	}
+	return out
 }

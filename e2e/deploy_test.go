@@ -304,9 +304,7 @@ func TestDeployCapabilities(t *testing.T) {
 	if _, stderr := e.tp.Output(e.xlb); !strings.Contains(stderr, "datapath kept") {
 		t.Fatalf("xlb did not keep its datapath:\n%s", stderr)
 	}
-	e.servers["b2"] = e.tp.StartReady(t, "b2", "ready ", 10*time.Second, Binary(t, "xlbtest"), "serve", "--name", "b2",
-		"--listen", strings.Join([]string{VIP4 + ":" + strconv.Itoa(opsL4Port), e.tp.BackendAddr4(2) + ":" + strconv.Itoa(opsL4Port),
-			e.tp.BackendAddr4(2) + ":" + strconv.Itoa(opsL7Port)}, ","))
+	e.servers["b2"] = e.tp.serveHybrid(t, 2, opsL4Port, opsL7Port)
 	e.xlb = e.startXLB(t)
 	e.tp.WaitStderr(t, e.xlb, "adopted pinned maps", 5*time.Second)
 	e.traffic(t, 8, "23100-23199")

@@ -158,13 +158,7 @@ func newHCEnv(t *testing.T, prefix string, withToken bool, families func(*Topolo
 	dir := t.TempDir()
 	tokenFile := ""
 	if withToken {
-		b := make([]byte, 16)
-		rand.Read(b)
-		e.token = hex.EncodeToString(b)
-		tokenFile = filepath.Join(dir, "admin.token")
-		if err := os.WriteFile(tokenFile, []byte(e.token+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		e.token, tokenFile = writeToken(t, dir)
 	}
 	e.config = writeHCConfig(t, dir, e.pinDir, tokenFile, e.families)
 	e.xlb = tp.StartXLB(t, e.config, e.pinDir, "generic")
@@ -172,14 +166,34 @@ func newHCEnv(t *testing.T, prefix string, withToken bool, families func(*Topolo
 	return e
 }
 
+// writeToken writes a random admin token into dir and returns it and the
+// file's path.
+func writeToken(t *testing.T, dir string) (token, file string) {
+	t.Helper()
+	b := make([]byte, 16)
+	rand.Read(b)
+	token = hex.EncodeToString(b)
+	file = filepath.Join(dir, "admin.token")
+	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return token, file
+}
+
+// writeHCHead writes the [daemon] table of a config for the LB's eth0
+// (generic XDP) and a [health_check] table with the health tests' settings.
+func writeHCHead(b *strings.Builder, pinDir string) {
+	fmt.Fprintf(b, "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n", pinDir)
+	fmt.Fprintf(b, "\n[health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = %q\ntimeout = %q\n"+
+		"unhealthy_threshold = %d\nhealthy_threshold = %d\n",
+		hcInterval.String(), hcTimeout.String(), hcUnhealthy, hcHealthy)
+}
+
 // writeHCConfig writes the config of an hcEnv into dir.
 func writeHCConfig(t *testing.T, dir, pinDir, tokenFile string, families []hcFamily) string {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "[daemon]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\nbpffs_dir = %q\n", pinDir)
-	fmt.Fprintf(&b, "\n[health_check]\ntype = \"http\"\npath = \"/health\"\ninterval = %q\ntimeout = %q\n"+
-		"unhealthy_threshold = %d\nhealthy_threshold = %d\n",
-		hcInterval.String(), hcTimeout.String(), hcUnhealthy, hcHealthy)
+	writeHCHead(&b, pinDir)
 	fmt.Fprintf(&b, "\n[admin]\nlisten = %q\ndrain_timeout = %q\n", adminAddr, hcDrainTimeout.String())
 	if tokenFile != "" {
 		fmt.Fprintf(&b, "token_file = %q\n", tokenFile)
@@ -704,11 +718,7 @@ func (tp *Topology) running(cmd *exec.Cmd) bool {
 // statusText is `xlb status` (text) in the LB's namespace.
 func (e *hcEnv) statusText(t *testing.T) string {
 	t.Helper()
-	code, out, stderr := e.cli(t, "status", "--bpffs", e.pinDir)
-	if code != 0 {
-		t.Fatalf("xlb status: exit %d: %s", code, stderr)
-	}
-	return out
+	return e.tp.statusText(t, e.pinDir)
 }
 
 // backendRow is one row of the backend table `xlb status` and `xlb backend list`
@@ -765,7 +775,12 @@ func backendRows(t *testing.T, out string) map[string]backendRow {
 // scrape is GET /metrics, parsed as the Prometheus text format.
 func (e *hcEnv) scrape(t *testing.T) metrics {
 	t.Helper()
-	code, hdr, body := e.admin.callHeader(t, http.MethodGet, "/metrics", "", "")
+	return e.admin.scrape(t)
+}
+
+func (c *adminClient) scrape(t *testing.T) metrics {
+	t.Helper()
+	code, hdr, body := c.callHeader(t, http.MethodGet, "/metrics", "", "")
 	if code != http.StatusOK {
 		t.Fatalf("GET /metrics: %d %s", code, body)
 	}

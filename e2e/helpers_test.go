@@ -52,6 +52,7 @@ func TestMain(m *testing.M) {
 		sig := <-sigc
 		fmt.Fprintf(os.Stderr, "e2e: %v: tearing down live topologies\n", sig)
 		liveTopologies.downAll()
+		liveClusters.downAll()
 		livePinDirs.removeAll()
 		removeBinDir()
 		os.Exit(1)
@@ -167,6 +168,9 @@ type Topology struct {
 	// Peer is the bridge-side end of the LB's eth0, in namespace Prefix-br
 	// (native XDP_TX needs an XDP program on it).
 	Peer string
+	// PlainRouted makes the routed backends plain hosts: no VIPs, no ARP
+	// sysctls (ROUTED_PLAIN).
+	PlainRouted bool
 
 	script string
 
@@ -186,6 +190,10 @@ func WithClients(n int) TopologyOption { return func(tp *Topology) { tp.Clients 
 // WithRouted adds a router and n routed backends behind it (NROUTED in
 // topology.sh).
 func WithRouted(n int) TopologyOption { return func(tp *Topology) { tp.Routed = n } }
+
+// WithPlainRouted makes the routed backends plain hosts, as NAT takes
+// them: no VIP on lo, no ARP sysctls (ROUTED_PLAIN=1 in topology.sh).
+func WithPlainRouted() TopologyOption { return func(tp *Topology) { tp.PlainRouted = true } }
 
 // WithNativeMode prepares the veths for native XDP (MODE=native in topology.sh).
 func WithNativeMode() TopologyOption { return func(tp *Topology) { tp.Mode = "native" } }
@@ -254,6 +262,7 @@ func (tp *Topology) runScript(args ...string) ([]byte, error) {
 		"NBACKENDS="+strconv.Itoa(tp.Backends),
 		"NCLIENTS="+strconv.Itoa(tp.Clients),
 		"NROUTED="+strconv.Itoa(tp.Routed),
+		"ROUTED_PLAIN="+map[bool]string{false: "0", true: "1"}[tp.PlainRouted],
 		"MODE="+tp.Mode)
 	return output(cmd)
 }
@@ -425,18 +434,26 @@ func (tp *Topology) WaitOutput(t *testing.T, cmd *exec.Cmd, substr string, timeo
 	if p == nil {
 		t.Fatal("WaitOutput: command not started by this topology")
 	}
+	p.waitText(t, "stdout", p.stdout.String, substr, timeout)
+}
+
+// waitText waits until text (p's stdout or stderr, as stream says) holds
+// substr, and fails the test if p exits or the timeout passes first.
+func (p *proc) waitText(t *testing.T, stream string, text func() string, substr string, timeout time.Duration) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
-	for !strings.Contains(p.stdout.String(), substr) {
+	for !strings.Contains(text(), substr) {
 		select {
 		case <-p.done:
-			if strings.Contains(p.stdout.String(), substr) {
+			if strings.Contains(text(), substr) {
 				return
 			}
-			t.Fatalf("%v exited (%v) before printing %q; stderr: %s", cmd.Args, p.err, substr, p.stderr.String())
+			t.Fatalf("%v exited (%v) before writing %q to %s; stderr: %s", p.cmd.Args, p.err, substr, stream, tail(p.stderr.String()))
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%v did not print %q within %v; stdout: %s stderr: %s", cmd.Args, substr, timeout, p.stdout.String(), p.stderr.String())
+			t.Fatalf("%v did not write %q to %s within %v; stdout: %s stderr: %s", p.cmd.Args, substr, stream, timeout,
+				tail(p.stdout.String()), tail(p.stderr.String()))
 		}
 	}
 }
@@ -476,7 +493,10 @@ func (tp *Topology) Wait(cmd *exec.Cmd, timeout time.Duration) error {
 	}
 }
 
-func (p *proc) stop() {
+func (p *proc) stop() { p.stopWithin(stopGrace) }
+
+// stopWithin ends p by PID: SIGTERM, SIGKILL after grace.
+func (p *proc) stopWithin(grace time.Duration) {
 	select {
 	case <-p.done:
 		return
@@ -485,7 +505,7 @@ func (p *proc) stop() {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
-	case <-time.After(stopGrace):
+	case <-time.After(grace):
 		p.cmd.Process.Kill()
 		<-p.done
 	}
@@ -575,35 +595,43 @@ func (b *syncBuffer) String() string {
 }
 
 // liveTopologies are the topologies not torn down yet, for TestMain's signal handler.
-var liveTopologies = &topologySet{m: map[*Topology]bool{}}
+var liveTopologies = &liveSet[*Topology]{m: map[*Topology]bool{}}
 
-type topologySet struct {
+// liveSet holds what a test built and has not torn down yet (topologies,
+// clusters), for TestMain's signal handler.
+type liveSet[T interface {
+	comparable
+	teardown() error
+	name() string
+}] struct {
 	mu sync.Mutex
-	m  map[*Topology]bool
+	m  map[T]bool
 }
 
-func (s *topologySet) add(tp *Topology) {
+func (s *liveSet[T]) add(x T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.m[tp] = true
+	s.m[x] = true
 }
 
-func (s *topologySet) remove(tp *Topology) {
+func (s *liveSet[T]) remove(x T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.m, tp)
+	delete(s.m, x)
 }
 
-func (s *topologySet) downAll() {
+func (s *liveSet[T]) downAll() {
 	s.mu.Lock()
-	var live []*Topology
-	for tp := range s.m {
-		live = append(live, tp)
+	var live []T
+	for x := range s.m {
+		live = append(live, x)
 	}
 	s.mu.Unlock()
-	for _, tp := range live {
-		if err := tp.teardown(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: topology %s: %v\n", tp.Prefix, err)
+	for _, x := range live {
+		if err := x.teardown(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %s: %v\n", x.name(), err)
 		}
 	}
 }
+
+func (tp *Topology) name() string { return "topology " + tp.Prefix }

@@ -72,7 +72,7 @@ func TestIPIP(t *testing.T) {
 	}
 	tp.StartReady(t, "r1", "ready ", 5*time.Second, Binary(t, "xlbtest"), "serve", "--name", "r1", "--listen", strings.Join(listen, ","))
 	echo := listenInNetns(t, tp.Namespace("r1"), fmt.Sprintf("[::]:%d", ipipEchoPort))
-	go serveEcho(echo)
+	go serveEcho(echo, nil)
 
 	config := writeIPIPConfig(t, pinDir, own4, own6)
 	xlb := tp.StartXLB(t, config, pinDir, "generic")
@@ -171,14 +171,27 @@ func writeIPIPConfig(t *testing.T, pinDir, own4, own6 string) string {
 // the client's half crossed the LB (the backend answers directly).
 func (tp *Topology) checkTransfer(t *testing.T, pinDir, vip string) {
 	t.Helper()
-	data := make([]byte, ipipTransfer)
-	rand.Read(data)
 	rx0, _ := tp.linkBytes(t, "lb")
+	tp.echoTransfer(t, "cl", netip.AddrPortFrom(netip.MustParseAddr(vip), ipipEchoPort).String(), ipipTransfer)
+	rx1, _ := tp.linkBytes(t, "lb")
+	// The client's bytes cross the LB once (plus headers); its echo must not.
+	if d := rx1 - rx0; d < ipipTransfer || d > ipipTransfer*3/2 {
+		t.Errorf("the LB received %d bytes during a %d-byte echo: want the client's half only", d, ipipTransfer)
+	}
+}
+
+// echoTransfer connects from host's namespace to the echo server at target,
+// sends n random bytes while reading, and checks that the same bytes come
+// back. It returns the connection's local and remote addresses.
+func (tp *Topology) echoTransfer(t *testing.T, host, target string, n int) (local, remote netip.AddrPort) {
+	t.Helper()
+	data := make([]byte, n)
+	rand.Read(data)
 	ctx, cancel := context.WithTimeout(context.Background(), ipipTransferTimeout)
 	defer cancel()
-	c, err := dialInNetns(ctx, tp.Namespace("cl"), "tcp", netip.AddrPortFrom(netip.MustParseAddr(vip), ipipEchoPort).String())
+	c, err := dialInNetns(ctx, tp.Namespace(host), "tcp", target)
 	if err != nil {
-		t.Fatalf("connect to the echo service: %v", err)
+		t.Fatalf("connect to the echo service %s: %v", target, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(ipipTransferTimeout))
@@ -201,11 +214,7 @@ func (tp *Topology) checkTransfer(t *testing.T, pinDir, vip string) {
 			len(got), sha256.Sum256(got), len(data), sha256.Sum256(data))
 	}
 	t.Logf("%d bytes each way in %v", len(data), time.Since(start))
-	rx1, _ := tp.linkBytes(t, "lb")
-	// The client's bytes cross the LB once (plus headers); its echo must not.
-	if d := rx1 - rx0; d < ipipTransfer || d > ipipTransfer*3/2 {
-		t.Errorf("the LB received %d bytes during a %d-byte echo: want the client's half only", d, ipipTransfer)
-	}
+	return c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()
 }
 
 // checkPathMTU checks the client learnt a path MTU to vip lowered by the
@@ -220,11 +229,15 @@ func (tp *Topology) checkPathMTU(t *testing.T, vip string) {
 }
 
 // serveEcho sends back every byte of every connection, until l closes.
-func serveEcho(l net.Listener) {
+// accepted, if not nil, is told of every connection first.
+func serveEcho(l net.Listener, accepted func(net.Conn)) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
+		}
+		if accepted != nil {
+			accepted(c)
 		}
 		go func() {
 			defer c.Close()
@@ -238,17 +251,24 @@ func serveEcho(l net.Listener) {
 // t ends): its socket stays in ns, whichever thread accepts.
 func listenInNetns(t *testing.T, ns, addr string) net.Listener {
 	t.Helper()
-	var l net.Listener
+	return openInNetns(t, ns, addr, func() (net.Listener, error) { return net.Listen("tcp", addr) })
+}
+
+// openInNetns returns what open makes in network namespace ns (a socket
+// stays there), closed when t ends; what names it in a failure.
+func openInNetns[T io.Closer](t *testing.T, ns, what string, open func() (T, error)) T {
+	t.Helper()
+	var v T
 	err := inNetns(ns, func() error {
 		var err error
-		l, err = net.Listen("tcp", addr)
+		v, err = open()
 		return err
 	})
 	if err != nil {
-		t.Fatalf("listen on %s in %s: %v", addr, ns, err)
+		t.Fatalf("listen on %s in %s: %v", what, ns, err)
 	}
-	t.Cleanup(func() { l.Close() })
-	return l
+	t.Cleanup(func() { v.Close() })
+	return v
 }
 
 func (tp *Topology) mustExec(t *testing.T, host string, args ...string) {

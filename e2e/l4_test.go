@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -348,27 +349,59 @@ func (tp *Topology) checkSteering(t *testing.T, pinDir string, f l4Family) {
 // checkRestart holds a stream open per family while xlb, started with
 // --keep-datapath, stops and a new xlb adopts the pinned datapath.
 func (tp *Topology) checkRestart(t *testing.T, config, pinDir, mode string, families []l4Family) {
-	bin := Binary(t, "xlbtest")
 	xlb1 := tp.StartXLB(t, config, pinDir, mode, "--keep-datapath")
-
-	type held struct {
-		cmd  *exec.Cmd
-		src  string
-		want string
-	}
-	var holds []held
-	start := time.Now()
+	var holds []*heldConn
 	for _, f := range families {
 		// A secondary client address: the source is bound, not picked by the kernel.
 		src := addrRange(f.first, 51)[50].String()
 		want := predictBackends(t, f.backends, []netip.Addr{netip.MustParseAddr(src)})[src]
-		cmd := tp.Start(t, "cl", bin, "hold", "--target", f.url(l4Ports[0], "/hold"),
-			"--secs", strconv.Itoa(holdSecs), "--timeout", "3s", "--source", src)
-		holds = append(holds, held{cmd, src, want})
+		holds = append(holds, &heldConn{service: f.services[0], url: f.url(l4Ports[0], "/hold"), src: src, want: want})
+	}
+	xlb2 := tp.restartUnderHolds(t, xlb1, config, pinDir, mode, holdSecs, holds)
+	tp.requireCleanStop(t, xlb2, pinDir)
+}
+
+// heldConn is a stream (xlbtest hold) held open from the client through a
+// service's VIP.
+type heldConn struct {
+	service string // the service whose packets it is
+	url     string // the hold's --target
+	src     string // client source address
+	// want is the backend host the stream must come from; "" takes the one
+	// its first tick names.
+	want string
+	cmd  *exec.Cmd
+}
+
+// startHolds starts every hold and waits for its first tick; a hold without
+// want learns it from that tick.
+func (tp *Topology) startHolds(t *testing.T, secs int, holds []*heldConn) {
+	t.Helper()
+	for _, h := range holds {
+		h.cmd = tp.Start(t, "cl", Binary(t, "xlbtest"), "hold", "--target", h.url,
+			"--secs", strconv.Itoa(secs), "--timeout", "3s", "--source", h.src)
 	}
 	for _, h := range holds {
 		tp.WaitOutput(t, h.cmd, " tick 1/", 5*time.Second)
+		if h.want == "" {
+			out, _ := tp.Output(h.cmd)
+			m := regexp.MustCompile(` tick 1/\d+ backend=(\S+)`).FindStringSubmatch(out)
+			if m == nil {
+				t.Fatalf("hold from %s to %s: no backend in its first tick:\n%s", h.src, h.url, out)
+			}
+			h.want = m[1]
+		}
 	}
+}
+
+// restartUnderHolds opens the holds (secs long) while xlb1 (started with
+// --keep-datapath) runs, stops it, checks that the streams flow on with no
+// daemon, starts a new xlb that adopts the pinned datapath, and checks that
+// every stream ends complete, from its backend. It returns the new xlb.
+func (tp *Topology) restartUnderHolds(t *testing.T, xlb1 *exec.Cmd, config, pinDir, mode string, secs int, holds []*heldConn) *exec.Cmd {
+	t.Helper()
+	start := time.Now()
+	tp.startHolds(t, secs, holds)
 	time.Sleep(time.Until(start.Add(2 * time.Second)))
 
 	if err := tp.Stop(xlb1); err != nil {
@@ -391,9 +424,9 @@ func (tp *Topology) checkRestart(t *testing.T, config, pinDir, mode string, fami
 	}
 
 	// The connections must keep flowing with no daemon at all. Ticks alone do not
-	// show it (they go straight from the backend to the client); the client's
-	// acknowledgements go through the LB, and the pinned counters count them.
-	ticks := func(h held) int {
+	// show it (with DSR they go straight from the backend to the client); the
+	// client's acknowledgements go through the LB, and the pinned counters count them.
+	ticks := func(h *heldConn) int {
 		out, _ := tp.Output(h.cmd)
 		return strings.Count(out, " tick ")
 	}
@@ -405,22 +438,18 @@ func (tp *Topology) checkRestart(t *testing.T, config, pinDir, mode string, fami
 	time.Sleep(time.Second)
 	gap1 := tp.Status(t, pinDir)
 	for i, h := range holds {
-		if p := tp.proc(h.cmd); p != nil {
-			select {
-			case <-p.done:
-				t.Errorf("hold from %s ended while no xlb ran: %v\n%s", h.src, p.err, p.stdout.String())
-			default:
-			}
+		if !tp.running(h.cmd) {
+			out, _ := tp.Output(h.cmd)
+			t.Errorf("hold from %s ended while no xlb ran:\n%s", h.src, out)
 		}
 		if n := ticks(h) - ticks0[i]; n < 3 {
 			t.Errorf("hold from %s: %d ticks in the second without xlb, want about 5", h.src, n)
 		}
-		name := families[i].services[0]
-		s0, s1 := service(gap0, name), service(gap1, name)
+		s0, s1 := service(gap0, h.service), service(gap1, h.service)
 		if s0 == nil || s1 == nil || s1.Packets <= s0.Packets {
-			t.Errorf("service %s forwarded no packets while no xlb ran (status %+v then %+v)", name, s0, s1)
+			t.Errorf("service %s forwarded no packets while no xlb ran (status %+v then %+v)", h.service, s0, s1)
 		} else {
-			t.Logf("%s: %d ticks and %d packets forwarded in the second without xlb", name, ticks(h)-ticks0[i], s1.Packets-s0.Packets)
+			t.Logf("%s: %d ticks and %d packets forwarded in the second without xlb", h.service, ticks(h)-ticks0[i], s1.Packets-s0.Packets)
 		}
 	}
 
@@ -434,15 +463,15 @@ func (tp *Topology) checkRestart(t *testing.T, config, pinDir, mode string, fami
 	tp.requireXDPMode(t, mode)
 
 	for _, h := range holds {
-		err := tp.Wait(h.cmd, holdSecs*time.Second+10*time.Second)
+		err := tp.Wait(h.cmd, time.Until(start.Add(time.Duration(secs)*time.Second+10*time.Second)))
 		out, stderr := tp.Output(h.cmd)
-		wantDone := fmt.Sprintf(" done %d backend=%s\n", holdSecs*5, h.want)
+		wantDone := fmt.Sprintf(" done %d backend=%s\n", secs*5, h.want)
 		if err != nil || !strings.Contains(out, wantDone) {
 			t.Errorf("hold from %s across the restart: %v, want exit 0 and %q\nstdout:\n%s\nstderr:\n%s",
 				h.src, err, wantDone, out, stderr)
 		}
 	}
-	tp.requireCleanStop(t, xlb2, pinDir)
+	return xlb2
 }
 
 // logDiagnostics logs what explains a failed run: interface and XDP counters

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,17 +37,10 @@ func TestHybridL4L7(t *testing.T) {
 			tp.logDiagnostics(t)
 		}
 	})
-	vip := netip.MustParseAddr(VIP4)
 	var backends []string
-	for i, h := range tp.BackendHosts() {
-		own := tp.BackendAddr4(i + 1)
-		backends = append(backends, own)
-		listen := []string{
-			netip.AddrPortFrom(vip, hybridL4Port).String(), // L4: DSR keeps the VIP
-			own + ":" + fmt.Sprint(hybridL4Port),           // the L4 health checks
-			own + ":" + fmt.Sprint(hybridL7Port),           // L7: the proxy connects to the backend itself
-		}
-		tp.StartReady(t, h, "ready ", 10*time.Second, Binary(t, "xlbtest"), "serve", "--name", h, "--listen", strings.Join(listen, ","))
+	for i := range tp.BackendHosts() {
+		backends = append(backends, tp.BackendAddr4(i+1))
+		tp.serveHybrid(t, i+1, hybridL4Port, hybridL7Port)
 	}
 
 	var b strings.Builder

@@ -88,16 +88,7 @@ func TestFailedRestartKeepsDatapath(t *testing.T) {
 func TestKeepDatapathUnderIPNetnsExec(t *testing.T) {
 	t.Parallel()
 	requireRoot(t)
-	ns := throwawayNS(t, "xkn")
-	for _, args := range [][]string{
-		{"ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"},
-		{"ip", "-n", ns, "link", "set", "eth0", "up"},
-		{"ip", "-n", ns, "link", "set", "eth1", "up"},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v: %s", args, err, out)
-		}
-	}
+	ns := vethNS(t, "xkn")
 	// Under /sys/fs/bpf: on the host nothing is made there, which is checked.
 	pinDir := filepath.Join(pinRoot, "xlb-e2e-"+ns)
 	t.Cleanup(func() { os.RemoveAll(pinDir) })

@@ -82,18 +82,10 @@ func newOpsEnv(t *testing.T, prefix string, opts ...opsOption) *opsEnv {
 			tp.logDiagnostics(t)
 		}
 	})
-	vip := netip.MustParseAddr(VIP4)
 	var backends []string
 	for i, h := range tp.BackendHosts() {
-		own := tp.BackendAddr4(i + 1)
-		backends = append(backends, own)
-		listen := []string{
-			netip.AddrPortFrom(vip, opsL4Port).String(), // L4: DSR keeps the VIP
-			own + ":" + strconv.Itoa(opsL4Port),         // the L4 health checks
-			own + ":" + strconv.Itoa(opsL7Port),         // L7 and its checks
-		}
-		e.servers[h] = tp.StartReady(t, h, "ready ", 10*time.Second,
-			Binary(t, "xlbtest"), "serve", "--name", h, "--listen", strings.Join(listen, ","))
+		backends = append(backends, tp.BackendAddr4(i+1))
+		e.servers[h] = tp.serveHybrid(t, i+1, opsL4Port, opsL7Port)
 	}
 	dir := t.TempDir()
 	e.accessLog = filepath.Join(dir, "access.log")
@@ -142,6 +134,22 @@ func (e *opsEnv) stopServer(t *testing.T, host string) {
 	if err := e.tp.Stop(e.servers[host]); err != nil {
 		t.Errorf("%s server after SIGTERM: %v, want exit 0", host, err)
 	}
+}
+
+// serveHybrid starts backend i's (1-based) xlbtest server for an L4 and an
+// L7 service on VIP4: on the VIP at l4Port (DSR keeps the VIP), on its own
+// address at l4Port (the L4 health checks) and at l7Port (the proxy
+// connects to the backend itself).
+func (tp *Topology) serveHybrid(t *testing.T, i, l4Port, l7Port int) *exec.Cmd {
+	t.Helper()
+	h, own := "b"+strconv.Itoa(i), tp.BackendAddr4(i)
+	listen := []string{
+		netip.AddrPortFrom(netip.MustParseAddr(VIP4), uint16(l4Port)).String(),
+		own + ":" + strconv.Itoa(l4Port),
+		own + ":" + strconv.Itoa(l7Port),
+	}
+	return tp.StartReady(t, h, "ready ", 10*time.Second,
+		Binary(t, "xlbtest"), "serve", "--name", h, "--listen", strings.Join(listen, ","))
 }
 
 // forwardToNetns listens on a free port of the host's 127.0.0.1 and

@@ -50,20 +50,7 @@ func (tp *Topology) WaitStderr(t *testing.T, cmd *exec.Cmd, substr string, timeo
 	if p == nil {
 		t.Fatal("WaitStderr: command not started by this topology")
 	}
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(p.stderr.String(), substr) {
-		select {
-		case <-p.done:
-			if strings.Contains(p.stderr.String(), substr) {
-				return
-			}
-			t.Fatalf("%v exited (%v) before logging %q; stderr: %s", cmd.Args, p.err, substr, p.stderr.String())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%v did not log %q within %v; stderr: %s", cmd.Args, substr, timeout, p.stderr.String())
-		}
-	}
+	p.waitText(t, "stderr", p.stderr.String, substr, timeout)
 }
 
 // l4Service is one [[service]] of a test config: TCP, ip_hash, dsr.
@@ -154,12 +141,16 @@ func (tp *Topology) StartXLB(t *testing.T, config, pinDir, mode string, extra ..
 	tp.WaitStderr(t, cmd, `msg="xlb running"`, 20*time.Second)
 	_, stderr := tp.Output(cmd)
 	// A fresh start attaches (and says how); a restart adopts the pinned link.
-	if line := logLine(stderr, "XDP attached"); line != "" {
+	attached, adopted := "XDP attached", "adopted pinned XDP link"
+	if mode == "tc" {
+		attached, adopted = "TC attached", "adopted pinned TC link"
+	}
+	if line := logLine(stderr, attached); line != "" {
 		if !strings.Contains(line, " mode="+mode) {
-			t.Errorf("XDP attached in another mode than %s: %s", mode, line)
+			t.Errorf("%s in another mode than %s: %s", attached, mode, line)
 		}
-	} else if logLine(stderr, "adopted pinned XDP link") == "" {
-		t.Errorf("xlb logged neither attaching nor adopting XDP:\n%s", stderr)
+	} else if logLine(stderr, adopted) == "" {
+		t.Errorf("xlb logged neither %q nor %q:\n%s", attached, adopted, stderr)
 	}
 	tp.waitBackendsUp(t, pinDir, 10*time.Second)
 	return cmd
@@ -296,11 +287,14 @@ func (tp *Topology) requireCleanStop(t *testing.T, xlb *exec.Cmd, pinDir string)
 	if strings.Contains(stderr, "level=ERROR") {
 		t.Errorf("xlb logged errors:\n%s", stderr)
 	}
-	if logLine(stderr, "XDP detached and pins removed") == "" {
+	if logLine(stderr, "XDP detached and pins removed") == "" && logLine(stderr, "TC program detached and pins removed") == "" {
 		t.Errorf("xlb did not log its teardown:\n%s", stderr)
 	}
 	if link := tp.LinkXDP(t, "lb", "eth0"); strings.Contains(link, "xdp") {
 		t.Errorf("XDP still attached to the LB's eth0 after xlb stopped:\n%s", link)
+	}
+	if tcx := tp.tcxIngress(t, "lb"); strings.Contains(tcx, "xlb_tc") {
+		t.Errorf("xlb_tc still at the LB's tcx ingress after xlb stopped: %s", tcx)
 	}
 	if _, err := os.Stat(pinDir); !errors.Is(err, os.ErrNotExist) {
 		entries, _ := os.ReadDir(pinDir)

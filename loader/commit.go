@@ -48,11 +48,25 @@ func (s *pinSwap) replace(obj pinner, path string) error {
 	return nil
 }
 
+// remove moves the pin at path aside (nothing there: nothing to do): it
+// goes with finish, and comes back with rollback.
+func (s *pinSwap) remove(path string) error {
+	if err := os.Rename(path, path+backupSuffix); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("move the old pin aside: %w", err)
+	}
+	s.done = append(s.done, swapped{path: path, moved: true})
+	return nil
+}
+
 // rollback unpins what replace pinned and puts the old pins back.
 func (s *pinSwap) rollback() error {
 	var errs []error
 	for _, d := range s.done {
-		errs = append(errs, d.obj.Unpin())
+		if d.obj != nil { // nil: removed, not replaced
+			errs = append(errs, d.obj.Unpin())
+		}
 		if d.moved {
 			errs = append(errs, os.Rename(d.path+backupSuffix, d.path))
 		}

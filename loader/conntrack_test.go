@@ -63,9 +63,11 @@ func seenNow(t *testing.T, seen, before uint32) {
 // next packet is placed by the ring and overwrites it. One within it stays on
 // its backend, however the ring would place it. TCP states follow the
 // client's packets, and a SYN reopens a closed flow that fell silent.
-func TestXDPFlowExpiry(t *testing.T) {
+func TestXDPFlowExpiry(t *testing.T) { forBuilds(t, testXDPFlowExpiry) }
+
+func testXDPFlowExpiry(t *testing.T, b build) {
 	d := standardDesired()
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	tcp4, udp4 := d.Services[0], d.Services[1]
 	const syn, est, closing = 10, 100, 50 // timeouts in ticks
 	timeouts := FlowTimeouts{
@@ -172,8 +174,10 @@ func TestXDPFlowExpiry(t *testing.T) {
 }
 
 // A new flow's state is what its first packet shows.
-func TestXDPNewFlowState(t *testing.T) {
-	f := newFixture(t, standardDesired())
+func TestXDPNewFlowState(t *testing.T) { forBuilds(t, testXDPNewFlowState) }
+
+func testXDPNewFlowState(t *testing.T, b build) {
+	f := newFixtureFor(t, b, standardDesired())
 	for i, tc := range []struct {
 		name     string
 		proto    uint8

@@ -18,20 +18,27 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xlb-dev/xlb/bpf"
+	"github.com/xlb-dev/xlb/config"
 )
 
-// XDPMode says how the program is attached.
-type XDPMode string
+// XDPMode says how the program is attached: config's enum.
+type XDPMode = config.XDPMode
 
 const (
-	XDPAuto    XDPMode = "auto"    // native, falling back to generic
-	XDPNative  XDPMode = "native"  // driver mode only
-	XDPGeneric XDPMode = "generic" // SKB mode
+	XDPAuto    = config.XDPAuto    // native, falling back to generic
+	XDPNative  = config.XDPNative  // driver mode only
+	XDPGeneric = config.XDPGeneric // SKB mode
+	XDPTC      = config.XDPTC      // the TC build at tcx ingress
 )
 
-// linkPinName is the pinned bpf_link that keeps the program attached while no
-// daemon runs (with --keep-datapath) and that a restarted daemon adopts.
-const linkPinName = "xdp_link"
+// linkPinName and tcLinkPinName are the pinned bpf_link (XDP, or tcx in
+// mode tc) that keeps the program attached while no daemon runs (with
+// --keep-datapath) and that a restarted daemon adopts. A start in the other
+// mode replaces it at Commit.
+const (
+	linkPinName   = "xdp_link"
+	tcLinkPinName = "tc_link"
+)
 
 // Options configure Open.
 type Options struct {
@@ -50,13 +57,20 @@ type Options struct {
 	ConntrackSize uint32
 	MaxBackends   uint32
 	Logger        *slog.Logger
+	// SteerLocal attaches the socket hooks (bpf/sock.c, see sockSteer):
+	// connections this host makes to L4 VIPs go to their backends. Cgroup
+	// is the cgroup v2 directory they attach to, "" the hierarchy's root
+	// (every process); tests use a child, so the host is never steered.
+	SteerLocal bool
+	Cgroup     string
 
-	// spec loads the collection; nil means bpf.LoadXlb. The XDP benchmark
-	// swaps in its new-flow build.
+	// spec loads the collection; nil means bpf.LoadXlb, or bpf.LoadXlbTc in
+	// mode tc. The XDP benchmark swaps in its new-flow build.
 	spec func() (*ebpf.CollectionSpec, error)
 }
 
-// Datapath is a loaded (and usually attached and pinned) XDP datapath.
+// Datapath is a loaded (and usually attached and pinned) datapath: the XDP
+// program, or in mode tc its TC build.
 //
 // Open takes what is pinned in PinDir without changing it: the pinned maps
 // and XDP link go on serving with the program that runs them, maps this
@@ -67,15 +81,15 @@ type Options struct {
 // program as Open found them.
 type Datapath struct {
 	Maps
-	Program *ebpf.Program // xlb_xdp
-	Noop    *ebpf.Program // xlb_noop, the XDP_PASS program
+	Program *ebpf.Program // xlb_xdp, or xlb_tc in mode tc
+	Noop    *ebpf.Program // xlb_noop, the XDP_PASS program (nil in mode tc)
 	IfIndex int
-	Mode    XDPMode // the mode actually attached
+	Mode    XDPMode // the mode actually attached (or loaded: tc)
 	Adopted bool    // maps were adopted from existing pins
 
 	link        link.Link
-	linkAdopted bool      // link came from its pin: another run's
-	staleLink   link.Link // pinned for another interface: replaced at Commit
+	linkAdopted bool        // link came from its pin: another run's
+	staleLinks  []link.Link // pinned for another interface or mode: replaced at Commit
 	fresh       map[string]bool
 	saved       *checkpoint // adopted maps as found, until Commit
 	committed   bool
@@ -83,6 +97,7 @@ type Datapath struct {
 	createdDir  bool     // Open made pinDir
 	lock        *os.File // flock on pinDir, held until Close
 	log         *slog.Logger
+	sock        *sockSteer // the socket hooks (Options.SteerLocal)
 }
 
 // Open loads the datapath, adopting pinned maps and link when present, and
@@ -106,12 +121,16 @@ func Open(opts Options) (*Datapath, error) {
 	}
 
 	loadSpec := opts.spec
-	if loadSpec == nil {
+	switch {
+	case loadSpec != nil:
+	case opts.Mode == XDPTC:
+		loadSpec = bpf.LoadXlbTc
+	default:
 		loadSpec = bpf.LoadXlb
 	}
 	spec, err := loadSpec()
 	if err != nil {
-		return nil, fmt.Errorf("load embedded XDP object: %w", err)
+		return nil, fmt.Errorf("load embedded BPF object: %w", err)
 	}
 	if opts.ConntrackSize > 0 {
 		// A NAT flow holds one entry in each.
@@ -123,7 +142,7 @@ func Open(opts Options) (*Datapath, error) {
 		spec.Maps[bpf.XlbMapBackends].MaxEntries = opts.MaxBackends
 		spec.Maps[bpf.XlbMapBackendStats].MaxEntries = opts.MaxBackends
 	}
-	d := &Datapath{pinDir: opts.PinDir, log: log}
+	d := &Datapath{pinDir: opts.PinDir, log: log, Mode: opts.Mode}
 	if opts.PinDir == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
@@ -133,23 +152,24 @@ func Open(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 
-	var objs bpf.XlbObjects
 	collOpts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}
-	if err := spec.LoadAndAssign(&objs, collOpts); err != nil {
+	if err := d.load(spec, collOpts); err != nil {
 		d.Close(false)
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("%w: %s", ErrVerifier, verifierTail(ve, 8))
 		}
-		return nil, fmt.Errorf("load XDP collection: %w", err)
+		return nil, fmt.Errorf("load BPF collection: %w", err)
 	}
-	d.Maps = Maps{XlbMaps: objs.XlbMaps}
-	d.Program, d.Noop = objs.XlbXdp, objs.XlbNoop
 	if d.Adopted {
 		if d.saved, err = d.takeCheckpoint(d.fresh); err != nil {
 			d.Close(false)
 			return nil, err
 		}
+	}
+	if d.sock, err = openSock(d, opts); err != nil {
+		d.Close(false)
+		return nil, err
 	}
 	if iface == nil {
 		return d, nil
@@ -159,6 +179,29 @@ func Open(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// load loads the maps and the program of d.Mode's build: the same maps
+// either way.
+func (d *Datapath) load(spec *ebpf.CollectionSpec, opts *ebpf.CollectionOptions) error {
+	if d.Mode == XDPTC {
+		var objs struct {
+			bpf.XlbMaps
+			Program *ebpf.Program `ebpf:"xlb_tc"`
+		}
+		if err := spec.LoadAndAssign(&objs, opts); err != nil {
+			return err
+		}
+		d.Maps, d.Program = Maps{XlbMaps: objs.XlbMaps}, objs.Program
+		return nil
+	}
+	var objs bpf.XlbObjects
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+		return err
+	}
+	d.Maps = Maps{XlbMaps: objs.XlbMaps}
+	d.Program, d.Noop = objs.XlbXdp, objs.XlbNoop
+	return nil
 }
 
 // preparePins mounts bpffs if needed, locks the pin directory and marks in
@@ -204,8 +247,9 @@ func (d *Datapath) checkOutlives(keep, mounted bool) error {
 // Commit makes this start's datapath the pinned one, once the daemon has
 // started: the maps this start created are pinned, replacing incompatible
 // pins, then the program takes over: the adopted link gets it (atomically),
-// or the new link is pinned in place of a stale one. From then on
-// Close(false) removes the pins.
+// or the new link is pinned in place of stale ones (another interface's, or
+// the other mode's: XDP and TC swap here). From then on Close(false) removes
+// the pins.
 //
 // A Commit that fails undoes what it did (each replaced pin was moved aside,
 // and goes back), leaving pins and program as Open found them, so that
@@ -252,38 +296,60 @@ func (d *Datapath) commitPins() error {
 			return errors.Join(fmt.Errorf("pin map %s: %w", name, err), s.rollback())
 		}
 	}
-	if err := d.commitLink(&s); err != nil {
+	// The socket hooks' pins and programs before the XDP program: they are
+	// undone with the rest if it fails.
+	if err := d.sock.commit(&s); err != nil {
 		return errors.Join(err, s.rollback())
 	}
+	if err := d.commitLink(&s); err != nil {
+		return errors.Join(err, d.sock.revert(), s.rollback())
+	}
+	d.sock.finish()
 	// Switched: what is left to do cannot undo it.
 	if err := s.finish(); err != nil {
 		d.log.Warn("old pins left beside the new ones", "dir", d.pinDir, "err", err)
 	}
-	if d.staleLink != nil {
+	for _, l := range d.staleLinks {
 		// Unpinned by finish: it detaches from its interface as the last
 		// fd (ours) goes.
-		d.staleLink.Close()
-		d.staleLink = nil
+		l.Close()
 	}
+	d.staleLinks = nil
 	return nil
 }
 
 // commitLink gives the adopted link this program, or pins this start's link
-// in place of a stale one (through s).
+// in place of a stale one (through s), and unpins the other mode's.
 func (d *Datapath) commitLink(s *pinSwap) error {
 	switch {
 	case d.link == nil:
 		return nil
 	case d.linkAdopted:
 		if err := d.link.Update(d.Program); err != nil {
-			return fmt.Errorf("update pinned XDP link: %w", err)
+			return fmt.Errorf("update pinned link: %w", err)
 		}
-		return nil
+	default:
+		if err := s.replace(d.link, filepath.Join(d.pinDir, d.linkPin())); err != nil {
+			return fmt.Errorf("pin link: %w", err)
+		}
 	}
-	if err := s.replace(d.link, filepath.Join(d.pinDir, linkPinName)); err != nil {
-		return fmt.Errorf("pin XDP link: %w", err)
+	// The other mode's link goes (moved aside: back on a rollback).
+	other := linkPinName
+	if d.linkPin() == linkPinName {
+		other = tcLinkPinName
+	}
+	if err := s.remove(filepath.Join(d.pinDir, other)); err != nil {
+		return fmt.Errorf("unpin the other mode's link: %w", err)
 	}
 	return nil
+}
+
+// linkPin is the pin name of this mode's link.
+func (d *Datapath) linkPin() string {
+	if d.Mode == XDPTC {
+		return tcLinkPinName
+	}
+	return linkPinName
 }
 
 // attach adopts a pinned link for iface (its program keeps running until
@@ -292,22 +358,24 @@ func (d *Datapath) attach(iface netlink.Link, mode XDPMode) error {
 	ifindex := iface.Attrs().Index
 	d.IfIndex = ifindex
 	if d.pinDir != "" {
-		pin := filepath.Join(d.pinDir, linkPinName)
-		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
-			info, ierr := l.Info()
-			if ierr == nil && info.XDP() != nil && int(info.XDP().Ifindex) == ifindex {
+		for _, name := range []string{linkPinName, tcLinkPinName} {
+			pin := filepath.Join(d.pinDir, name)
+			l, err := link.LoadPinnedLink(pin, nil)
+			if err != nil {
+				continue
+			}
+			if name == d.linkPin() && linkOn(l, ifindex) {
 				d.link, d.linkAdopted = l, true
-				d.Mode = attachedMode(iface)
-				if mode != XDPAuto && mode != d.Mode {
-					d.log.Warn("adopted XDP link keeps its attach mode; restart without --keep-datapath to change it",
-						"attached", string(d.Mode), "configured", string(mode))
-				}
-				d.log.Info("adopted pinned XDP link", "interface", iface.Attrs().Name, "mode", string(d.Mode), "pin", pin)
+				d.adopted(iface, mode, pin)
 				return nil
 			}
-			// Pinned for another interface (or unreadable): Commit replaces it.
-			d.staleLink = l
+			// Pinned for another interface or mode (or unreadable):
+			// Commit replaces it.
+			d.staleLinks = append(d.staleLinks, l)
 		}
+	}
+	if mode == XDPTC {
+		return d.attachTC(iface)
 	}
 
 	var l link.Link
@@ -338,6 +406,55 @@ func (d *Datapath) attach(iface netlink.Link, mode XDPMode) error {
 	}
 	d.link = l
 	d.log.Info("XDP attached", "interface", iface.Attrs().Name, "mode", string(d.Mode))
+	return nil
+}
+
+// linkOn reports whether l attaches a program to ifindex: an XDP link, or a
+// tcx link at its ingress.
+func linkOn(l link.Link, ifindex int) bool {
+	info, err := l.Info()
+	switch {
+	case err != nil:
+		return false
+	case info.XDP() != nil:
+		return int(info.XDP().Ifindex) == ifindex
+	case info.TCX() != nil:
+		return int(info.TCX().Ifindex) == ifindex && ebpf.AttachType(info.TCX().AttachType) == ebpf.AttachTCXIngress
+	}
+	return false
+}
+
+// adopted logs the adoption of the link pinned at pin (and sets d.Mode).
+func (d *Datapath) adopted(iface netlink.Link, mode XDPMode, pin string) {
+	if mode == XDPTC {
+		d.log.Info("adopted pinned TC link", "interface", iface.Attrs().Name, "mode", string(d.Mode), "pin", pin)
+		return
+	}
+	d.Mode = attachedMode(iface)
+	if mode != XDPAuto && mode != d.Mode {
+		d.log.Warn("adopted XDP link keeps its attach mode; restart without --keep-datapath to change it",
+			"attached", string(d.Mode), "configured", string(mode))
+	}
+	d.log.Info("adopted pinned XDP link", "interface", iface.Attrs().Name, "mode", string(d.Mode), "pin", pin)
+}
+
+// attachTC puts the TC build at the tcx ingress of iface, first (as XDP
+// would run before any TC program).
+func (d *Datapath) attachTC(iface netlink.Link) error {
+	l, err := link.AttachTCX(link.TCXOptions{
+		Interface: iface.Attrs().Index,
+		Program:   d.Program,
+		Attach:    ebpf.AttachTCXIngress,
+		Anchor:    link.Head(),
+	})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		err = ErrNoTCX
+	}
+	if err != nil {
+		return fmt.Errorf("attach TC (tcx ingress) to %s: %w", iface.Attrs().Name, err)
+	}
+	d.link = l
+	d.log.Info("TC attached", "interface", iface.Attrs().Name, "mode", string(d.Mode))
 	return nil
 }
 
@@ -375,10 +492,10 @@ func (d *Datapath) Close(keep bool) error {
 		errs = append(errs, d.link.Close())
 		d.link = nil
 	}
-	if d.staleLink != nil {
-		errs = append(errs, d.staleLink.Close())
-		d.staleLink = nil
+	for _, l := range d.staleLinks {
+		errs = append(errs, l.Close())
 	}
+	d.staleLinks = nil
 	if drop {
 		for _, ptr := range d.mapFields() {
 			if *ptr != nil {
@@ -386,6 +503,8 @@ func (d *Datapath) Close(keep bool) error {
 			}
 		}
 	}
+	errs = append(errs, d.sock.close(drop))
+	d.sock = nil
 	if d.lock != nil && (drop || (!d.committed && d.createdDir)) {
 		// Only removes the directory if nothing else lives there, and only
 		// under its lock: without it the directory is another daemon's.

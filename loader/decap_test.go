@@ -114,8 +114,10 @@ func TestDecap(t *testing.T) {
 
 // What the XDP program encapsulates, the decapsulation program restores:
 // the client's packet, byte for byte, behind the tunnel's Ethernet header.
-func TestIPIPRoundTrip(t *testing.T) {
-	f, _ := newIPIPFixture(t)
+func TestIPIPRoundTrip(t *testing.T) { forBuilds(t, testIPIPRoundTrip) }
+
+func testIPIPRoundTrip(t *testing.T, b build) {
+	f, _ := newIPIPFixture(t, b)
 	d := loadDecap(t, vip4, vip6)
 	for _, p := range []pkt{
 		{src: client4, dst: vip4, proto: protoTCP, sport: 7, dport: 80, tcpFlags: tcpACK, df: true, tos: 0x12, payload: 700},
@@ -123,6 +125,9 @@ func TestIPIPRoundTrip(t *testing.T) {
 		{src: client6, dst: vip6, proto: protoTCP, sport: 7, dport: 80, tcpFlags: tcpACK, payload: 700},
 		{src: client6, dst: vip6, proto: protoTCP, sport: 8, dport: 81, proto6Ext: []uint8{0}},
 	} {
+		if f.tc && p.vlan != 0 {
+			continue // see TestIPIPEncap
+		}
 		in := p.build()
 		l2 := 14
 		if p.vlan != 0 {
@@ -141,8 +146,8 @@ func TestIPIPRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if counts[bpf.XlbDecapOutcomeXLB_DECAP_OK].Packets != 4 {
-		t.Fatalf("decapsulated %d packets, want 4", counts[0].Packets)
+	if want := map[bool]uint64{false: 4, true: 3}[f.tc]; counts[bpf.XlbDecapOutcomeXLB_DECAP_OK].Packets != want {
+		t.Fatalf("decapsulated %d packets, want %d", counts[0].Packets, want)
 	}
 }
 

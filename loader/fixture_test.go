@@ -75,8 +75,36 @@ func (r staticResolver) Resolve(_ context.Context, a netip.Addr, mac net.Hardwar
 	return Neighbour{IfIndex: r.ifindex, MAC: mac, SrcMAC: lbMAC}, nil
 }
 
+// build is one build of the steering program the fixtures run: XDP, or its
+// TC build (xdp_mode "tc").
+type build struct {
+	name string
+	mode XDPMode // Options.Mode: "" for XDP
+}
+
+var (
+	xdpBuild = build{"xdp", ""}
+	tcBuild  = build{"tc", XDPTC}
+)
+
+// forBuilds runs fn as a subtest per build: the same packets, the same
+// expected frames, and the verdicts mapped as fixture.is says.
+func forBuilds(t *testing.T, fn func(t *testing.T, b build)) {
+	for _, b := range []build{xdpBuild, tcBuild} {
+		t.Run(b.name, func(t *testing.T) { fn(t, b) })
+	}
+}
+
+// TC's verdicts as BPF_PROG_TEST_RUN returns them (tcNext: decap_test.go).
+const (
+	tcShot     = 2 // TC_ACT_SHOT
+	tcRedirect = 7 // TC_ACT_REDIRECT: XDP's TX and REDIRECT both
+	tcOther    = 0x100
+)
+
 type fixture struct {
 	t   testing.TB
+	tc  bool // the TC build: runSized maps its verdicts (see is)
 	dp  *Datapath
 	rec *Reconciler
 	// in, when set, runs map writes and packets in a network namespace
@@ -99,6 +127,14 @@ func newFixture(t testing.TB, d Desired) *fixture {
 	return newFixtureWith(t, d, nil)
 }
 
+// newFixtureFor is newFixture for build b.
+func newFixtureFor(t testing.TB, b build, d Desired) *fixture {
+	t.Helper()
+	f := openFixtureFor(t, b, nil, staticResolver{ifindex: loIfIndex}, nil)
+	f.apply(d)
+	return f
+}
+
 // newFixtureWith loads the collection spec returns (nil: the production one).
 func newFixtureWith(t testing.TB, d Desired, spec func() (*ebpf.CollectionSpec, error)) *fixture {
 	t.Helper()
@@ -112,8 +148,14 @@ func newFixtureWith(t testing.TB, d Desired, spec func() (*ebpf.CollectionSpec, 
 // fixture writes maps and runs packets (testNet.do).
 func openFixture(t testing.TB, spec func() (*ebpf.CollectionSpec, error), res Resolver, in func(func())) *fixture {
 	t.Helper()
+	return openFixtureFor(t, xdpBuild, spec, res, in)
+}
+
+// openFixtureFor is openFixture for build b.
+func openFixtureFor(t testing.TB, b build, spec func() (*ebpf.CollectionSpec, error), res Resolver, in func(func())) *fixture {
+	t.Helper()
 	requireRoot(t)
-	dp, err := Open(Options{Logger: quietLogger(), spec: spec})
+	dp, err := Open(Options{Logger: quietLogger(), Mode: b.mode, spec: spec})
 	if err != nil {
 		t.Fatalf("load datapath: %v", err)
 	}
@@ -122,7 +164,7 @@ func openFixture(t testing.TB, spec func() (*ebpf.CollectionSpec, error), res Re
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{t: t, dp: dp, rec: rec, in: in}
+	return &fixture{t: t, tc: b.mode == XDPTC, dp: dp, rec: rec, in: in}
 }
 
 // openPinned is openFixture with its maps pinned in dir, for restarts: the
@@ -181,14 +223,44 @@ func (f *fixture) run(data []byte) (uint32, []byte) {
 // runSized runs the XDP program once on data and returns the frame it left.
 func (f *fixture) runSized(data []byte) (uint32, []byte) {
 	f.t.Helper()
-	opts := &ebpf.RunOptions{Data: data, DataOut: make([]byte, len(data)+256), Repeat: 1}
+	return f.runCtx(data, nil)
+}
+
+// runCtx is runSized with a context (xdpMD, skbMD; nil: none), the TC
+// build's verdicts mapped (see is).
+func (f *fixture) runCtx(data []byte, ctx any) (uint32, []byte) {
+	f.t.Helper()
+	opts := &ebpf.RunOptions{Data: data, DataOut: make([]byte, len(data)+256), Repeat: 1, Context: ctx}
 	var ret uint32
 	var err error
 	f.do(func() { ret, err = f.dp.Program.Run(opts) })
 	if err != nil {
 		f.t.Fatalf("BPF_PROG_TEST_RUN: %v", err)
 	}
+	if f.tc {
+		switch ret {
+		case tcNext:
+			ret = xdpPass
+		case tcShot:
+			ret = xdpDrop
+		case tcRedirect: // see is
+		default:
+			ret |= tcOther // no XDP verdict's look-alike
+		}
+	}
 	return ret, opts.DataOut
+}
+
+// is says whether ret (from run*) is the verdict want names in XDP's
+// terms. The TC build's pass (TC_ACT_UNSPEC, tcx: next program) and drop
+// (TC_ACT_SHOT) come back as XDP's; its TX and REDIRECT are both a
+// redirect (bpf_redirect to the receiving interface or another): the
+// reason counters tell them apart.
+func (f *fixture) is(ret, want uint32) bool {
+	if f.tc && ret == tcRedirect {
+		return want == xdpTX || want == xdpRedirect
+	}
+	return ret == want
 }
 
 func (f *fixture) serviceID(vip netip.Addr, port uint16, proto uint8) uint32 {

@@ -95,16 +95,7 @@ func verdictOf(t *testing.T, id uint32, data []byte) (uint32, string) {
 // with a reconciler whose backends sit behind egress.
 func openOn(t *testing.T, dir, iface string, ifindex, egress int) *fixture {
 	t.Helper()
-	dp, err := Open(Options{Interface: iface, Mode: XDPGeneric, PinDir: dir, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec, err := NewReconciler(&dp.Maps, staticResolver{ifindex: egress}, ifindex, quietLogger())
-	if err != nil {
-		dp.Close(false)
-		t.Fatal(err)
-	}
-	return &fixture{t: t, dp: dp, rec: rec}
+	return openMode(t, dir, iface, ifindex, egress, XDPGeneric)
 }
 
 // A start that adopted a kept datapath and fails (closes before Commit) after

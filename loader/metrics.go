@@ -63,7 +63,7 @@ var (
 	l4BytesDesc = prometheus.NewDesc("xlb_l4_bytes_total",
 		"Bytes the XDP datapath forwarded to a backend.", []string{"service", "backend"}, nil)
 	l4FlowsDesc = prometheus.NewDesc("xlb_l4_new_flows_total",
-		"Connections the XDP datapath placed on a backend.", []string{"service", "backend"}, nil)
+		"Connections the XDP datapath (and, for the host's own connections, the socket hooks) placed on a backend.", []string{"service", "backend"}, nil)
 	servicePacketsDesc = prometheus.NewDesc("xlb_service_packets_total",
 		"Packets the XDP datapath attributed to a service (L4 forwarded, L7 passed).", []string{"service"}, nil)
 	verdictsDesc = prometheus.NewDesc("xlb_xdp_verdicts_total",

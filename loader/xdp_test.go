@@ -42,7 +42,7 @@ var (
 	rFragment    = reason(bpf.XlbReasonXLB_R_DROP_FRAGMENT)
 	rRedirect    = reason(bpf.XlbReasonXLB_R_REDIRECT)
 	rNoTxPort    = reason(bpf.XlbReasonXLB_R_DROP_NO_TX_PORT)
-	verdictNames = map[uint32]string{xdpDrop: "DROP", xdpPass: "PASS", xdpTX: "TX", xdpRedirect: "REDIRECT"}
+	verdictNames = map[uint32]string{xdpDrop: "DROP", xdpPass: "PASS", xdpTX: "TX", xdpRedirect: "REDIRECT", tcRedirect: "TC_ACT_REDIRECT"}
 )
 
 // expectCounted runs data and checks the verdict and that exactly one packet
@@ -52,7 +52,7 @@ func (f *fixture) expectCounted(t *testing.T, data []byte, wantVerdict uint32, w
 	t.Helper()
 	before := f.reasons()
 	ret, out := f.runSized(data)
-	if ret != wantVerdict {
+	if !f.is(ret, wantVerdict) {
 		t.Fatalf("verdict %s, want %s", verdictNames[ret], verdictNames[wantVerdict])
 	}
 	after := f.reasons()
@@ -94,9 +94,11 @@ func (f *fixture) expectOne(t *testing.T, data []byte, wantVerdict uint32, wantR
 	return out
 }
 
-func TestXDPFixtures(t *testing.T) {
+func TestXDPFixtures(t *testing.T) { forBuilds(t, testXDPFixtures) }
+
+func testXDPFixtures(t *testing.T, b build) {
 	d := standardDesired()
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	tcp4 := d.Services[0]
 	udp4 := d.Services[1]
 	tcp6 := d.Services[3]
@@ -153,9 +155,11 @@ func TestXDPFixtures(t *testing.T) {
 }
 
 // Fragments of one datagram to an ip_hash service land on one backend.
-func TestXDPFragmentsFollowSource(t *testing.T) {
+func TestXDPFragmentsFollowSource(t *testing.T) { forBuilds(t, testXDPFragmentsFollowSource) }
+
+func testXDPFragmentsFollowSource(t *testing.T, b build) {
 	d := standardDesired()
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	for i := range 50 {
 		src := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0x18, 14: byte(i), 15: 7})
 		first := pkt{src: src, dst: vip6, proto: protoUDP, sport: 9, dport: 53, moreFragments: true, payload: 40}
@@ -176,8 +180,10 @@ func TestXDPFragmentsFollowSource(t *testing.T) {
 // An IPv6 payload length of 0 means a packet past 64 KiB: generic XDP sees
 // GRO-built BIG TCP packets so, with no jumbo option. The frame gives the
 // length, and the packet goes where the same one with its length would.
-func TestXDPIPv6PayloadLenZero(t *testing.T) {
-	f := newFixture(t, standardDesired())
+func TestXDPIPv6PayloadLenZero(t *testing.T) { forBuilds(t, testXDPIPv6PayloadLenZero) }
+
+func testXDPIPv6PayloadLenZero(t *testing.T, b build) {
+	f := newFixtureFor(t, b, standardDesired())
 	for _, tc := range []struct {
 		name string
 		p    pkt
@@ -188,12 +194,15 @@ func TestXDPIPv6PayloadLenZero(t *testing.T) {
 		{"multi-buffer", pkt{src: client6, dst: vip6, proto: protoUDP, sport: 40003, dport: 53, payload: 8938}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if f.tc && tc.name == "multi-buffer" {
+				t.Skip("BPF_PROG_TEST_RUN takes an skb of a page at most")
+			}
 			data := tc.p.build()
 			retWant, want := f.run(slices.Clone(data))
 			zero := tc.p.setIPLength(data, 40) // payload length 0
 			before := f.reasons()[rTX].Packets
 			ret, got := f.run(zero)
-			if ret != xdpTX || retWant != xdpTX || f.reasons()[rTX].Packets != before+1 {
+			if !f.is(ret, xdpTX) || !f.is(retWant, xdpTX) || f.reasons()[rTX].Packets != before+1 {
 				t.Fatalf("verdict %s (with its length: %s), want TX counted as forwarded", verdictNames[ret], verdictNames[retWant])
 			}
 			if !bytes.Equal(got[:6], want[:6]) {
@@ -203,8 +212,10 @@ func TestXDPIPv6PayloadLenZero(t *testing.T) {
 	}
 }
 
-func TestXDPTruncation(t *testing.T) {
-	f := newFixture(t, standardDesired())
+func TestXDPTruncation(t *testing.T) { forBuilds(t, testXDPTruncation) }
+
+func testXDPTruncation(t *testing.T, b build) {
+	f := newFixtureFor(t, b, standardDesired())
 	bases := []struct {
 		name string
 		p    pkt
@@ -229,7 +240,15 @@ func TestXDPTruncation(t *testing.T) {
 		if b.p.proto == protoUDP {
 			l4min = l4 + 8
 		}
-		for n := 14; n <= len(full); n++ {
+		first := 14
+		if f.tc && b.p.vlan == 0 {
+			// BPF_PROG_TEST_RUN takes no IP skb without its fixed IP header.
+			first = l3 + 20
+			if b.p.src.Is6() {
+				first = l3 + 40
+			}
+		}
+		for n := first; n <= len(full); n++ {
 			cut := slices.Clone(full[:n])
 			want, reasonWant := uint32(xdpPass), rMalformed
 			if n == len(full) {
@@ -255,8 +274,10 @@ func TestXDPTruncation(t *testing.T) {
 // Malformed headers get defined verdicts too. An IP length beyond the frame is
 // malformed wherever the packet goes; one that ends inside the transport
 // header (the frame padded, as Ethernet pads short frames) cuts that header.
-func TestXDPMalformed(t *testing.T) {
-	f := newFixture(t, standardDesired())
+func TestXDPMalformed(t *testing.T) { forBuilds(t, testXDPMalformed) }
+
+func testXDPMalformed(t *testing.T, b build) {
+	f := newFixtureFor(t, b, standardDesired())
 	base := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1000, dport: 80}
 	base6 := pkt{src: client6, dst: vip6, proto: protoUDP, sport: 1000, dport: 53}
 	mutate := func(p pkt, fn func(b []byte)) []byte {
@@ -349,11 +370,17 @@ func TestXDPMultiBufferLength(t *testing.T) {
 }
 
 // The backend the datapath picks equals the one the Go side predicts.
-func TestXDPMatchesGoPrediction(t *testing.T) {
+func TestXDPMatchesGoPrediction(t *testing.T) { forBuilds(t, testXDPMatchesGoPrediction) }
+
+func testXDPMatchesGoPrediction(t *testing.T, b build) {
 	d := standardDesired()
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	rng := rand.New(rand.NewPCG(1, 2))
-	for i := range 3000 {
+	n := 3000
+	if f.tc {
+		n = 300 // the same hash and table code: each prediction reads the whole ring
+	}
+	for i := range n {
 		var p pkt
 		var svc ServiceSpec
 		switch i % 3 {
@@ -368,7 +395,7 @@ func TestXDPMatchesGoPrediction(t *testing.T) {
 			svc = d.Services[3]
 		}
 		ret, out := f.run(p.build())
-		if ret != xdpTX {
+		if !f.is(ret, xdpTX) {
 			t.Fatalf("%s: verdict %s", p.src, verdictNames[ret])
 		}
 		got := backendOf(t, out, append(be4, be6...))
@@ -394,9 +421,11 @@ func random6(rng *rand.Rand) netip.Addr {
 
 // A flow stays on its backend when the ring changes under it; a new flow from
 // the same client follows the new ring.
-func TestXDPConntrackSurvivesRingSwap(t *testing.T) {
+func TestXDPConntrackSurvivesRingSwap(t *testing.T) { forBuilds(t, testXDPConntrackSurvivesRingSwap) }
+
+func testXDPConntrackSurvivesRingSwap(t *testing.T, b build) {
 	d := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}}
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	four := append(append([]netip.Addr{}, be4...), netip.MustParseAddr("198.18.0.14"))
 	d2 := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, four)}}
 
@@ -436,9 +465,11 @@ func TestXDPConntrackSurvivesRingSwap(t *testing.T) {
 }
 
 // No packet ever reaches a down backend: neither new flows nor flows it had.
-func TestXDPDownBackendGetsNothing(t *testing.T) {
+func TestXDPDownBackendGetsNothing(t *testing.T) { forBuilds(t, testXDPDownBackendGetsNothing) }
+
+func testXDPDownBackendGetsNothing(t *testing.T, b build) {
 	d := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}}
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	rng := rand.New(rand.NewPCG(3, 4))
 	var onB2 []pkt
 	for len(onB2) < 50 {
@@ -453,14 +484,14 @@ func TestXDPDownBackendGetsNothing(t *testing.T) {
 	for _, p := range onB2 {
 		p.tcpFlags = tcpACK
 		ret, out := f.run(p.build())
-		if ret != xdpTX || backendOf(t, out, be4) == be4[1] {
+		if !f.is(ret, xdpTX) || backendOf(t, out, be4) == be4[1] {
 			t.Fatalf("established flow of %s still sent to the down backend", p.src)
 		}
 	}
 	for range 10000 {
 		p := pkt{src: random4(rng), dst: vip4, proto: protoTCP, sport: uint16(rng.Uint32()), dport: 80, tcpFlags: tcpSYN}
 		ret, out := f.run(p.build())
-		if ret != xdpTX {
+		if !f.is(ret, xdpTX) {
 			t.Fatalf("verdict %s with two healthy backends", verdictNames[ret])
 		}
 		if backendOf(t, out, be4) == be4[1] {
@@ -470,9 +501,11 @@ func TestXDPDownBackendGetsNothing(t *testing.T) {
 }
 
 // A draining backend keeps its flows and gets no new ones.
-func TestXDPDrainingKeepsFlows(t *testing.T) {
+func TestXDPDrainingKeepsFlows(t *testing.T) { forBuilds(t, testXDPDrainingKeepsFlows) }
+
+func testXDPDrainingKeepsFlows(t *testing.T, b build) {
 	d := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip6, 80, protoTCP, HashIP, be6)}}
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	rng := rand.New(rand.NewPCG(5, 6))
 	var onB2 []pkt
 	for len(onB2) < 50 {
@@ -505,9 +538,11 @@ func TestXDPDrainingKeepsFlows(t *testing.T) {
 }
 
 // With every backend down the service's packets are dropped and counted.
-func TestXDPNoUsableBackend(t *testing.T) {
+func TestXDPNoUsableBackend(t *testing.T) { forBuilds(t, testXDPNoUsableBackend) }
+
+func testXDPNoUsableBackend(t *testing.T, b build) {
 	d := Desired{RingSize: 65537, Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}}
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	for i := range d.Services[0].Backends {
 		d.Services[0].Backends[i].State = StateDown
 	}
@@ -523,9 +558,11 @@ func TestXDPNoUsableBackend(t *testing.T) {
 }
 
 // Unresolved backends stay out of the rings.
-func TestXDPUnresolvedBackendExcluded(t *testing.T) {
+func TestXDPUnresolvedBackendExcluded(t *testing.T) { forBuilds(t, testXDPUnresolvedBackendExcluded) }
+
+func testXDPUnresolvedBackendExcluded(t *testing.T, b build) {
 	requireRoot(t)
-	dp, err := Open(Options{Logger: quietLogger()})
+	dp, err := Open(Options{Logger: quietLogger(), Mode: b.mode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,7 +572,7 @@ func TestXDPUnresolvedBackendExcluded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, dp: dp, rec: rec}
+	f := &fixture{t: t, tc: b == tcBuild, dp: dp, rec: rec}
 	ch := f.apply(Desired{Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}})
 	if len(ch.Unresolved) != 1 {
 		t.Fatalf("unresolved reported: %v", ch.Unresolved)
@@ -551,10 +588,12 @@ func TestXDPUnresolvedBackendExcluded(t *testing.T) {
 
 // Backends behind another interface are reached with XDP_REDIRECT through
 // tx_ports, which the reconciler fills.
-func TestXDPRedirect(t *testing.T) {
+func TestXDPRedirect(t *testing.T) { forBuilds(t, testXDPRedirect) }
+
+func testXDPRedirect(t *testing.T, b build) {
 	requireRoot(t)
 	dummy := newDummyLink(t, "xlbt-redir0")
-	dp, err := Open(Options{Logger: quietLogger()})
+	dp, err := Open(Options{Logger: quietLogger(), Mode: b.mode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -563,12 +602,16 @@ func TestXDPRedirect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, dp: dp, rec: rec}
+	f := &fixture{t: t, tc: b == tcBuild, dp: dp, rec: rec}
 	f.apply(Desired{Services: []ServiceSpec{webService(vip4, 80, protoTCP, HashIP, be4)}})
 	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 1, dport: 80, tcpFlags: tcpSYN}
 	f.expectOne(t, p.build(), xdpRedirect, rRedirect)
 
-	// An egress interface missing from tx_ports is a counted drop.
+	// An egress interface missing from tx_ports is a counted drop. TC
+	// redirects to any interface: tx_ports is XDP's.
+	if f.tc {
+		return
+	}
 	if err := dp.TxPorts.Delete(uint32(dummy)); err != nil {
 		t.Fatal(err)
 	}
@@ -576,9 +619,11 @@ func TestXDPRedirect(t *testing.T) {
 }
 
 // Counters match what was sent, per reason, service and backend.
-func TestXDPCounters(t *testing.T) {
+func TestXDPCounters(t *testing.T) { forBuilds(t, testXDPCounters) }
+
+func testXDPCounters(t *testing.T, b build) {
 	d := standardDesired()
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	svcID := f.serviceID(vip4, 80, protoTCP)
 	l7ID := f.serviceID(vip4, 443, protoTCP)
 	rng := rand.New(rand.NewPCG(9, 10))
@@ -595,7 +640,7 @@ func TestXDPCounters(t *testing.T) {
 		ret, out := f.run(data)
 		key := fmt.Sprint(p.src, p.sport, p.dport)
 		switch ret {
-		case xdpTX:
+		case xdpTX, tcRedirect:
 			be := backendOf(t, out, be4)
 			c := perBackend[be]
 			c.Packets++
@@ -640,7 +685,9 @@ func TestXDPCounters(t *testing.T) {
 // The C hash equals the Go one on the shared vectors: with ring entry i
 // pointing at backend i, the chosen backend's MAC reveals hash % M; two
 // coprime M pin the hash down modulo their product.
-func TestXDPHashVectors(t *testing.T) {
+func TestXDPHashVectors(t *testing.T) { forBuilds(t, testXDPHashVectors) }
+
+func testXDPHashVectors(t *testing.T, b build) {
 	requireRoot(t)
 	raw, err := os.ReadFile("../maglev/testdata/hash_vectors.json")
 	if err != nil {
@@ -656,7 +703,7 @@ func TestXDPHashVectors(t *testing.T) {
 	if err := json.Unmarshal(raw, &vectors); err != nil {
 		t.Fatal(err)
 	}
-	dp, err := Open(Options{Logger: quietLogger()})
+	dp, err := Open(Options{Logger: quietLogger(), Mode: b.mode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -669,7 +716,7 @@ func TestXDPHashVectors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f := &fixture{t: t, dp: dp}
+	f := &fixture{t: t, tc: b == tcBuild, dp: dp}
 	for _, m := range []uint32{4093, 4091} {
 		entries := make([]uint32, m)
 		for i := range entries {
@@ -703,7 +750,7 @@ func TestXDPHashVectors(t *testing.T) {
 			}
 			p := pkt{src: src, dst: dst, proto: v.Proto, sport: v.Sport, dport: v.Dport, tcpFlags: tcpSYN}
 			ret, out := f.run(p.build())
-			if ret != xdpTX {
+			if !f.is(ret, xdpTX) {
 				t.Fatalf("vector %+v: verdict %s", v, verdictNames[ret])
 			}
 			slot := uint32(out[4])<<8 | uint32(out[5])
@@ -722,9 +769,11 @@ func TestXDPHashVectors(t *testing.T) {
 
 // A VIP's filter bit follows its services: traffic passes untouched once the
 // VIP is gone and is steered again when it returns.
-func TestXDPVIPFilterFollowsServices(t *testing.T) {
+func TestXDPVIPFilterFollowsServices(t *testing.T) { forBuilds(t, testXDPVIPFilterFollowsServices) }
+
+func testXDPVIPFilterFollowsServices(t *testing.T, b build) {
 	d := standardDesired()
-	f := newFixture(t, d)
+	f := newFixtureFor(t, b, d)
 	p := pkt{src: client4, dst: vip4, proto: protoTCP, sport: 7, dport: 80, tcpFlags: tcpSYN}
 	f.expectOne(t, p.build(), xdpTX, rTX)
 	f.apply(Desired{RingSize: d.RingSize, Services: d.Services[3:]})

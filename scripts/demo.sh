@@ -51,20 +51,7 @@ sed 's/^/  xlb: /' "$WORK/xlb.log"
 spread() { # family target sources
 	local out
 	out=$(ip netns exec "$P-cl" "$BIN/xlbtest" load --target "$2" --sources "$3" --conns "$CONNS" --timeout 3s || true)
-	python3 - "$1" "$out" <<'PY'
-import json, sys
-fam, d = sys.argv[1], json.loads(sys.argv[2])
-clients = {}
-for src, bes in d["by_source"].items():
-    clients.setdefault(bes[0], set()).add(src)
-    if len(set(bes)) != 1:
-        print(f"  !! {src} reached several backends: {sorted(set(bes))}")
-n = sum(len(v) for v in clients.values())
-print(f"  {fam}: {d['ok']} connections ok, {d['failed']} failed, from {n} client addresses")
-print("  as the backends answered:")
-for be in sorted(d["by_backend"]):
-    print(f"    {be}: {d['by_backend'][be]:4d} connections, {len(clients.get(be, ())):3d} clients ({100*len(clients.get(be, ()))/max(n,1):.1f}%), each client always on the same backend")
-PY
+	python3 scripts/spread.py "$1" "$out"
 }
 
 step "traffic: $CONNS new connections over IPv4 from 198.18.0.100-254"

@@ -10,6 +10,7 @@
 # Environment (for "up"):
 #   NBACKENDS  number of backends, 1..89             (default 3)
 #   NROUTED    number of routed backends, 0..9       (default 0; see "Routed backends")
+#   ROUTED_PLAIN  1: routed backends are plain hosts  (default 0; see "Routed backends")
 #   NCLIENTS   number of client addresses, 1..155    (default 120)
 #   MODE       generic | native                      (default generic)
 #
@@ -46,6 +47,9 @@
 # via the router, the VIPs on lo, arp_ignore/arp_announce as above. The LB routes
 # 198.18.1.0/24 and 2001:db8:18:1::/64 via the router; the client has no route to
 # them (routed backends answer it from the VIP through the router).
+# With ROUTED_PLAIN=1 the routed backends are plain hosts, as full NAT takes
+# them: no VIP on lo, no arp_ignore/arp_announce, only their addresses and
+# default routes (and DAD off, as everywhere).
 #
 # MODE=native prepares the veths for native XDP on the LB's eth0 (see LAB.md):
 #   - client eth0: tx checksum offload off (native XDP loses partial checksums on veth);
@@ -169,7 +173,7 @@ no_arp_flux() {
 # routed P N: the router P-rt on br0 and N backends P-r1..rN behind it (see
 # "Routed backends" above).
 routed() {
-	local p=$1 n=$2 i ns octet
+	local p=$1 n=$2 plain=$3 i ns octet
 	new_ns "$p-rt"
 	plug "$p" rt
 	ip -n "$p-rt" addr add "$ROUTER4/24" dev eth0
@@ -192,6 +196,7 @@ routed() {
 		ip -n "$ns" addr add "2001:db8:18:1::$octet/64" dev eth0 nodad
 		ip -n "$ns" route add default via "$ROUTED_GW4"
 		ip -n "$ns" -6 route add default via "$ROUTED_GW6"
+		((plain == 0)) || continue
 		ip -n "$ns" addr add "$VIP4/32" dev lo
 		ip -n "$ns" addr add "$VIP6/128" dev lo nodad
 		no_arp_flux "$ns"
@@ -210,11 +215,12 @@ undo_failed_up() {
 }
 
 cmd_up() {
-	local p=$1 nb=${NBACKENDS:-3} nc=${NCLIENTS:-120} nr=${NROUTED:-0} mode=${MODE:-generic} i octet ns
+	local p=$1 nb=${NBACKENDS:-3} nc=${NCLIENTS:-120} nr=${NROUTED:-0} plain=${ROUTED_PLAIN:-0} mode=${MODE:-generic} i octet ns
 
 	[[ $nb =~ ^[0-9]+$ ]] && ((nb >= 1 && nb <= 89)) || die "NBACKENDS=$nb: want 1..89"
 	[[ $nc =~ ^[0-9]+$ ]] && ((nc >= 1 && nc <= 155)) || die "NCLIENTS=$nc: want 1..155"
 	[[ $nr =~ ^[0-9]$ ]] || die "NROUTED=$nr: want 0..9"
+	[[ $plain == 0 || $plain == 1 ]] || die "ROUTED_PLAIN=$plain: want 0 or 1"
 	[[ $mode == generic || $mode == native ]] || die "MODE=$mode: want generic or native"
 
 	cmd_down "$p"
@@ -261,7 +267,7 @@ cmd_up() {
 	ip -n "$p-cl" route add "$VIP4/32" via "$LB4"
 	ip -n "$p-cl" -6 route add "$VIP6/128" via "$LB6"
 
-	((nr == 0)) || routed "$p" "$nr"
+	((nr == 0)) || routed "$p" "$nr" "$plain"
 
 	if [[ $mode == native ]]; then
 		nsexec "$p-cl" ethtool -K eth0 tx off >/dev/null
@@ -313,4 +319,5 @@ main() {
 	esac
 }
 
-main "$@"
+# Sourced (scripts/cluster.sh reuses the namespace helpers), it defines them only.
+[[ ${BASH_SOURCE[0]} != "$0" ]] || main "$@"

@@ -150,21 +150,9 @@ List the backends as the daemon sees them.`,
 }
 
 func backendCmd(args []string, out io.Writer) error {
-	if len(args) == 0 {
-		return usageError("%s", backendUsage)
-	}
-	sub, args := args[0], args[1:]
-	switch sub {
-	case "help", "-h", "-help", "--help":
-		if len(args) > 0 && backendUsages[args[0]] != "" {
-			return backendCmd([]string{args[0], "--help"}, out)
-		}
-		fmt.Fprintln(out, backendUsage)
-		return flag.ErrHelp
-	}
-	help, ok := backendUsages[sub]
-	if !ok {
-		return usageError("unknown backend command %q\n%s", sub, backendUsage)
+	sub, args, help, err := subcommand("backend", args, backendUsage, backendUsages, out)
+	if err != nil {
+		return err
 	}
 	fs := flag.NewFlagSet("backend "+sub, flag.ContinueOnError)
 	addr, token, cfgPath := adminFlags(fs)

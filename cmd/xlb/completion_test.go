@@ -103,11 +103,16 @@ func TestBashCompletion(t *testing.T) {
 		}
 		return strings.TrimSpace(string(out))
 	}
+	var names []string
+	for _, c := range commands() {
+		names = append(names, c.name)
+	}
 	for _, tc := range []struct {
 		words []string
 		want  string
 	}{
-		{[]string{"xlb", ""}, "run status validate backend decap sidecar version completion help"},
+		{[]string{"xlb", ""}, strings.Join(append(names, "help"), " ")},
+		{[]string{"xlb", "node", "st"}, "status"},
 		{[]string{"xlb", "ba"}, "backend"},
 		{[]string{"xlb", "backend", ""}, "add drain list ready remove help"},
 		{[]string{"xlb", "backend", "drain", "--a"}, "--admin"},

@@ -115,3 +115,27 @@ func checkAdminAddr(addr string) error {
 	}
 	return nil
 }
+
+// subcommand splits the arguments of a command group (xlb backend, xlb
+// node) into the subcommand, its arguments and its --help text. `help`,
+// -h and --help print the group's usage (flag.ErrHelp); `help SUB` is
+// SUB --help; an unknown subcommand is a usage error.
+func subcommand(group string, args []string, usage string, usages map[string]string, out io.Writer) (sub string, rest []string, help string, err error) {
+	if len(args) == 0 {
+		return "", nil, "", usageError("%s", usage)
+	}
+	sub, rest = args[0], args[1:]
+	switch sub {
+	case "help", "-h", "-help", "--help":
+		if len(rest) > 0 && usages[rest[0]] != "" {
+			return rest[0], []string{"--help"}, usages[rest[0]], nil
+		}
+		fmt.Fprintln(out, usage)
+		return "", nil, "", flag.ErrHelp
+	}
+	help, ok := usages[sub]
+	if !ok {
+		return "", nil, "", usageError("unknown %s command %q\n%s", group, sub, usage)
+	}
+	return sub, rest, help, nil
+}

@@ -20,6 +20,7 @@ Usage:
   xlb status [--bpffs DIR] [--json]   show services, backends and counters from the pinned maps
   xlb validate -c FILE                check a config file and exit
   xlb backend add|drain|ready|remove|list ...   change backends through the running daemon's admin API
+  xlb node drain|ready|status         withdraw / announce again this node's VIPs (BGP); show its sessions
   xlb decap --interface IFACE --vip ADDR [--vip ADDR ...]
                                       on an ipip backend: strip the tunnel header of packets for the VIPs
   xlb sidecar --listen ADDR --backend URL [--timeout 30s] [--header K=V ...]
@@ -94,6 +95,7 @@ func commands() []command {
 		{name: "status", summary: "show services, backends and counters", run: statusCmd},
 		{name: "validate", summary: "check a config file", run: validateCmd},
 		{name: "backend", summary: "change backends through the admin API", run: backendCmd, subs: backendUsages},
+		{name: "node", summary: "drain or ready this node's VIPs (BGP), show its sessions", run: nodeCmd, subs: nodeUsages},
 		{name: "decap", summary: "strip the tunnel header on an ipip backend", run: decapCmd},
 		{name: "sidecar", summary: "a one-backend L7 proxy", run: sidecarCmd},
 		{name: "version", summary: "print the version", run: versionCmd, aliases: []string{"--version", "-version"}},

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/xlb-dev/xlb/admin"
+	"github.com/xlb-dev/xlb/bgp"
 	"github.com/xlb-dev/xlb/checkroute"
 	"github.com/xlb-dev/xlb/config"
 	"github.com/xlb-dev/xlb/control"
@@ -53,6 +54,10 @@ func runCmd(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Checks of the host that need nothing loaded come before anything is.
+	if err := control.CheckNATPorts(cfg); err != nil {
+		return fmt.Errorf("apply config: %w", err)
+	}
 	log := newLogger(cfg.Daemon)
 	slog.SetDefault(log)
 	tuneRuntime(cfg.Daemon.Threads)
@@ -79,13 +84,16 @@ func runCmd(args []string, out io.Writer) error {
 	default:
 		dp, err = loader.Open(loader.Options{
 			Interface:  cfg.Daemon.Interface,
-			Mode:       loader.XDPMode(cfg.Daemon.XDPMode),
+			Mode:       cfg.Daemon.XDPMode,
 			PinDir:     cfg.Daemon.BPFFSDir,
 			KeepOnExit: *keep,
 			Logger:     log,
 			// Sizes only: the controller writes the flow timeouts.
 			ConntrackSize: cfg.Datapath.ConntrackSize,
 			MaxBackends:   cfg.Datapath.MaxBackends,
+			// The host's own connections to L4 VIPs, through the
+			// cgroup v2 root.
+			SteerLocal: !cfg.Daemon.DisableSteerLocal,
 		})
 		if errors.Is(err, loader.ErrPinsDieWithProcess) {
 			return fmt.Errorf("--keep-datapath: %w (`ip netns exec` gives xlb such a namespace: start it with `nsenter --net=/run/netns/NAME` instead, "+
@@ -154,6 +162,10 @@ func runCmd(args []string, out io.Writer) error {
 		Reconciler: rec, Maps: maps, L7: proxy, Health: hm, CheckRoutes: routes, RouteChanges: routeChanges,
 		Logger: log, Metrics: control.NewMetrics(reg), Events: events,
 	})
+	bgp.NewMetrics(reg, ctl.BGPStatus)
+	// Whatever ends this run ends the BGP sessions; a graceful stop has
+	// withdrawn the VIPs and waited already (StopBGP below).
+	defer ctl.StopBGP(0)
 
 	var reloadMu sync.Mutex
 	reload := func() (err error) {
@@ -235,6 +247,12 @@ func runCmd(args []string, out io.Writer) error {
 	log.Info("xlb running", "interface", cfg.Daemon.Interface, "services", len(cfg.Services), "config", *path)
 	ctl.Run(ctx)
 	log.Info("shutting down")
+	// Routers first: the VIPs are withdrawn and, for shutdown_grace, this
+	// node keeps forwarding what still reaches it; only then do the L7
+	// tier and the datapath stop.
+	if b := ctl.Config().BGP; b != nil {
+		ctl.StopBGP(b.ShutdownGrace)
+	}
 	return nil
 }
 
@@ -246,13 +264,18 @@ func closeDatapath(dp *loader.Datapath, keep bool, dir string, log *slog.Logger)
 	if err := dp.Close(keep); err != nil {
 		log.Error("closing datapath", "err", err)
 	}
+	// What is attached: the XDP program, or its TC build in mode tc.
+	what := "XDP"
+	if dp.Mode == loader.XDPTC {
+		what = "TC program"
+	}
 	switch {
 	case !committed:
-		log.Warn("start failed: the datapath is left as this start found it (an adopted XDP link stays attached, pins and maps unchanged)", "dir", dir)
+		log.Warn("start failed: the datapath is left as this start found it (an adopted "+what+" link stays attached, pins and maps unchanged)", "dir", dir)
 	case keep:
-		log.Info("datapath kept: XDP stays attached, maps stay pinned", "dir", dir)
+		log.Info("datapath kept: "+what+" stays attached, maps stay pinned", "dir", dir)
 	default:
-		log.Info("XDP detached and pins removed")
+		log.Info(what + " detached and pins removed")
 	}
 }
 

@@ -55,18 +55,22 @@ func statusCmd(args []string, out io.Writer) error {
 	// ...and the daemon's view (health, admin state), when it runs.
 	var backends []control.BackendInfo
 	var rep *control.HealthReport
+	var node *control.NodeInfo
 	c, err := newAdminClient(*addr, *token, *cfgPath)
 	if err != nil {
 		return err
 	}
 	apiErr := c.do(http.MethodGet, "/lb/backends", nil, &backends)
 	if apiErr == nil {
-		var h control.HealthReport
+		var h struct {
+			control.HealthReport
+			Node *control.NodeInfo `json:"node"`
+		}
 		var ae *errAPI
 		// An unhealthy balancer answers 503 with the same report.
 		err := c.do(http.MethodGet, "/lb/health", nil, &h)
 		if err == nil || errors.As(err, &ae) && ae.code == http.StatusServiceUnavailable && json.Unmarshal(ae.body, &h) == nil {
-			rep = &h
+			rep, node = &h.HealthReport, h.Node
 		}
 	}
 	if snap == nil && apiErr != nil {
@@ -80,10 +84,14 @@ func statusCmd(args []string, out io.Writer) error {
 			Datapath *loader.Snapshot      `json:"datapath,omitempty"`
 			Health   *control.HealthReport `json:"health,omitempty"`
 			Backends []control.BackendInfo `json:"backends,omitempty"`
-		}{snap, rep, backends})
+			Node     *control.NodeInfo     `json:"node,omitempty"`
+		}{snap, rep, backends, node})
 	}
 	if rep != nil {
 		fmt.Fprintf(out, "health: %s (%d of %d backends healthy)\n", rep.Status, rep.HealthyBackends, rep.TotalBackends)
+	}
+	if node != nil {
+		printNode(out, *node)
 	}
 	if backends != nil {
 		printBackends(out, backends)

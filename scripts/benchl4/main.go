@@ -3,7 +3,8 @@
 // run. It builds the namespace topology of scripts/topology.sh (a client, the
 // xlb host and one backend on a bridge), runs `xlb run` in the xlb namespace
 // in generic XDP mode, alternates direct and VIP runs for IPv4 and IPv6 and
-// prints the medians and their ratio. Everything it starts is stopped by PID
+// prints the medians and their ratio. Modes: dsr, ipip (the backend runs
+// `xlb decap`) and nat (the backend holds no VIP; checksum offload off). Everything it starts is stopped by PID
 // and the topology is removed, also when it fails or is interrupted.
 package main
 
@@ -47,9 +48,66 @@ type mode struct {
 	// MTU (they only earn an ICMP answer). A real NIC hands XDP frames of
 	// at most the MTU.
 	decap bool
+	// nat: the backend holds no VIP (xlb translates to its address), and
+	// the client and the backend send full checksums (tx checksum offload
+	// off, which takes TSO with it; GSO still segments in software), in
+	// the direct runs too: a veth's partial checksum holds only the
+	// pseudo-header's sum, which xlb's incremental update cannot carry
+	// (LAB.md). A real NIC delivers full checksums.
+	nat bool
 }
 
-var modes = []mode{{"dsr", 0.9, false}, {"ipip", 0.9, true}}
+var modes = []mode{{"dsr", 0.9, false, false}, {"ipip", 0.9, true, false}, {"nat", 0.8, false, true}}
+
+// direct names a mode's direct runs (after the family).
+func (m mode) direct() string {
+	switch {
+	case m.decap:
+		return " direct, no TSO"
+	case m.nat:
+		return " direct, no tx csum"
+	}
+	return " direct"
+}
+
+// prepare sets the client's offloads for m and, for nat, takes the VIPs off
+// the backend and its offload too; the returned func undoes the backend's
+// (each mode sets the client's). On an error the topology goes whole.
+func (m mode) prepare() (func(), error) {
+	nsRun := func(ns string, args ...string) error {
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", prefix + "-" + ns}, args...)...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s in %s: %v: %s", strings.Join(args, " "), ns, err, out)
+		}
+		return nil
+	}
+	features := []string{"tx", "on", "tso", "on", "gso", "on"}
+	switch {
+	case m.decap:
+		features = []string{"tx", "on", "tso", "off", "gso", "off"}
+	case m.nat:
+		features = []string{"tx", "off", "gso", "on"}
+	}
+	if err := nsRun("cl", append([]string{"ethtool", "-K", "eth0"}, features...)...); err != nil {
+		return nil, err
+	}
+	if !m.nat {
+		return func() {}, nil
+	}
+	for _, args := range [][]string{
+		{"ethtool", "-K", "eth0", "tx", "off"},
+		{"ip", "addr", "del", vip4 + "/32", "dev", "lo"},
+		{"ip", "addr", "del", vip6 + "/128", "dev", "lo"},
+	} {
+		if err := nsRun("b1", args...); err != nil {
+			return nil, err
+		}
+	}
+	return func() {
+		nsRun("b1", "ethtool", "-K", "eth0", "tx", "on")
+		nsRun("b1", "ip", "addr", "add", vip4+"/32", "dev", "lo")
+		nsRun("b1", "ip", "addr", "add", vip6+"/128", "dev", "lo", "nodad")
+	}, nil
+}
 
 func main() {
 	rounds := flag.Int("rounds", 3, "alternating rounds per case")
@@ -138,13 +196,10 @@ func run(ctx context.Context, rounds int, dur time.Duration, bin string) error {
 		return nil
 	}
 	for _, m := range modes {
-		offload, direct := "on", " direct"
-		if m.decap {
-			offload, direct = "off", " direct, no TSO"
-		}
-		if out, err := exec.Command("ip", "netns", "exec", prefix+"-cl", "ethtool", "-K", "eth0",
-			"tso", offload, "gso", offload).CombinedOutput(); err != nil {
-			return fmt.Errorf("ethtool on the client: %v: %s", err, out)
+		direct := m.direct()
+		undo, err := m.prepare()
+		if err != nil {
+			return err
 		}
 		var decap *exec.Cmd
 		if m.decap {
@@ -195,6 +250,7 @@ func run(ctx context.Context, rounds int, dur time.Duration, bin string) error {
 			decap.Process.Signal(syscall.SIGTERM)
 			decap.Wait()
 		}
+		undo()
 	}
 
 	w := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
@@ -208,11 +264,7 @@ func run(ctx context.Context, rounds int, dur time.Duration, bin string) error {
 			if md.name != m {
 				continue
 			}
-			direct := fam + " direct"
-			if md.decap {
-				direct += ", no TSO"
-			}
-			ratio = fmt.Sprintf("%.2f", g/median(results[direct]))
+			ratio = fmt.Sprintf("%.2f", g/median(results[fam+md.direct()]))
 			target = fmt.Sprintf(">= %.1f", md.target)
 		}
 		fmt.Fprintf(w, "%s\t%.1f\t%s\t%s\t\n", name, g, ratio, target)
