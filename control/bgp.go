@@ -216,6 +216,7 @@ func (c *Controller) SetNodeState(st NodeState) (NodeInfo, error) {
 	c.mu.Unlock()
 	if from != st {
 		c.log.Info("node state changed", "from", string(from), "to", string(st))
+		c.events.Add(EventAdmin, "", "", "node %s → %s", from, st)
 	}
 	c.announce()
 	return c.Node(), nil

@@ -23,7 +23,7 @@ type Event struct {
 // Event kinds.
 const (
 	EventHealth = "health" // a health check verdict changed
-	EventAdmin  = "admin"  // drained, readied, added, removal started or done
+	EventAdmin  = "admin"  // drained, readied, added, removal started or done; node drained or readied
 	EventEject  = "eject"  // passive health took an L7 backend out
 	EventReload = "reload" // the config was reloaded, or a reload refused
 	EventStart  = "start"  // the daemon started

@@ -100,4 +100,8 @@ func TestControllerEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "reload event", has("reload  config reloaded: 1 services"))
+	if _, err := c.SetNodeState(NodeDraining); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "node drain event", has("admin  node ready → draining"))
 }

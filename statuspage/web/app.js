@@ -57,6 +57,7 @@ function polyline(values, max, w, hgt, cls) {
   const off = MAX_SAMPLES - values.length;
   const pts = values.map((v, i) =>
     ((off + i) * step).toFixed(1) + ',' + (hgt - 1 - (hgt - 2) * (v || 0) / max).toFixed(1));
+  if (pts.length === 1) pts.push(pts[0].replace(/^[^,]*/, String(w))); // one sample: a short line to the edge
   const p = document.createElementNS(SVGNS, 'polyline');
   p.setAttribute('points', pts.join(' '));
   p.setAttribute('class', cls);
@@ -140,14 +141,14 @@ function renderService(svc) {
   const last = lastSample();
   for (const b of backends) {
     let share = '-';
-    if (dps && dps.backends) {
-      const d = dps.backends.find((x) => x.address === b.address);
-      if (d) share = (100 * d.share).toFixed(1) + '%';
-    }
+    const dpb = !l7 && dps && dps.backends ? dps.backends.find((x) => x.address === b.address) : undefined;
+    if (dpb) share = (100 * dpb.share).toFixed(1) + '%';
     const rate = last && last.backends ? last.backends[b.id] : undefined;
     const addr = l7 ? (b.address.includes(':') ? `[${b.address}]:${b.port}` : `${b.address}:${b.port}`) : b.address;
+    let title = b.check ? 'check: ' + b.check : 'unchecked';
+    if (dpb) title += ` · mac ${dpb.mac} · ${fmtBytes(dpb.bytes)}` + (dpb.port ? ` · from ${dpb.source}` : '');
     t.append(h('tr', { 'data-backend': b.id },
-      h('td', { title: b.check || '' }, addr),
+      h('td', { title }, addr),
       stateCell(b.state, 'state'), stateCell(b.health, 'health'), stateCell(b.admin, 'admin'),
       cell(b.weight, 'num'), cell(share, 'num share'), cell(fmt(b.open_flows), 'num'), cell(l7 ? '-' : fmt(b.new_flows), 'num'),
       cell(fmt(b.packets), 'num'), cell(fmt(rate), 'num'),
