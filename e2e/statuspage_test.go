@@ -39,7 +39,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// The browser: its own temporary profile, every process of it gone at
 	// the end (chromedp's cancel, then a look for leftovers by PID).
 	actx, acancel := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chromiumPath), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.ExecPath(chromiumPath), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1280, 1800),
 		chromedp.Flag("no-first-run", true), chromedp.Flag("disable-extensions", true),
 		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-dev-shm-usage", true))
 	ctx, cancel := chromedp.NewContext(actx)

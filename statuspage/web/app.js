@@ -57,7 +57,7 @@ function polyline(values, max, w, hgt, cls) {
   const off = MAX_SAMPLES - values.length;
   const pts = values.map((v, i) =>
     ((off + i) * step).toFixed(1) + ',' + (hgt - 1 - (hgt - 2) * (v || 0) / max).toFixed(1));
-  if (pts.length === 1) pts.push(pts[0].replace(/^[^,]*/, String(w))); // one sample: a short line to the edge
+  if (pts.length === 1) pts.unshift(pts[0].replace(/^[^,]*/, String(w - 6))); // one sample: a short dash
   const p = document.createElementNS(SVGNS, 'polyline');
   p.setAttribute('points', pts.join(' '));
   p.setAttribute('class', cls);
@@ -178,12 +178,15 @@ function renderVerdicts() {
   const t = h('table', {}, h('tr', {}, h('th', {}, 'verdict'), h('th', {}, 'reason'),
     h('th', { class: 'num' }, 'packets'), h('th', { class: 'num' }, 'bytes'), h('th', { class: 'num' }, 'pkt/s')));
   const last = lastSample();
+  let zero = 0;
   for (const v of dp.verdicts || []) {
+    if (!v.packets) { zero++; continue; }
     const rate = last && last.verdicts ? last.verdicts[v.verdict + '/' + v.reason] || 0 : undefined;
     t.append(h('tr', { 'data-verdict': v.verdict + '/' + v.reason },
       cell(v.verdict), cell(v.reason), cell(fmt(v.packets), 'num'), cell(fmtBytes(v.bytes), 'num'), cell(fmt(rate), 'num')));
   }
   box.append(t);
+  if (zero) box.append(h('p', { class: 'dim' }, `${zero} more reasons at 0 packets.`));
 }
 
 function render() {
