@@ -90,7 +90,9 @@ func stateOf(t *testing.T, c *Controller, id string) BackendInfo {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	// A deadline, not a speed target: a loaded host may take seconds to run
+	// a check (a 3 s deadline failed TestControllerEvents under make test).
+	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

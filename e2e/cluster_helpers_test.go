@@ -65,12 +65,7 @@ func ClusterClient(i int) string { return fmt.Sprintf("198.18.2.%d", 100+i) }
 func requireBird(t *testing.T) {
 	t.Helper()
 	for _, b := range []string{"bird", "birdc"} {
-		if _, err := exec.LookPath(b); err != nil {
-			if testenv.CI() {
-				t.Fatalf("%s not found (apt-get install bird2; make deps does), and CI is set", b)
-			}
-			t.Skipf("%s not found: apt-get install bird2", b)
-		}
+		testenv.RequireTool(t, b, "bird2")
 	}
 }
 

@@ -23,6 +23,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/xlb-dev/xlb/internal/testenv"
 )
 
 // dashboardQueries are the PromQL expressions of deploy/grafana/xlb.json:
@@ -314,9 +316,7 @@ func TestDeployCapabilities(t *testing.T) {
 // the binary, the unit pointing at them, the config (kept on a second
 // install), completions and docs, each where it belongs.
 func TestMakeInstall(t *testing.T) {
-	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("no make")
-	}
+	testenv.RequireTool(t, "make", "make")
 	dest := t.TempDir()
 	install := func() string {
 		t.Helper()

@@ -225,13 +225,7 @@ const chromiumPath = "/usr/bin/chromium"
 
 func requireChromium(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(chromiumPath); err == nil {
-		return
-	}
-	if testenv.CI() {
-		t.Fatalf("%s is missing, and CI is set: install it (apt-get install chromium; make deps does)", chromiumPath)
-	}
-	t.Skipf("%s is not installed (apt-get install chromium)", chromiumPath)
+	testenv.RequireTool(t, chromiumPath, "chromium")
 }
 
 // browserDirArg is the --user-data-dir argument that browser process pid

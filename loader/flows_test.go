@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/xlb-dev/xlb/bpf"
+	"github.com/xlb-dev/xlb/internal/testenv"
 )
 
 func TestToTicks(t *testing.T) {
@@ -127,10 +128,7 @@ func TestFlowClockInTimeNamespace(t *testing.T) {
 		return
 	}
 	requireRoot(t)
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Skip("no unshare(1)")
-	}
+	unshare := testenv.RequireTool(t, "unshare", "util-linux")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, unshare, "--time", "--monotonic", "86400", "--",

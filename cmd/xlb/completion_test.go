@@ -82,9 +82,7 @@ func TestCompletionCoversTheCLI(t *testing.T) {
 
 // TestBashCompletion sources the bash script and completes as bash would.
 func TestBashCompletion(t *testing.T) {
-	if _, err := exec.LookPath("bash"); err != nil {
-		t.Skip("no bash")
-	}
+	testenv.RequireTool(t, "bash", "bash")
 	path := filepath.Join(t.TempDir(), "xlb.bash")
 	if err := os.WriteFile(path, []byte(completionScript(t, "bash")), 0o644); err != nil {
 		t.Fatal(err)
@@ -131,12 +129,7 @@ func TestBashCompletion(t *testing.T) {
 // TestZshCompletionSyntax: zsh parses the zsh script (zsh is in make
 // deps; without it the test skips, except in CI).
 func TestZshCompletionSyntax(t *testing.T) {
-	if _, err := exec.LookPath("zsh"); err != nil {
-		if testenv.CI() {
-			t.Fatal("zsh is missing, and CI is set (make deps installs it)")
-		}
-		t.Skip("no zsh")
-	}
+	testenv.RequireTool(t, "zsh", "zsh")
 	path := filepath.Join(t.TempDir(), "_xlb")
 	if err := os.WriteFile(path, []byte(completionScript(t, "zsh")), 0o644); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ package testenv
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -30,4 +31,20 @@ func RequireRoot(tb testing.TB, why string) {
 		tb.Fatalf("%s, and CI is set (CI=%q), so this is a failure, not a skip: run as root", why, os.Getenv("CI"))
 	}
 	tb.Skip(why)
+}
+
+// RequireTool returns the path of the program tool. Without it, it skips tb,
+// or fails it in CI, where make deps installs pkg (the Debian package that
+// has it): a test skipped there would be a test that silently never ran.
+func RequireTool(tb testing.TB, tool, pkg string) string {
+	tb.Helper()
+	path, err := exec.LookPath(tool)
+	if err == nil {
+		return path
+	}
+	if CI() {
+		tb.Fatalf("%s is missing, and CI is set: install it (apt-get install %s; make deps does)", tool, pkg)
+	}
+	tb.Skipf("%s is not installed (apt-get install %s)", tool, pkg)
+	return ""
 }
